@@ -1,0 +1,5 @@
+import sys
+
+from isvc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,113 @@
+"""AsyncEngine: the engine as the server sees it. One async generator per request.
+
+The core runs on its own thread; outputs cross back to the event loop with
+``call_soon_threadsafe``. A consumer that stops (client disconnect, cancellation)
+aborts its request, which frees the batch slot at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from isvc.engine.config import EngineConfig
+from isvc.engine.core import EngineCore
+from isvc.engine.errors import ContextLengthExceeded, EngineDeadError, EngineOverloaded
+from isvc.engine.outputs import RequestOutput
+from isvc.engine.params import SamplingParams
+from isvc.engine.request import EngineRequest
+from isvc.errors import InvalidRequest, NotReady
+
+
+class AsyncEngine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.core: EngineCore | None = None
+        self.ready = False
+        self.load_error: BaseException | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Load weights and run the warm-up step (blocking; call from a worker thread)."""
+        core = EngineCore(self.config)
+        core.warm_up()
+        core.start()
+        self.core = core
+        self.ready = True
+
+    def shutdown(self) -> None:
+        if self.core:
+            self.core.shutdown()
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._core().tokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        return self._core().max_model_len
+
+    def _core(self) -> EngineCore:
+        if self.core is None or not self.ready:
+            raise NotReady("the model is still loading; retry when /v2/health/ready returns 200", retry_after_s=5)
+        if self.core.dead is not None:
+            raise EngineDeadError(f"the engine stopped: {self.core.dead}")
+        return self.core
+
+    # -- requests --------------------------------------------------------------------------
+
+    def check_request(self, prompt_ids: list[int], max_tokens: int | None) -> int:
+        """Validate lengths before any work; returns the effective max_tokens."""
+        core = self._core()
+        n = len(prompt_ids)
+        limit = core.max_model_len
+        if n == 0:
+            raise InvalidRequest("the prompt is empty", param="prompt")
+        if max_tokens is None:
+            max_tokens = limit - n
+        if n + max_tokens > limit:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{n + max_tokens} tokens ({n} in the messages, {max_tokens} in the completion). "
+                "Please reduce the length of the messages or completion.",
+                param="max_tokens" if n < limit else "messages",
+            )
+        return max_tokens
+
+    async def generate(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[RequestOutput]:
+        core = self._core()
+        if core.num_waiting >= self.config.max_queue:
+            raise EngineOverloaded(
+                f"the server is at capacity ({core.scheduler.num_running} running, {core.num_waiting} waiting); "
+                "retry shortly", retry_after_s=1,
+            )
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
+
+        def emit(out: RequestOutput) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, out)
+
+        request = EngineRequest(request_id, list(prompt_ids), params, arrival_s=time.monotonic())
+        core.submit(request, emit)
+        finished = False
+        try:
+            while True:
+                out = await queue.get()
+                if out.error is not None:
+                    finished = True
+                    raise EngineDeadError(f"generation failed: {out.error}") from out.error
+                yield out
+                if out.finished:
+                    finished = True
+                    return
+        finally:
+            # The client went away, or the consumer stopped early: free the slot.
+            if not finished:
+                core.abort(request_id)
+
+    def stats(self) -> dict[str, int]:
+        core = self._core()
+        return {"running": core.scheduler.num_running, "waiting": core.num_waiting, "max_batch_seen": core.max_batch_seen}

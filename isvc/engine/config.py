@@ -1,0 +1,42 @@
+"""EngineConfig: every knob of the engine, with bounds and a docstring each."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EngineConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
+
+    model_dir: str
+    """Local HuggingFace model folder (config.json, safetensors, tokenizer)."""
+
+    dtype: str = "float32"
+    """Weight and activation dtype: float32 (default on CPU), bfloat16 or float16."""
+
+    max_model_len: int | None = Field(default=None, ge=16)
+    """Prompt + output token cap; defaults to the model's max_position_embeddings."""
+
+    max_num_seqs: int = Field(default=32, ge=1, le=1024)
+    """Most requests decoded together in one step (vLLM's flag name)."""
+
+    max_num_batched_tokens: int = Field(default=256, ge=16)
+    """Token budget per step: decode tokens plus prefill chunk tokens (vLLM's flag name)."""
+
+    max_queue: int = Field(default=256, ge=0)
+    """Requests allowed to wait for a batch slot; beyond it new requests get 429/503."""
+
+    kv_cache_space_gb: float = Field(default=4.0, gt=0)
+    """Upper bound of the KV cache in GiB (like VLLM_CPU_KVCACHE_SPACE)."""
+
+    num_threads: int | None = Field(default=None, ge=1)
+    """torch intra-op threads; defaults to the cores this process may use."""
+
+    quantization: str | None = None
+    """None, or 'int8' for dynamic int8 linear layers on CPU."""
+
+    trust_remote_code: bool = False
+    """Allow custom model code from the model folder."""
+
+    seed: int = 0
+    """Seed for requests that give none."""

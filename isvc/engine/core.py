@@ -1,0 +1,344 @@
+"""EngineCore: the busy loop `schedule -> model step -> sample -> outputs` on its own thread.
+
+The loop never dies on one request's error: a failed step fails the requests in it
+and the loop goes on. The event loop talks to it only through ``submit``/``abort``
+(thread-safe) and the ``emit`` callback it was given.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from isvc.engine import metrics
+from isvc.engine.config import EngineConfig
+from isvc.engine.detokenizer import IncrementalDetokenizer
+from isvc.engine.kv_cache import KVCacheFull
+from isvc.engine.llama import ChunkInput, LlamaModel, StepInput, torch_dtype
+from isvc.engine.outputs import RequestOutput, TokenLogprob
+from isvc.engine.params import SamplingParams
+from isvc.engine.request import EngineRequest, RequestStatus
+from isvc.engine.sampler import Sampler
+from isvc.engine.scheduler import PrefillChunk, Scheduler
+from isvc.engine.stop import StopChecker
+
+logger = logging.getLogger(__name__)
+
+Emit = Callable[[RequestOutput], None]
+
+
+@dataclass(eq=False)
+class _Tracked:
+    """Per-request state the loop keeps beside the scheduler's EngineRequest."""
+
+    request: EngineRequest
+    emit: Emit
+    detok: IncrementalDetokenizer
+    stop: StopChecker
+    text: str = ""
+    sent_chars: int = 0
+    first_token_s: float | None = None
+    pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob | None] = field(default_factory=list)
+    pending_ids: list[int] = field(default_factory=list)
+
+
+def load_tokenizer(model_dir: str, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+
+
+class EngineCore:
+    def __init__(self, config: EngineConfig, tokenizer: Any | None = None) -> None:
+        self.config = config
+        threads = config.num_threads or len(os.sched_getaffinity(0))
+        torch.set_num_threads(threads)
+        model_dir = Path(config.model_dir)
+        self.tokenizer = tokenizer or load_tokenizer(config.model_dir, config.trust_remote_code)
+        self.model = LlamaModel(model_dir, torch_dtype(config.dtype), config.max_model_len)
+        if config.quantization:
+            self.model.quantize_int8()
+        self.max_model_len = self.model.max_model_len
+        self.cache = self.model.new_cache(config.max_num_seqs, int(config.kv_cache_space_gb * 2**30))
+        self.scheduler = Scheduler(config.max_num_seqs, config.max_num_batched_tokens)
+        self.sampler = Sampler(config.seed)
+        self.eos_ids = _eos_ids(model_dir, self.tokenizer)
+        self._tracked: dict[str, _Tracked] = {}
+        self._inbox: deque[tuple[str, Any]] = deque()
+        self._wake = threading.Event()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+        self.max_batch_seen = 0
+        self.dead: BaseException | None = None
+
+    # -- thread-safe API -------------------------------------------------------------------
+
+    def submit(self, request: EngineRequest, emit: Emit) -> None:
+        self._inbox.append(("add", (request, emit)))
+        self._wake.set()
+
+    def abort(self, request_id: str) -> None:
+        self._inbox.append(("abort", request_id))
+        self._wake.set()
+
+    @property
+    def num_waiting(self) -> int:
+        return self.scheduler.num_waiting + sum(1 for kind, _ in list(self._inbox) if kind == "add")
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="isvc-engine", daemon=True)
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        self._stopped = True
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+
+    def warm_up(self) -> None:
+        """One prefill and two decode steps through the whole path, before we report ready."""
+        done: list[RequestOutput] = []
+        req = EngineRequest("warmup", self.tokenizer.encode("Hello, world")[:8] or [0],
+                            SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True))
+        self._add(req, done.append)
+        while self.scheduler.has_work():
+            self.step()
+        metrics.MAX_BATCH_SIZE.set(0)
+        self.max_batch_seen = 0
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopped:
+            self._drain_inbox()
+            if not self.scheduler.has_work():
+                self.cache.shrink()
+                metrics.KV_CACHE_BYTES.set(self.cache.nbytes)
+                self._wake.wait(timeout=0.5)
+                self._wake.clear()
+                continue
+            try:
+                self.step()
+            except Exception as exc:  # one bad step fails its requests, never the loop
+                logger.exception("engine step failed; failing the requests in it")
+                self._fail_running(exc)
+
+    def _drain_inbox(self) -> None:
+        while self._inbox:
+            kind, payload = self._inbox.popleft()
+            if kind == "add":
+                self._add(*payload)
+            elif kind == "abort":
+                tracked = self._tracked.get(payload)
+                if tracked is not None:
+                    self._finish(tracked, RequestStatus.FINISHED_ABORTED, notify=False)
+
+    def _add(self, request: EngineRequest, emit: Emit) -> None:
+        p = request.params
+        self._tracked[request.request_id] = _Tracked(
+            request=request, emit=emit,
+            detok=IncrementalDetokenizer(self.tokenizer, request.prompt_token_ids, p.skip_special_tokens),
+            stop=StopChecker(p.stop),
+        )
+        self.scheduler.add(request)
+
+    def step(self) -> None:
+        for move in self.scheduler.take_moves():
+            self.cache.move(move.src, move.dst, move.length)
+        out = self.scheduler.schedule()
+        if out.empty:
+            return
+        started = time.perf_counter()
+        need = max([r.num_computed_tokens + 1 for r in out.decode] + [c.end for c in out.prefill])
+        try:
+            self.cache.ensure(self.scheduler.num_running, need)
+        except KVCacheFull:
+            longest = max(self.scheduler.running, key=lambda r: r.num_tokens)
+            logger.warning("KV cache budget reached; finishing %s at %d tokens", longest.request_id, longest.num_tokens)
+            self._finish(self._tracked[longest.request_id], RequestStatus.FINISHED_LENGTH)
+            return  # nothing ran: every request keeps its position and is scheduled again
+        step = StepInput(
+            num_slots=self.scheduler.num_running,
+            decode_slots=[r.slot for r in out.decode],  # type: ignore[misc]
+            decode_tokens=[r.token_at(r.num_computed_tokens) for r in out.decode],
+            decode_positions=[r.num_computed_tokens for r in out.decode],
+            chunks=[ChunkInput(c.request.slot, c.request.prompt_token_ids[c.start:c.end], c.start,  # type: ignore[arg-type]
+                               _logit_rows(c)) for c in out.prefill],
+        )
+        logits = self.model.forward(step, self.cache)
+        self._after_forward(out, logits)
+        metrics.STEP_SECONDS.observe(time.perf_counter() - started)
+        if out.decode:
+            metrics.BATCH_SIZE.observe(len(out.decode))
+            if len(out.decode) > self.max_batch_seen:
+                self.max_batch_seen = len(out.decode)
+                metrics.MAX_BATCH_SIZE.set(self.max_batch_seen)
+        metrics.NUM_RUNNING.set(self.scheduler.num_running)
+        metrics.NUM_WAITING.set(self.scheduler.num_waiting)
+        metrics.KV_CACHE_BYTES.set(self.cache.nbytes)
+
+    def _after_forward(self, out: Any, logits: torch.Tensor) -> None:
+        rows: list[EngineRequest] = []
+        row_index: list[int] = []
+        r = 0
+        for req in out.decode:
+            req.num_computed_tokens += 1
+            rows.append(req)
+            row_index.append(r)
+            r += 1
+        for chunk in out.prefill:
+            req = chunk.request
+            n_rows = _num_logit_rows(chunk)
+            if n_rows > 1:  # echo + logprobs: score each prompt token
+                self._record_prompt_logprobs(chunk, logits[r : r + n_rows])
+            req.num_computed_tokens = chunk.end
+            metrics.PROMPT_TOKENS.inc(chunk.end - chunk.start)
+            if chunk.completes_prompt:
+                rows.append(req)
+                row_index.append(r + n_rows - 1)
+            r += n_rows
+        if not rows:
+            return
+        sel = logits if len(row_index) == logits.shape[0] else logits[torch.tensor(row_index)]
+        result = self.sampler.sample(sel, [q.request_id for q in rows], [q.params for q in rows],
+                                     [q.output_token_ids for q in rows])
+        now = time.monotonic()
+        for i, req in enumerate(rows):
+            tracked = self._tracked.get(req.request_id)
+            if tracked is None:
+                continue
+            lp = None
+            if result.logprobs is not None and req.params.logprobs is not None:
+                lp = TokenLogprob(result.token_ids[i], self._piece(result.token_ids[i]), result.logprobs[i],
+                                  [(t, self._piece(t), v) for t, v in (result.top or [[]] * len(rows))[i]])
+            self._accept_token(tracked, result.token_ids[i], lp, now)
+
+    def _accept_token(self, t: _Tracked, token_id: int, lp: TokenLogprob | None, now: float) -> None:
+        req = t.request
+        p = req.params
+        if t.first_token_s is None:
+            t.first_token_s = now
+            metrics.TTFT_SECONDS.observe(now - req.arrival_s)
+        req.output_token_ids.append(token_id)
+        metrics.GENERATION_TOKENS.inc()
+        t.pending_ids.append(token_id)
+        if lp is not None:
+            t.pending_logprobs.append(lp)
+        status: RequestStatus | None = None
+        is_eos = (token_id in self.eos_ids and not p.ignore_eos) or token_id in p.stop_token_ids
+        if not is_eos:
+            before = len(t.text)
+            t.text += t.detok.add(token_id)
+            cut = t.stop.check(t.text, before)
+            if cut is not None:
+                t.text = t.text[:cut]
+                status = RequestStatus.FINISHED_STOPPED
+        else:
+            status = RequestStatus.FINISHED_STOPPED
+        if status is None and (len(req.output_token_ids) >= p.max_tokens or req.num_tokens >= self.max_model_len):
+            status = RequestStatus.FINISHED_LENGTH
+        if status is not None:
+            if status == RequestStatus.FINISHED_LENGTH:
+                t.text += t.detok.flush()
+            self._finish(t, status)
+        else:
+            self._emit_delta(t, final=False)
+
+    def _emit_delta(self, t: _Tracked, final: bool, finish_reason: str | None = None,
+                    error: BaseException | None = None) -> None:
+        upto = len(t.text) if final else len(t.text) - t.stop.holdback(t.text)
+        delta = t.text[t.sent_chars:upto] if upto > t.sent_chars else ""
+        if not delta and not final and not t.pending_logprobs and len(t.pending_ids) == 0:
+            return
+        t.sent_chars = max(t.sent_chars, upto)
+        req = t.request
+        out = RequestOutput(
+            request_id=req.request_id, text=delta, token_ids=t.pending_ids,
+            num_prompt_tokens=req.num_prompt_tokens, num_output_tokens=len(req.output_token_ids),
+            finish_reason=finish_reason, logprobs=t.pending_logprobs if req.params.logprobs is not None else None,
+            prompt_logprobs=t.prompt_logprobs if (t.prompt_logprobs and (final or len(req.output_token_ids) == 1)) else None,
+            error=error,
+        )
+        if out.prompt_logprobs is not None:
+            t.prompt_logprobs = []
+        t.pending_ids = []
+        t.pending_logprobs = []
+        t.emit(out)
+
+    def _finish(self, t: _Tracked, status: RequestStatus, notify: bool = True, error: BaseException | None = None) -> None:
+        req = t.request
+        self.scheduler.finish(req, status)
+        self._tracked.pop(req.request_id, None)
+        self.sampler.forget(req.request_id)
+        metrics.E2E_SECONDS.observe(time.monotonic() - req.arrival_s)
+        if notify:
+            self._emit_delta(t, final=True, finish_reason=status.finish_reason, error=error)
+
+    def _fail_running(self, exc: BaseException) -> None:
+        for t in list(self._tracked.values()):
+            if t.request.status == RequestStatus.RUNNING:
+                self._finish(t, RequestStatus.FINISHED_ERROR, error=exc)
+
+    def _record_prompt_logprobs(self, chunk: PrefillChunk, logits: torch.Tensor) -> None:
+        t = self._tracked[chunk.request.request_id]
+        prompt = chunk.request.prompt_token_ids
+        k = chunk.request.params.prompt_logprobs or 0
+        logprobs = torch.log_softmax(logits, dim=-1)  # row j predicts token start + j + 1
+        if chunk.start == 0:
+            t.prompt_logprobs.append(None)
+        targets = prompt[chunk.start + 1 : chunk.end]
+        if targets:
+            tgt = torch.tensor(targets)
+            picked = logprobs[: len(targets)].gather(1, tgt[:, None])[:, 0].tolist()
+            tops = logprobs[: len(targets)].topk(k, dim=-1) if k > 0 else None
+            for j, tok in enumerate(targets):
+                top = []
+                if tops is not None:
+                    top = [(i, self._piece(i), v) for i, v in zip(tops.indices[j].tolist(), tops.values[j].tolist())]
+                t.prompt_logprobs.append(TokenLogprob(tok, self._piece(tok), picked[j], top))
+        if not chunk.completes_prompt:
+            # the chunk's last row predicts the first token of the next chunk
+            nxt = prompt[chunk.end]
+            lp = float(logprobs[-1, nxt])
+            top = []
+            if k > 0:
+                v, i = logprobs[-1].topk(k)
+                top = [(a, self._piece(a), b) for a, b in zip(i.tolist(), v.tolist())]
+            t.prompt_logprobs.append(TokenLogprob(nxt, self._piece(nxt), lp, top))
+
+    def _piece(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)
+
+
+def _logit_rows(chunk: PrefillChunk) -> str:
+    if chunk.request.params.prompt_logprobs is not None:
+        return "all"
+    return "last" if chunk.completes_prompt else "none"
+
+
+def _num_logit_rows(chunk: PrefillChunk) -> int:
+    kind = _logit_rows(chunk)
+    return chunk.end - chunk.start if kind == "all" else (1 if kind == "last" else 0)
+
+
+def _eos_ids(model_dir: Path, tokenizer: Any) -> set[int]:
+    import json
+
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen = model_dir / "generation_config.json"
+    if gen.exists():
+        eos = json.loads(gen.read_text()).get("eos_token_id")
+        ids.update([eos] if isinstance(eos, int) else (eos or []))
+    return ids

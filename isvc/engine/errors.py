@@ -1,0 +1,21 @@
+"""Engine failures. Only EngineDeadError means the process must exit; the rest fail one request."""
+
+from __future__ import annotations
+
+from isvc.errors import ContextLengthExceeded, IsvcError, Overloaded
+
+__all__ = ["ContextLengthExceeded", "EngineDeadError", "EngineOverloaded", "UnsupportedModel"]
+
+
+class EngineDeadError(IsvcError):
+    http_status = 503
+    code = "engine_dead"
+
+
+class EngineOverloaded(Overloaded):
+    pass
+
+
+class UnsupportedModel(IsvcError):
+    http_status = 400
+    code = "unsupported_model"

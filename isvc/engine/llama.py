@@ -1,0 +1,277 @@
+"""A lean forward pass for Llama-family decoders (Llama, Mistral, Qwen2, SmolLM) on the slot KV cache.
+
+Why not the transformers module: for a model this small, a step is bound by per-op
+overhead, not FLOPs. Fusing q/k/v and gate/up into single matmuls, running all rows
+of a step (decode tokens and prefill chunks) through each linear layer at once, and
+reading the cache in place keeps the op count per layer near the minimum.
+
+Shapes: N rows in a step (D decode tokens, then the prefill chunks' tokens);
+H query heads, KVH key/value heads, G = H // KVH, Dh head dim.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from isvc.engine.errors import UnsupportedModel
+from isvc.engine.kv_cache import KVCache
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"}
+
+
+@dataclass(slots=True)
+class ChunkInput:
+    slot: int
+    token_ids: list[int]
+    start: int
+    logits: str  # "last", "all" or "none": which rows of this chunk need logits
+
+
+@dataclass(slots=True)
+class StepInput:
+    num_slots: int  # slots in use (dense 0..n-1)
+    decode_slots: list[int]
+    decode_tokens: list[int]
+    decode_positions: list[int]
+    chunks: list[ChunkInput]
+
+
+@dataclass(slots=True)
+class _Layer:
+    ln1: torch.Tensor
+    wqkv: torch.Tensor
+    bqkv: torch.Tensor | None
+    wo: torch.Tensor
+    ln2: torch.Tensor
+    wgu: torch.Tensor
+    wd: torch.Tensor
+
+
+class LlamaModel:
+    def __init__(self, model_dir: Path, dtype: torch.dtype, max_model_len: int | None) -> None:
+        self.config = json.loads((model_dir / "config.json").read_text())
+        arch = (self.config.get("architectures") or ["?"])[0]
+        if arch not in SUPPORTED_ARCHITECTURES:
+            raise UnsupportedModel(
+                f"architecture {arch} is not supported by isvc's CPU engine "
+                f"(supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}); try --backend vllm"
+            )
+        c = self.config
+        self.dtype = dtype
+        self.hidden = c["hidden_size"]
+        self.num_heads = c["num_attention_heads"]
+        self.num_kv_heads = c.get("num_key_value_heads") or self.num_heads
+        self.head_dim = c.get("head_dim") or self.hidden // self.num_heads
+        self.group = self.num_heads // self.num_kv_heads
+        self.num_layers = c["num_hidden_layers"]
+        self.eps = float(c.get("rms_norm_eps", 1e-6))
+        self.vocab_size = c["vocab_size"]
+        self.max_position = c.get("max_position_embeddings", 2048)
+        self.max_model_len = max_model_len or self.max_position
+        self._load_weights(model_dir)
+        self._build_rope(max(self.max_model_len, 16))
+
+    # -- loading -------------------------------------------------------------------------
+
+    def _load_weights(self, model_dir: Path) -> None:
+        from safetensors.torch import load_file
+
+        files = sorted(model_dir.glob("*.safetensors"))
+        if not files:
+            raise UnsupportedModel(f"no *.safetensors weights in {model_dir}")
+        w: dict[str, torch.Tensor] = {}
+        for f in files:
+            w.update(load_file(str(f)))
+        w = {k.removeprefix("model."): v for k, v in w.items()}
+
+        def take(name: str) -> torch.Tensor:
+            return w.pop(name).to(self.dtype).contiguous()
+
+        self.embed = take("embed_tokens.weight")  # [V, hidden]
+        self.norm = take("norm.weight")
+        head = w.pop("lm_head.weight", None)
+        self.lm_head = self.embed if head is None or self.config.get("tie_word_embeddings") else head.to(self.dtype)
+        self.layers: list[_Layer] = []
+        for i in range(self.num_layers):
+            p = f"layers.{i}."
+            q, k, v = (take(p + f"self_attn.{n}_proj.weight") for n in "qkv")
+            bias = None
+            if p + "self_attn.q_proj.bias" in w:
+                bias = torch.cat([take(p + f"self_attn.{n}_proj.bias") for n in "qkv"])
+            gate, up = take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")
+            self.layers.append(_Layer(
+                ln1=take(p + "input_layernorm.weight"),
+                wqkv=torch.cat([q, k, v]).contiguous(),
+                bqkv=bias,
+                wo=take(p + "self_attn.o_proj.weight"),
+                ln2=take(p + "post_attention_layernorm.weight"),
+                wgu=torch.cat([gate, up]).contiguous(),
+                wd=take(p + "mlp.down_proj.weight"),
+            ))
+        self.intermediate = self.layers[0].wd.shape[1]
+
+    def _build_rope(self, length: int) -> None:
+        rope = dict(self.config.get("rope_parameters") or self.config.get("rope_scaling") or {})
+        theta = rope.get("rope_theta", self.config.get("rope_theta", 10000.0))
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        scaling = 1.0
+        if rope_type == "default":
+            inv_freq = 1.0 / (theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float) / self.head_dim))
+        else:
+            from transformers import AutoConfig
+            from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+            hf_config = AutoConfig.for_model(**self.config)
+            inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](hf_config, "cpu")
+        pos = torch.arange(length, dtype=torch.float)
+        freqs = torch.outer(pos, inv_freq)
+        emb = torch.cat([freqs, freqs], dim=-1)  # [L, Dh]
+        self.cos = (emb.cos() * scaling).to(self.dtype)
+        self.sin = (emb.sin() * scaling).to(self.dtype)
+
+    def new_cache(self, max_slots: int, budget_bytes: int) -> KVCache:
+        return KVCache(self.num_layers, self.num_kv_heads, self.head_dim, max_slots, self.dtype, budget_bytes)
+
+    def quantize_int8(self) -> None:
+        """Dynamic int8 linear layers (weights int8, activations quantized per step)."""
+        raise UnsupportedModel("--quantization int8 is not available in this build")
+
+    # -- the step --------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def forward(self, step: StepInput, cache: KVCache) -> torch.Tensor:
+        """Run one step; returns logits [R, V] for decode rows, then each chunk's requested rows."""
+        D = len(step.decode_tokens)
+        tokens = list(step.decode_tokens)
+        positions = list(step.decode_positions)
+        for ch in step.chunks:
+            tokens.extend(ch.token_ids)
+            positions.extend(range(ch.start, ch.start + len(ch.token_ids)))
+        N = len(tokens)
+        ids = torch.tensor(tokens, dtype=torch.long)
+        pos = torch.tensor(positions, dtype=torch.long)
+        x = F.embedding(ids, self.embed)  # [N, hidden]
+        cos = self.cos[pos].unsqueeze(1)  # [N, 1, Dh]
+        sin = self.sin[pos].unsqueeze(1)
+
+        decode = _DecodeAttention(step, cache, self.dtype) if D else None
+        chunk_masks = [_chunk_mask(ch, self.group) for ch in step.chunks]
+        H, KVH, Dh = self.num_heads, self.num_kv_heads, self.head_dim
+        half = Dh // 2
+
+        for li, layer in enumerate(self.layers):
+            h = F.rms_norm(x, (self.hidden,), layer.ln1, self.eps)
+            qkv = F.linear(h, layer.wqkv, layer.bqkv)  # [N, (H + 2KVH) * Dh]
+            qk = qkv[:, : (H + KVH) * Dh].view(N, H + KVH, Dh)
+            rotated = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1)
+            qk = qk * cos + rotated * sin  # RoPE on q and k at once
+            q = qk[:, :H]  # [N, H, Dh]
+            k = qk[:, H:]  # [N, KVH, Dh]
+            v = qkv[:, (H + KVH) * Dh :].view(N, KVH, Dh)
+            kc, vc = cache.k[li], cache.v[li]
+            outs = []
+            if decode is not None:
+                outs.append(decode.run(q[:D], k[:D], v[:D], kc, vc))
+            row = D
+            for ch, mask in zip(step.chunks, chunk_masks):
+                T = len(ch.token_ids)
+                outs.append(_chunk_attention(q[row:row + T], k[row:row + T], v[row:row + T],
+                                             kc, vc, ch, mask, self.group))
+                row += T
+            attn = outs[0] if len(outs) == 1 else torch.cat(outs)  # [N, H * Dh]
+            x = x + F.linear(attn, layer.wo)
+            h = F.rms_norm(x, (self.hidden,), layer.ln2, self.eps)
+            gu = F.linear(h, layer.wgu)  # [N, 2I]
+            x = x + F.linear(F.silu(gu[:, : self.intermediate]) * gu[:, self.intermediate :], layer.wd)
+
+        rows = list(range(D))
+        row = D
+        for ch in step.chunks:
+            T = len(ch.token_ids)
+            if ch.logits == "all":
+                rows.extend(range(row, row + T))
+            elif ch.logits == "last":
+                rows.append(row + T - 1)
+            row += T
+        if not rows:
+            return torch.empty(0, self.vocab_size)
+        sel = x if len(rows) == N else x[torch.tensor(rows)]
+        sel = F.rms_norm(sel, (self.hidden,), self.norm, self.eps)
+        return F.linear(sel, self.lm_head).float()  # [R, V]
+
+
+class _DecodeAttention:
+    """Attention for one new token per decoding slot, reading the cache view in place.
+
+    The G query heads that share a KV head are laid along the query-length axis, so
+    grouped-query attention needs no repeated K/V: q [n, KVH, G, Dh] against
+    K [n, KVH, L, Dh].
+    """
+
+    def __init__(self, step: StepInput, cache: KVCache, dtype: torch.dtype) -> None:
+        n = step.num_slots
+        self.n = n
+        self.slots = torch.tensor(step.decode_slots, dtype=torch.long)
+        self.pos = torch.tensor(step.decode_positions, dtype=torch.long)
+        self.dense = step.decode_slots == list(range(n))
+        self.max_len = max(step.decode_positions) + 1
+        lengths = torch.ones(n, dtype=torch.long)
+        lengths[self.slots] = self.pos + 1
+        self.mask = (torch.arange(self.max_len)[None, :] < lengths[:, None]).view(n, 1, 1, self.max_len)
+
+    def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+            kc: torch.Tensor, vc: torch.Tensor) -> torch.Tensor:
+        D, H, Dh = q.shape
+        KVH = k.shape[1]
+        kc[self.slots, :, self.pos] = k  # write this step's K/V at each slot's position
+        vc[self.slots, :, self.pos] = v
+        qg = q.view(D, KVH, H // KVH, Dh)
+        if not self.dense:
+            full = q.new_zeros(self.n, KVH, H // KVH, Dh)
+            full[self.slots] = qg
+            qg = full
+        out = F.scaled_dot_product_attention(
+            qg, kc[: self.n, :, : self.max_len], vc[: self.n, :, : self.max_len], attn_mask=self.mask
+        )  # [n, KVH, G, Dh]
+        if not self.dense:
+            out = out[self.slots]
+        return out.reshape(D, H * Dh)
+
+
+def _chunk_mask(ch: ChunkInput, group: int) -> torch.Tensor:
+    """[G*T, start+T] causal mask for a prompt chunk that continues at ``ch.start``."""
+    T = len(ch.token_ids)
+    end = ch.start + T
+    allowed = torch.arange(end)[None, :] <= (ch.start + torch.arange(T))[:, None]  # [T, end]
+    return allowed.repeat(group, 1)
+
+
+def _chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kc: torch.Tensor,
+                     vc: torch.Tensor, ch: ChunkInput, mask: torch.Tensor, group: int) -> torch.Tensor:
+    T, H, Dh = q.shape
+    KVH = k.shape[1]
+    end = ch.start + T
+    kc[ch.slot, :, ch.start:end] = k.transpose(0, 1)
+    vc[ch.slot, :, ch.start:end] = v.transpose(0, 1)
+    qg = q.view(T, KVH, group, Dh).permute(1, 2, 0, 3).reshape(KVH, group * T, Dh)
+    out = F.scaled_dot_product_attention(qg, kc[ch.slot, :, :end], vc[ch.slot, :, :end], attn_mask=mask)
+    return out.view(KVH, group, T, Dh).permute(2, 0, 1, 3).reshape(T, H * Dh)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    table = {"float32": torch.float32, "float": torch.float32, "fp32": torch.float32, "auto": torch.float32,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "half": torch.float16,
+             "fp16": torch.float16}
+    if name not in table:
+        raise UnsupportedModel(f"unknown dtype {name!r}; use one of {', '.join(table)}")
+    return table[name]
+
+

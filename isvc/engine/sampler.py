@@ -1,0 +1,99 @@
+"""Logits -> next tokens for a whole step at once: penalties, temperature, top-k/top-p, seeds, logprobs.
+
+Greedy rows take an argmax and nothing else. Sampled rows share one softmax; a row
+with its own seed draws its noise from its own torch.Generator, so a seeded request
+gives the same text whatever else is in the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from isvc.engine.params import SamplingParams
+
+
+@dataclass(slots=True)
+class SampleResult:
+    token_ids: list[int]
+    logprobs: list[float] | None  # chosen token's logprob per row (when any row asked)
+    top: list[list[tuple[int, float]]] | None  # top-k (id, logprob) per row (when any row asked)
+
+
+class Sampler:
+    def __init__(self, default_seed: int = 0) -> None:
+        self.generator = torch.Generator().manual_seed(default_seed)
+        self.request_generators: dict[str, torch.Generator] = {}
+
+    def forget(self, request_id: str) -> None:
+        self.request_generators.pop(request_id, None)
+
+    def _generator_for(self, request_id: str, seed: int) -> torch.Generator:
+        gen = self.request_generators.get(request_id)
+        if gen is None:
+            gen = self.request_generators[request_id] = torch.Generator().manual_seed(seed)
+        return gen
+
+    def sample(self, logits: torch.Tensor, request_ids: list[str], params: list[SamplingParams],
+               output_ids: list[list[int]]) -> SampleResult:
+        """logits [R, V] float32; one row per request in ``request_ids``."""
+        R = logits.shape[0]
+        want_logprobs = any(p.logprobs is not None for p in params)
+        penalized = [i for i, p in enumerate(params) if p.has_penalties and output_ids[i]]
+        if penalized:
+            logits = logits.clone()
+            for i in penalized:
+                _apply_penalties(logits[i], params[i], output_ids[i])
+        raw_logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
+
+        chosen = logits.argmax(dim=-1)  # [R]
+        sampled = [i for i, p in enumerate(params) if not p.greedy]
+        if sampled:
+            idx = torch.tensor(sampled)
+            rows = logits[idx]
+            temps = torch.tensor([params[i].temperature for i in sampled], dtype=rows.dtype)[:, None]
+            rows = _top_k_top_p(rows / temps, [params[i].top_k for i in sampled], [params[i].top_p for i in sampled])
+            probs = torch.softmax(rows, dim=-1)
+            noise = torch.empty_like(probs)
+            for j, i in enumerate(sampled):
+                seed = params[i].seed
+                gen = self.generator if seed is None else self._generator_for(request_ids[i], seed)
+                noise[j].exponential_(generator=gen)
+            # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p.
+            chosen[idx] = (probs / noise).argmax(dim=-1)
+
+        token_ids = chosen.tolist()
+        if raw_logprobs is None:
+            return SampleResult(token_ids, None, None)
+        picked = raw_logprobs.gather(1, chosen[:, None])[:, 0].tolist()
+        k = max((p.logprobs or 0) for p in params)
+        top: list[list[tuple[int, float]]] = [[] for _ in range(R)]
+        if k > 0:
+            vals, ids = raw_logprobs.topk(k, dim=-1)
+            for i, p in enumerate(params):
+                n = p.logprobs or 0
+                top[i] = list(zip(ids[i, :n].tolist(), vals[i, :n].tolist()))
+        return SampleResult(token_ids, picked, top)
+
+
+def _apply_penalties(row: torch.Tensor, p: SamplingParams, output_ids: list[int]) -> None:
+    """OpenAI semantics: subtract presence once per seen token, frequency per occurrence."""
+    ids = torch.tensor(output_ids)
+    counts = torch.bincount(ids, minlength=row.shape[0])[: row.shape[0]].to(row.dtype)
+    row -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(row.dtype)
+
+
+def _top_k_top_p(rows: torch.Tensor, top_ks: list[int], top_ps: list[float]) -> torch.Tensor:
+    if all(k <= 0 for k in top_ks) and all(p >= 1.0 for p in top_ps):
+        return rows
+    sorted_rows, order = rows.sort(dim=-1, descending=True)
+    V = rows.shape[-1]
+    ks = torch.tensor([k if k > 0 else V for k in top_ks])[:, None]
+    ranks = torch.arange(V)[None, :]
+    drop = ranks >= ks
+    ps = torch.tensor(top_ps, dtype=rows.dtype)[:, None]
+    cum = torch.softmax(sorted_rows, dim=-1).cumsum(dim=-1)
+    drop |= (cum - torch.softmax(sorted_rows, dim=-1)) >= ps  # keep the token that crosses p
+    sorted_rows = sorted_rows.masked_fill(drop, float("-inf"))
+    return torch.empty_like(rows).scatter_(1, order, sorted_rows)
