@@ -65,11 +65,17 @@ def make_client(settings: StorageSettings) -> Any:
 
 
 def _list(client: Any, uri: ModelUri, settings: StorageSettings) -> list[tuple[Any, str]]:
+    from google.api_core.exceptions import NotFound
+
     bucket = client.bucket(uri.authority)
     prefix = uri.path
     folder = f"{prefix}/" if prefix else ""
+    try:
+        listed = list(client.list_blobs(bucket, prefix=folder, timeout=settings.timeout_s, retry=None))
+    except NotFound as exc:
+        raise _no_bucket(uri) from exc
     blobs: list[tuple[Any, str]] = []
-    for blob in client.list_blobs(bucket, prefix=folder, timeout=settings.timeout_s, retry=None):
+    for blob in listed:
         rel = blob.name[len(folder):].lstrip("/")
         if blob.name.endswith("/") or not rel:
             continue
@@ -82,11 +88,15 @@ def _list(client: Any, uri: ModelUri, settings: StorageSettings) -> list[tuple[A
         if single is not None:
             return [(single, prefix.rsplit("/", 1)[-1])]
     if not bucket.exists(timeout=settings.timeout_s, retry=None):
-        raise StorageNotFound(
-            f"bucket {uri.authority!r} does not exist", hint="Check the bucket name (and STORAGE_EMULATOR_HOST if you use one)."
-        )
+        raise _no_bucket(uri)
     filtered = " matching STORAGE_ALLOW_PATTERNS/STORAGE_IGNORE_PATTERNS" if settings.file_filter.fingerprint() else ""
     raise StorageNotFound(f"no objects{filtered} at {uri.raw!r}", hint=_siblings_hint(client, uri))
+
+
+def _no_bucket(uri: ModelUri) -> StorageNotFound:
+    return StorageNotFound(
+        f"bucket {uri.authority!r} does not exist", hint="Check the bucket name (and STORAGE_EMULATOR_HOST if you use one)."
+    )
 
 
 def _siblings_hint(client: Any, uri: ModelUri) -> str:
