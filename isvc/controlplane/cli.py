@@ -1,0 +1,378 @@
+"""kubectl-style commands: up, down, apply, get, describe, delete, logs.
+
+Every command finds the control plane through the state dir (``--state-dir``, else
+``$ISVC_STATE_DIR``, else ``~/.isvc``): desired state is written to its SQLite file and
+status read back from it, so ``apply`` and ``get`` work whether or not ``isvc up`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from isvc.controlplane import process
+from isvc.controlplane.output import age, describe_text, isvc_table, runtime_table
+from isvc.controlplane.plan import build_plan
+from isvc.controlplane.settings import CPU_FALLBACK_ENV, GPUS_ENV, detect_gpus, env_flag
+from isvc.controlplane.store import Store, state_dir
+from isvc.controlplane.supervisor import running_pid, serve
+from isvc.errors import IsvcError
+from isvc.manifest import SHORT_NAMES, ManifestError, Resource, ServingRuntime, load_paths, parse_documents
+from isvc.manifest.models import InferenceService
+
+_GROUP = "serving.kserve.io"
+_PLURAL = {"InferenceService": "inferenceservice", "ServingRuntime": "servingruntime", "ClusterServingRuntime": "clusterservingruntime"}
+
+
+def _fail(exc: Exception) -> int:
+    print(f"error: {exc.message if isinstance(exc, IsvcError) else exc}", file=sys.stderr)
+    return 1
+
+
+def _common(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--state-dir", default=None, help="control plane state (default $ISVC_STATE_DIR or ~/.isvc)")
+    return parser
+
+
+def _store(args: argparse.Namespace) -> Store:
+    return Store(state_dir(args.state_dir))
+
+
+def _kind(word: str) -> str:
+    kind = SHORT_NAMES.get(word.lower())
+    if kind is None:
+        raise IsvcError(f"unknown resource type {word!r}; use one of: {', '.join(sorted(SHORT_NAMES))}")
+    return kind
+
+
+# ---- up / down ------------------------------------------------------------------------
+def up(argv: list[str]) -> int:
+    p = _common(argparse.ArgumentParser(prog="isvc up", description="start the controller and the gateway"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("ISVC_PORT", "8080")), help="gateway port (8080)")
+    p.add_argument("--host", default="127.0.0.1", help="gateway interface (127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--domain", default="example.com", help="Host routing domain: {name}.{namespace}.{domain}")
+    p.add_argument("--cpu-fallback", action="store_true", default=env_flag(CPU_FALLBACK_ENV),
+                   help=f"run predictors that ask for GPUs on CPU, with a warning condition (env {CPU_FALLBACK_ENV}=1)")  # fmt: skip
+    p.add_argument("--gpus", type=int, default=None, help=f"GPUs to offer (default: detected, or ${GPUS_ENV})")
+    p.add_argument("--api-key", action="append", default=[], metavar="NS=KEY",
+                   help="require 'Authorization: Bearer KEY' for namespace NS ('*' for all); repeatable")  # fmt: skip
+    p.add_argument("-d", "--detach", action="store_true", help="run in the background")
+    p.add_argument("--wait-timeout", type=float, default=60.0, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    from isvc.gateway.settings import GatewaySettings
+
+    keys: dict[str, list[str]] = {}
+    for item in args.api_key + [k for k in os.environ.get("ISVC_API_KEYS", "").split(",") if k.strip()]:
+        ns, sep, key = item.partition("=")
+        if not sep or not key:
+            return _fail(IsvcError(f"--api-key wants NS=KEY, got {item!r}"))
+        keys.setdefault(ns.strip(), []).append(key.strip())
+    root = state_dir(args.state_dir)
+    if args.detach:
+        return _detach(root, argv, args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = GatewaySettings(state_dir=root, host=args.host, port=args.port, domain=args.domain, api_keys=keys)
+    gpus = detect_gpus() if args.gpus is None else args.gpus
+    try:
+        return serve(settings, cpu_fallback=args.cpu_fallback, gpus=gpus)
+    except IsvcError as exc:
+        return _fail(exc)
+
+
+def _detach(root: Path, argv: list[str], args: argparse.Namespace) -> int:
+    if (pid := running_pid(root)) is not None:
+        return _fail(IsvcError(f"isvc is already running for {root} (pid {pid}); `isvc down` first"))
+    rest = [a for a in argv if a not in ("-d", "--detach")]
+    if "--state-dir" not in rest:
+        rest += ["--state-dir", str(root)]
+    log = root / "logs" / "controlplane.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "isvc", "up", *rest], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    url = f"http://{host}:{args.port}/_isvc/healthz"
+    deadline = time.monotonic() + args.wait_timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = "\n".join(process.tail(log, 5))
+            return _fail(IsvcError(f"isvc up exited with {proc.returncode}:\n{tail}"))
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    print(f"isvc up: gateway on http://{host}:{args.port} (pid {proc.pid}), state in {root}, log {log}")
+                    return 0
+        except OSError:
+            time.sleep(0.1)
+    return _fail(IsvcError(f"isvc up did not answer on {url} within {args.wait_timeout:.0f}s; see {log}"))
+
+
+def down(argv: list[str]) -> int:
+    p = _common(argparse.ArgumentParser(prog="isvc down", description="stop the control plane and its predictors"))
+    p.add_argument("--timeout", type=float, default=40.0)
+    args = p.parse_args(argv)
+    root = state_dir(args.state_dir)
+    pid = running_pid(root)
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + args.timeout
+        while running_pid(root) is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+    store = Store(root)
+    store.set_meta("shutdown", "1")
+    cpid = int(store.get_meta("controller_pid") or 0)
+    if cpid and _is_controller(cpid):  # the supervisor died without stopping it
+        os.kill(cpid, signal.SIGTERM)
+        deadline = time.monotonic() + args.timeout
+        while _is_controller(cpid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    leftovers = 0
+    for r in store.replicas():  # belt and braces: predictors of a controller that died with the supervisor
+        if r["pid"] and process.is_same_process(r["pid"], r["start_ticks"]):
+            process.kill_group(r["pid"], signal.SIGKILL)
+            leftovers += 1
+    store.db.execute("DELETE FROM replicas")  # the next `isvc up` starts them afresh
+    store.db.execute("UPDATE services SET route=NULL, status=NULL")
+    print("isvc down: stopped" if pid is not None else "isvc down: control plane was not running", end="")
+    print(f" ({leftovers} leftover predictor(s) killed)" if leftovers else "")
+    return 0
+
+
+def _is_controller(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"isvc.controlplane.controller" in cmdline and process.is_same_process(pid, None)
+
+
+# ---- apply / delete -------------------------------------------------------------------
+def _load(files: list[str], namespace: str | None, store: Store) -> list[Resource]:
+    docs = load_paths(files)
+    for d in docs:
+        meta = d.body.setdefault("metadata", {}) if isinstance(d.body.get("metadata", {}), dict) else None
+        if meta is not None and namespace and d.body.get("kind") != "ClusterServingRuntime":
+            if meta.get("namespace") not in (None, namespace):
+                raise ManifestError([d.problem("metadata.namespace", f"the namespace from the file ({meta['namespace']}) does not match -n {namespace}")])
+            meta["namespace"] = namespace
+    existing = [ServingRuntime.model_validate(r.body) for kind in ("ServingRuntime", "ClusterServingRuntime") for r in store.resources(kind)]
+    return parse_documents(docs, existing)
+
+
+def apply(argv: list[str]) -> int:
+    p = _common(argparse.ArgumentParser(prog="isvc apply", description="create or update resources"))
+    p.add_argument("-f", "--filename", action="append", required=True, help="FILE, DIR or - (stdin); repeatable")
+    p.add_argument("-n", "--namespace", default=None)
+    p.add_argument("--dry-run", action="store_true", help="validate and print what would run, change nothing")
+    args = p.parse_args(argv)
+    store = _store(args)
+    try:
+        resources = _load(args.filename, args.namespace, store)
+        runtimes = [ServingRuntime.model_validate(r.body) for kind in ("ServingRuntime", "ClusterServingRuntime") for r in store.resources(kind)]
+        runtimes = [rt for rt in runtimes if (rt.kind, rt.metadata.namespace, rt.metadata.name) not in {r.key for r in resources}]
+        runtimes += [r.obj for r in resources if isinstance(r.obj, ServingRuntime)]
+        for res in resources:
+            for w in res.warnings:
+                print(f"Warning: {res.kind.lower()}/{res.name}: {w}", file=sys.stderr)
+            if args.dry_run:
+                _print_dry_run(res, runtimes)
+                continue
+            verb = store.upsert_resource(res.kind, res.namespace, res.name, res.body, res.warnings)
+            print(f"{_PLURAL[res.kind]}.{_GROUP}/{res.name} {verb}")
+    except IsvcError as exc:
+        return _fail(exc)
+    if not args.dry_run and running_pid(store.root) is None:
+        print(f"note: the control plane is not running for {store.root}; `isvc up` to run these", file=sys.stderr)
+    return 0
+
+
+def _print_dry_run(res: Resource, runtimes: list[ServingRuntime]) -> None:
+    print(f"{_PLURAL[res.kind]}.{_GROUP}/{res.name} validated (dry run)")
+    if not isinstance(res.obj, InferenceService):
+        return
+    plan = build_plan(res.obj, runtimes)
+    print(f"  namespace:   {res.namespace}")
+    print(f"  runtime:     {plan.runtime}")
+    print(f"  command:     {' '.join(plan.command)}")
+    print(f"  port:        declared {plan.declared_port} -> a free 127.0.0.1 port chosen at start (__ISVC_PORT__)")
+    if plan.storage_uri:
+        print(f"  storage:     {plan.storage_uri} -> /mnt/models")
+    print(f"  readiness:   {plan.probe.kind} {plan.probe.path if plan.probe.kind == 'http' else ''} every {plan.probe.period_s:g}s")
+    print(f"  resources:   gpus={plan.gpus} threads={plan.cpu_threads} memory_limit={plan.memory_limit_bytes}")
+    print(f"  replicas:    {plan.replicas}; model name(s): {', '.join(plan.model_names)}")
+    for note in plan.notes:
+        print(f"  note:        {note}")
+
+
+def delete(argv: list[str]) -> int:
+    p = _common(argparse.ArgumentParser(prog="isvc delete", description="delete resources"))
+    p.add_argument("what", nargs="*", help="TYPE NAME... or TYPE/NAME")
+    p.add_argument("-f", "--filename", action="append", default=[])
+    p.add_argument("-n", "--namespace", default=None)
+    args = p.parse_args(argv)
+    store = _store(args)
+    try:
+        targets: list[tuple[str, str, str]] = []
+        if args.filename:
+            targets += [r.key for r in _load(args.filename, args.namespace, store)]
+        if args.what:
+            first = args.what[0]
+            if "/" in first:
+                for item in args.what:
+                    word, _, name = item.partition("/")
+                    targets.append((_kind(word), _ns(args, _kind(word)), name))
+            else:
+                kind = _kind(first)
+                if len(args.what) < 2:
+                    raise IsvcError(f"delete {first} needs a NAME")
+                targets += [(kind, _ns(args, kind), name) for name in args.what[1:]]
+        if not targets:
+            raise IsvcError("nothing to delete: give TYPE NAME or -f FILE")
+        missing = 0
+        for kind, ns, name in targets:
+            if store.delete_resource(kind, ns, name):
+                print(f'{_PLURAL[kind]}.{_GROUP} "{name}" deleted')
+            else:
+                print(f'Error from server (NotFound): {_PLURAL[kind]}.{_GROUP} "{name}" not found', file=sys.stderr)
+                missing += 1
+        return 1 if missing else 0
+    except IsvcError as exc:
+        return _fail(exc)
+
+
+def _ns(args: argparse.Namespace, kind: str) -> str:
+    return "" if kind == "ClusterServingRuntime" else (args.namespace or "default")
+
+
+# ---- get / describe / logs -------------------------------------------------------------
+def _isvc_objects(store: Store, ns: str | None, name: str | None) -> list[dict[str, Any]]:
+    out = []
+    for row in store.resources("InferenceService", ns):
+        if name and row.name != name:
+            continue
+        svc = store.service(row.namespace, row.name)
+        body = dict(row.body)
+        body["status"] = json.loads(svc["status"]) if svc and svc["status"] else {}
+        body.setdefault("metadata", {})["generation"] = row.generation
+        body["metadata"]["creationTimestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row.created))
+        out.append(body)
+    return out
+
+
+def get(argv: list[str]) -> int:
+    p = _common(argparse.ArgumentParser(prog="isvc get", description="list resources"))
+    p.add_argument("type")
+    p.add_argument("name", nargs="?")
+    p.add_argument("-n", "--namespace", default=None)
+    p.add_argument("-A", "--all-namespaces", action="store_true")
+    p.add_argument("-o", "--output", choices=["yaml", "json", "wide", "name"], default=None)
+    args = p.parse_args(argv)
+    try:
+        word, _, slash_name = args.type.partition("/")
+        kind, name = _kind(word), slash_name or args.name
+        store = _store(args)
+        ns = None if args.all_namespaces else (args.namespace or "default")
+        if kind == "InferenceService":
+            objs = _isvc_objects(store, ns, name)
+        else:
+            from isvc.controlplane.runtimes import all_runtimes
+
+            user = [ServingRuntime.model_validate(r.body) for r in store.resources(kind)]
+            rts = [r for r in all_runtimes(user) if r.kind == kind]
+            if kind == "ServingRuntime":
+                rts = [r for r in rts if ns is None or r.metadata.namespace == ns]
+            rts = [r for r in rts if not name or r.metadata.name == name]
+            objs = [r.model_dump(by_alias=True, exclude_none=True, exclude_defaults=True) for r in rts]
+        if name and not objs:
+            raise IsvcError(f'{_PLURAL[kind]}.{_GROUP} "{name}" not found')
+        if args.output in ("yaml", "json"):
+            data: Any = objs[0] if name else {"apiVersion": "v1", "kind": "List", "items": objs}
+            print(json.dumps(data, indent=2) if args.output == "json" else yaml.safe_dump(data, sort_keys=False), end="" if args.output == "yaml" else "\n")
+        elif args.output == "name":
+            print("\n".join(f"{_PLURAL[kind]}.{_GROUP}/{o['metadata']['name']}" for o in objs))
+        elif not objs:
+            where = "any namespace" if ns is None else f"{ns} namespace"
+            print(f"No resources found in {where}.", file=sys.stderr)
+        else:
+            table = isvc_table(objs, wide=args.output == "wide", all_ns=ns is None) if kind == "InferenceService" else runtime_table(objs)
+            print(table)
+        return 0
+    except IsvcError as exc:
+        return _fail(exc)
+
+
+def describe(argv: list[str]) -> int:
+    p = _common(argparse.ArgumentParser(prog="isvc describe", description="show one InferenceService in detail"))
+    p.add_argument("type")
+    p.add_argument("name", nargs="?")
+    p.add_argument("-n", "--namespace", default="default")
+    args = p.parse_args(argv)
+    try:
+        word, _, slash_name = args.type.partition("/")
+        kind, name = _kind(word), slash_name or args.name
+        if kind != "InferenceService":
+            return get([args.type, *([name] if name else []), "-n", args.namespace, "-o", "yaml"] + (["--state-dir", args.state_dir] if args.state_dir else []))
+        if not name:
+            raise IsvcError("describe isvc needs a NAME")
+        store = _store(args)
+        objs = _isvc_objects(store, args.namespace, name)
+        if not objs:
+            raise IsvcError(f'{_PLURAL[kind]}.{_GROUP} "{name}" not found in namespace {args.namespace}')
+        row = store.resources("InferenceService", args.namespace)
+        warnings = next(r.warnings for r in row if r.name == name)
+        events = store.events(args.namespace, name)
+        gateway = store.get_meta("gateway_url", "http://127.0.0.1:8080") or "http://127.0.0.1:8080"
+        revisions = store.revisions(args.namespace, name)
+        print(describe_text(objs[0], warnings, events, revisions, gateway, running_pid(store.root) is not None))
+        return 0
+    except IsvcError as exc:
+        return _fail(exc)
+
+
+def logs(argv: list[str]) -> int:
+    p = _common(argparse.ArgumentParser(prog="isvc logs", description="print a predictor's log"))
+    p.add_argument("name", help="InferenceService name (or isvc/NAME)")
+    p.add_argument("-n", "--namespace", default="default")
+    p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("--revision", default=None, help="default: the latest revision")
+    p.add_argument("--replica", type=int, default=0)
+    p.add_argument("--tail", type=int, default=-1)
+    args = p.parse_args(argv)
+    name = args.name.split("/", 1)[-1]
+    store = _store(args)
+    revisions = store.revisions(args.namespace, name)
+    if not revisions and args.revision is None:
+        return _fail(IsvcError(f'inferenceservice "{name}" has no revision in namespace {args.namespace}'))
+    rev = args.revision or revisions[-1]["name"]
+    path = store.root / "logs" / args.namespace / f"{rev}-{args.replica}.log"
+    if not path.exists():
+        return _fail(IsvcError(f"no log yet for {rev} replica {args.replica} ({path})"))
+    with open(path, "rb") as f:
+        lines = f.read().decode("utf-8", "replace").splitlines(keepends=True)
+        sys.stdout.write("".join(lines if args.tail < 0 else lines[-args.tail :]))
+        sys.stdout.flush()
+        while args.follow:
+            chunk = f.read()
+            if chunk:
+                sys.stdout.write(chunk.decode("utf-8", "replace"))
+                sys.stdout.flush()
+            else:
+                try:
+                    time.sleep(0.2)
+                except KeyboardInterrupt:
+                    return 0
+    return 0
+
+
+__all__ = ["age", "apply", "delete", "describe", "down", "get", "logs", "up"]

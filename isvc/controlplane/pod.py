@@ -1,0 +1,82 @@
+"""One predictor "pod": run the storage initializer, rewrite /mnt/models, then exec the server.
+
+Started by the launcher as ``python -m isvc.controlplane.pod POD.json`` in its own process
+group, with stdout/stderr going to the replica's log file. ``os.execvpe`` keeps the pid, so
+the pid the controller records is the server's. A storage failure exits 3 with the reason
+as the last log line (the controller shows it in the status).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+MOUNT_PATH = "/mnt/models"
+EXIT_STORAGE = 3
+_MOUNT_RE = re.compile(re.escape(MOUNT_PATH) + r"(?=$|[/\s\"':,;=])")
+
+
+def _fetch(uri: str, dest: Path) -> Path:
+    try:
+        from isvc.storage.initializer import download
+    except ImportError:  # the storage package predates initializer.py: local schemes only
+        return _fetch_local(uri)
+    return Path(download(uri, dest))
+
+
+def _fetch_local(uri: str) -> Path:
+    if uri.startswith("pvc://"):
+        claim, _, sub = uri[len("pvc://") :].partition("/")
+        root = Path(os.environ.get("ISVC_PVC_ROOT") or "~/.local/share/isvc/pvc").expanduser() / claim
+        path = root / sub if sub else root
+    elif uri.startswith("file://"):
+        path = Path(uri[len("file://") :])
+    elif "://" not in uri:
+        path = Path(uri)
+    else:
+        raise RuntimeError(f"storage initializer unavailable for {uri!r}")
+    if not path.exists():
+        raise FileNotFoundError(f"{uri!r} resolves to {str(path)!r}, which does not exist")
+    return path
+
+
+def rewrite_mount(text: str, root: Path) -> str:
+    """``/mnt/models/X`` → ``<root>/X`` wherever it appears in an argument or env value."""
+    return _MOUNT_RE.sub(str(root).replace("\\", "\\\\"), text)
+
+
+def main(argv: list[str]) -> int:
+    spec: dict[str, Any] = json.loads(Path(argv[0]).read_text())
+    command: list[str] = spec["command"]
+    env: dict[str, str] = spec["env"]
+    uri = spec.get("storage_uri")
+    if uri:
+        print(f"storage-initializer: fetching {uri}", flush=True)
+        try:
+            root = _fetch(uri, Path(spec["model_dest"]))
+        except Exception as exc:  # any failure here is the pod's failure; say why and exit
+            print(f"storage-initializer: failed: {type(exc).__name__}: {exc}", flush=True)
+            return EXIT_STORAGE
+        print(f"storage-initializer: {uri} -> {root}", flush=True)
+        command = [rewrite_mount(a, root) for a in command]
+        env = {k: rewrite_mount(v, root) for k, v in env.items()}
+    print(f"isvc pod: exec {' '.join(command)}", flush=True)
+    exe = shutil.which(command[0], path=env.get("PATH")) or command[0]
+    cwd = spec.get("cwd")
+    if cwd:
+        os.chdir(cwd)
+    try:
+        os.execvpe(exe, command, env)
+    except OSError as exc:
+        print(f"isvc pod: cannot run {command[0]!r}: {exc}", flush=True)
+        return 127
+    return 0  # unreachable
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,26 @@
+"""GatewaySettings: the one settings object of the gateway role."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class GatewaySettings(BaseModel):
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
+
+    state_dir: Path
+    """Where state.db lives (routes are read from it)."""
+    host: str = "127.0.0.1"
+    """Interface the gateway listens on."""
+    port: int = Field(default=8080, ge=0, le=65535)
+    """The one port every InferenceService is served on."""
+    domain: str = "example.com"
+    """Host routing domain: {name}.{namespace}.{domain}."""
+    api_keys: dict[str, list[str]] = Field(default_factory=dict)
+    """Namespace ("*" for all) → accepted bearer tokens; a namespace without keys is open."""
+    refresh_s: float = Field(default=0.1, gt=0)
+    """Longest time a route change takes to reach the gateway."""
+    retry_after_s: int = Field(default=5, ge=1)
+    """Retry-After sent with 503 while a service has no ready revision."""

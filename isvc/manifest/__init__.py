@@ -1,0 +1,22 @@
+"""KServe manifests: load YAML, validate against the CRDs and webhook rules, expose typed models."""
+
+from __future__ import annotations
+
+from isvc.manifest.errors import ManifestError, Problem
+from isvc.manifest.loader import Document, load_paths, load_text
+from isvc.manifest.models import InferenceService, ServingRuntime
+from isvc.manifest.parse import SHORT_NAMES, Resource, parse_documents, parse_one
+
+__all__ = [
+    "SHORT_NAMES",
+    "Document",
+    "InferenceService",
+    "ManifestError",
+    "Problem",
+    "Resource",
+    "ServingRuntime",
+    "load_paths",
+    "load_text",
+    "parse_documents",
+    "parse_one",
+]
