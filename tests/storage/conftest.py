@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from storage_helpers import FileServer, GcsServer, S3Server, build_model_folder
+from storage_helpers import FakeHub, FileServer, GcsServer, S3Server, build_model_folder
 
 from isvc.storage.settings import StorageSettings
 
@@ -80,3 +80,10 @@ def gcs_server() -> Iterator[GcsServer]:
     )
     yield GcsServer(host=host, client=client)
     server.stop()
+
+
+@pytest.fixture
+def hub() -> Iterator[FakeHub]:
+    server = FakeHub()
+    yield server
+    server.close()

@@ -148,3 +148,88 @@ class GcsServer:
         target = self.client.bucket(bucket)
         for rel, data in model_files(folder).items():
             target.blob(f"{prefix}/{rel}".lstrip("/")).upload_from_string(data)
+
+
+class FakeHub:
+    """Just enough of the Hugging Face Hub HTTP API for snapshot_download, on 127.0.0.1.
+
+    Serves ``repos`` ({"org/name": {file: bytes}}) at one commit; ``gated`` repos answer
+    403 GatedRepo; unknown repos 404 RepoNotFound; unknown revisions 404 RevisionNotFound.
+    """
+
+    SHA = "a" * 40
+
+    def __init__(self) -> None:
+        self.repos: dict[str, dict[str, bytes]] = {}
+        self.gated: set[str] = set()
+        self.authorizations: list[str | None] = []
+        self.paths: list[str] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                outer._serve(self, send_body=True)
+
+            def do_HEAD(self) -> None:
+                outer._serve(self, send_body=False)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+
+    def _serve(self, handler: BaseHTTPRequestHandler, *, send_body: bool) -> None:
+        from urllib.parse import unquote, urlsplit
+
+        path = unquote(urlsplit(handler.path).path)
+        self.paths.append(f"{handler.command} {handler.path}")
+        self.authorizations.append(handler.headers.get("Authorization"))
+        status, headers, body = self._route(path)
+        handler.send_response(status)
+        for name, value in headers.items():
+            handler.send_header(name, value)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        if send_body:
+            handler.wfile.write(body)
+
+    def _route(self, path: str) -> tuple[int, dict[str, str], bytes]:
+        import hashlib
+
+        parts = path.strip("/").split("/")
+        if parts[:2] == ["api", "models"]:
+            repo, rest = "/".join(parts[2:4]), parts[4:]
+        else:
+            repo, rest = "/".join(parts[0:2]), parts[2:]
+        if repo in self.gated:
+            return 403, {"X-Error-Code": "GatedRepo", "Content-Type": "application/json"}, b'{"error": "gated"}'
+        files = self.repos.get(repo)
+        if files is None:
+            return 404, {"X-Error-Code": "RepoNotFound", "Content-Type": "application/json"}, b'{"error": "not found"}'
+        if rest and rest[0] in ("revision", "tree", "resolve") and len(rest) > 1 and rest[1] not in ("main", self.SHA):
+            return 404, {"X-Error-Code": "RevisionNotFound", "Content-Type": "application/json"}, b'{"error": "rev"}'
+        if parts[:2] == ["api", "models"] and rest[:1] == ["revision"]:
+            info = {"id": repo, "sha": self.SHA, "siblings": [{"rfilename": f} for f in files]}
+            return 200, {"Content-Type": "application/json"}, json.dumps(info).encode()
+        if parts[:2] == ["api", "models"] and rest[:1] == ["tree"]:
+            tree = [
+                {"type": "file", "path": f, "size": len(d), "oid": hashlib.sha1(d).hexdigest()} for f, d in files.items()
+            ]
+            return 200, {"Content-Type": "application/json"}, json.dumps(tree).encode()
+        if rest[:1] == ["resolve"]:
+            name = "/".join(rest[2:])
+            if name not in files:
+                return 404, {"X-Error-Code": "EntryNotFound"}, b""
+            data = files[name]
+            etag = f'"{hashlib.sha1(data).hexdigest()}"'
+            return 200, {"X-Repo-Commit": self.SHA, "ETag": etag, "Content-Type": "application/octet-stream"}, data
+        return 404, {}, b""
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
