@@ -78,7 +78,7 @@ class StorageSettings:
         return cls(
             cache_dir=cache_dir,
             pvc_root=pvc_root,
-            pvc_claims=_read_pvc_claims(config_path, explicit="ISVC_CONFIG" in env),
+            pvc_claims=_read_pvc_claims(config_path, explicit=bool(env.get("ISVC_CONFIG"))),
             mount_root=(env.get("ISVC_MOUNT_ROOT") or DEFAULT_MOUNT_ROOT).rstrip("/") or "/",
             timeout_s=_number(env, "ISVC_STORAGE_TIMEOUT_S", 30.0, minimum=0.01),
             max_attempts=int(_number(env, "ISVC_STORAGE_RETRIES", 4, minimum=1)),

@@ -56,6 +56,8 @@ class Route:
     headers: dict[str, str] = field(default_factory=dict)
     stall_first: int = 0
     """The first N requests send half the body and then go silent."""
+    delay_s: float = 0.0
+    """Wait this long before answering (a slow but healthy server)."""
 
 
 class FileServer:
@@ -97,6 +99,8 @@ class FileServer:
         route = self.routes.get(path) or self.routes.get(path.split("?", 1)[0])
         if route is None:
             route = Route(body=b"not found", status=404)
+        if route.delay_s:
+            self.release.wait(route.delay_s)
         try:
             handler.send_response(route.status)
             for name, value in route.headers.items():
