@@ -77,13 +77,17 @@ class AsyncEngine:
             )
         return max_tokens
 
+    def check_capacity(self, num_requests: int = 1) -> None:
+        """Refuse before any work when the waiting queue is full (callers map it to 429/503)."""
+        core = self._core()
+        if core.num_waiting + num_requests > self.config.max_queue:
+            raise EngineOverloaded(
+                f"the server is at capacity ({core.scheduler.num_running} running, {core.num_waiting} waiting, "
+                f"max_queue {self.config.max_queue}); retry shortly", retry_after_s=1,
+            )
+
     async def generate(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[RequestOutput]:
         core = self._core()
-        if core.num_waiting >= self.config.max_queue:
-            raise EngineOverloaded(
-                f"the server is at capacity ({core.scheduler.num_running} running, {core.num_waiting} waiting); "
-                "retry shortly", retry_after_s=1,
-            )
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
 

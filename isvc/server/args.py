@@ -1,0 +1,128 @@
+"""The command line of KServe's huggingfaceserver and model server, made forgiving where users slip.
+
+Accepted as KServe users write them in manifests:
+- both spellings of a flag: ``--trust-remote-code`` and ``--trust_remote_code``;
+- one list item holding flag and value: ``"--quantization gptq"``;
+- ``--max_length`` as the old name of ``--max_model_len``.
+Unlike KServe, an unknown flag is an error that names it and the nearest known one
+(KServe drops it silently and users lose hours to that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+
+BACKENDS = ("auto", "huggingface", "vllm")
+DTYPES = ("auto", "float32", "float", "bfloat16", "float16", "half")
+
+
+class ArgsError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ArgsError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser("isvc serve", description="Serve a HuggingFace LLM (a drop-in for KServe's huggingfaceserver).")
+    add = p.add_argument
+    # kserve model_server
+    add("--http_port", type=int, default=8080, help="HTTP port (KServe default 8080)")
+    add("--host", default="0.0.0.0", help="address to bind (isvc)")
+    add("--grpc_port", type=int, default=8081, help="accepted for compatibility; isvc serves HTTP only")
+    add("--enable_grpc", type=_bool, default=False, help="accepted for compatibility; gRPC is not served")
+    add("--workers", type=int, default=1, help="accepted for compatibility; one engine per process")
+    add("--max_threads", type=int, default=None, help="accepted for compatibility")
+    add("--max_asyncio_workers", type=int, default=None, help="accepted for compatibility")
+    add("--enable_docs_url", type=_bool, nargs="?", const=True, default=False, help="serve /docs and /openapi.json")
+    add("--enable_latency_logging", type=_bool, nargs="?", const=True, default=True, help="log per-request latency")
+    add("--configure_logging", type=_bool, nargs="?", const=True, default=True, help="configure logging")
+    add("--log_config_file", default=None, help="accepted for compatibility")
+    add("--access_log_format", default=None, help="accepted for compatibility")
+    add("--model_name", default="model", help="the name clients send as `model`")
+    add("--predictor_host", default=None, help="accepted for compatibility")
+    add("--predictor_protocol", default="v1", help="accepted for compatibility")
+    add("--predictor_use_ssl", type=_bool, nargs="?", const=True, default=False, help="accepted for compatibility")
+    add("--predictor_request_timeout_seconds", type=int, default=600, help="accepted for compatibility")
+    # huggingfaceserver
+    add("--model_dir", default="/mnt/models", help="model folder, or a storage URI (pvc://, s3://, hf://, ...)")
+    add("--model_id", default=None, help="HuggingFace model id (served from the local hub cache; no network)")
+    add("--model_revision", default=None, help="HuggingFace model revision")
+    add("--tokenizer_revision", default=None, help="HuggingFace tokenizer revision")
+    add("--max_model_len", "--max_length", dest="max_model_len", type=int, default=None,
+        help="prompt + output tokens; defaults to the model's max_position_embeddings")
+    add("--disable_lower_case", action="store_true", help="accepted for compatibility")
+    add("--disable_special_tokens", action="store_true", help="accepted for compatibility")
+    add("--trust_remote_code", action="store_true", help="allow custom model code from the model folder")
+    add("--tensor_input_names", default=None, help="accepted for compatibility")
+    add("--task", default=None, help="ML task; isvc serves text_generation")
+    add("--backend", default="auto", choices=BACKENDS, help="auto: vLLM with a GPU, else isvc's CPU engine")
+    add("--return_token_type_ids", action="store_true", help="accepted for compatibility")
+    add("--return_probabilities", action="store_true", help="accepted for compatibility")
+    add("--disable_log_requests", action="store_true", help="do not log requests")
+    add("--max_log_len", type=int, default=None, help="max prompt characters in request logs")
+    add("--dtype", default="auto", choices=DTYPES, help="float32 on CPU (auto); bf16 is slow without native support")
+    # vLLM engine flags
+    add("--tensor_parallel_size", type=int, default=None, help="GPUs per model (vLLM backend)")
+    add("--pipeline_parallel_size", type=int, default=1, help="vLLM backend")
+    add("--gpu_memory_utilization", type=float, default=0.9, help="vLLM backend")
+    add("--quantization", default=None, help="gptq/awq/... (vLLM backend); int8 on the CPU engine")
+    add("--max_num_seqs", type=int, default=32, help="requests decoded together per step")
+    add("--max_num_batched_tokens", type=int, default=256, help="token budget per step (prefill chunks + decode)")
+    add("--max_queue", type=int, default=256, help="requests that may wait for a slot before 429/503")
+    add("--kv_cache_space", type=float, default=4.0, help="KV cache budget in GiB")
+    add("--num_threads", type=int, default=None, help="torch threads (default: the cores this process may use)")
+    add("--seed", type=int, default=0, help="seed for requests that give none")
+    add("--served_model_name", default=None, help="vLLM spelling of --model_name")
+    add("--enforce_eager", action="store_true", help="vLLM backend")
+    return p
+
+
+def _bool(value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {value!r}")
+
+
+def normalize(argv: list[str]) -> list[str]:
+    """Split "--flag value" items and turn dashes in flag names into underscores."""
+    out: list[str] = []
+    for item in argv:
+        if item.startswith("--"):
+            name, eq, value = item.partition("=")
+            if not eq and " " in name.strip():
+                name, _, value = name.strip().partition(" ")
+                out += ["--" + name[2:].replace("-", "_"), value.strip()]
+                continue
+            name = "--" + name[2:].replace("-", "_")
+            out.append(name + eq + value)
+        else:
+            out.append(item)
+    return out
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(normalize(argv))
+    if unknown:
+        known = [o for a in parser._actions for o in a.option_strings]
+        messages = []
+        for item in unknown:
+            flag = item.split("=", 1)[0]
+            if not flag.startswith("-"):
+                messages.append(f"unexpected argument {item!r}")
+                continue
+            near = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+            hint = f"; did you mean {near[0]}?" if near else ""
+            messages.append(f"unknown flag {flag}{hint}")
+        raise ArgsError("; ".join(messages) + " (see `isvc serve --help`)")
+    if args.served_model_name:
+        args.model_name = args.served_model_name
+    return args

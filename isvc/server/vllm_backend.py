@@ -1,0 +1,58 @@
+"""`--backend vllm`: hand the model to vLLM's own OpenAI server with the vLLM flags.
+
+vLLM is an optional extra, never imported by isvc's CPU path. The KServe flags map to
+vLLM's: tensor parallel size (default: the visible GPUs), quantization, GPU memory
+utilization, max model length, trust-remote-code, served model name and port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def vllm_argv(args: argparse.Namespace, model_dir: Path) -> list[str]:
+    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(model_dir), "--served-model-name", args.model_name,
+            "--host", args.host, "--port", str(args.http_port),
+            "--tensor-parallel-size", str(args.tensor_parallel_size or _visible_gpus() or 1),
+            "--max-num-seqs", str(args.max_num_seqs)]
+    if args.dtype != "auto":
+        argv += ["--dtype", args.dtype]
+    if args.max_model_len:
+        argv += ["--max-model-len", str(args.max_model_len)]
+    if args.quantization:
+        argv += ["--quantization", args.quantization]
+    if args.gpu_memory_utilization is not None:
+        argv += ["--gpu-memory-utilization", str(args.gpu_memory_utilization)]
+    if args.trust_remote_code:
+        argv.append("--trust-remote-code")
+    if args.enforce_eager:
+        argv.append("--enforce-eager")
+    if args.seed:
+        argv += ["--seed", str(args.seed)]
+    return argv
+
+
+def exec_vllm(args: argparse.Namespace, model_dir: Path) -> int:
+    argv = vllm_argv(args, model_dir)
+    logger.info("handing %s to vLLM: %s", model_dir, " ".join(argv))
+    os.execv(argv[0], argv)
+    return 1  # not reached
+
+
+def _visible_gpus() -> int:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip()])
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:
+        return 0
