@@ -122,6 +122,8 @@ class EngineCore:
         while not self._stopped:
             self._drain_inbox()
             if not self.scheduler.has_work():
+                metrics.NUM_RUNNING.set(0)
+                metrics.NUM_WAITING.set(0)
                 self.cache.shrink()
                 metrics.KV_CACHE_BYTES.set(self.cache.nbytes)
                 self._wake.wait(timeout=0.5)
@@ -142,6 +144,7 @@ class EngineCore:
                 tracked = self._tracked.get(payload)
                 if tracked is not None:
                     self._finish(tracked, RequestStatus.FINISHED_ABORTED, notify=False)
+                    metrics.ABORTED.inc()
 
     def _add(self, request: EngineRequest, emit: Emit) -> None:
         p = request.params

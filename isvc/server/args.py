@@ -27,7 +27,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser("isvc serve", description="Serve a HuggingFace LLM (a drop-in for KServe's huggingfaceserver).")
+    p = _Parser("isvc serve", allow_abbrev=False, description="Serve a HuggingFace LLM (a drop-in for KServe's huggingfaceserver).")
     add = p.add_argument
     # kserve model_server
     add("--http_port", type=int, default=8080, help="HTTP port (KServe default 8080)")

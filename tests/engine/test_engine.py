@@ -1,0 +1,99 @@
+"""The engine on a tiny random Llama: it matches transformers, batches without changing answers, stops right."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import torch
+
+from isvc.engine.async_engine import AsyncEngine
+from isvc.engine.config import EngineConfig
+from isvc.engine.params import SamplingParams
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path):
+    eng = AsyncEngine(EngineConfig(model_dir=str(tiny_model_dir), max_num_batched_tokens=64, num_threads=2))
+    eng.load()
+    yield eng
+    eng.shutdown()
+
+
+async def run(engine: AsyncEngine, rid: str, ids: list[int], params: SamplingParams) -> tuple[list[int], str, str]:
+    tokens: list[int] = []
+    text = ""
+    reason = None
+    async for out in engine.generate(rid, ids, params):
+        tokens += out.token_ids
+        text += out.text
+        reason = out.finish_reason
+    return tokens, text, reason or ""
+
+
+def prompts(engine: AsyncEngine, n: int) -> list[list[int]]:
+    tok = engine.tokenizer
+    base = ["The capital of France is", "Hello world! How are", "Once upon a time there", "你好! 我们用中文"]
+    return [tok.encode(base[i % 4] + " " + "x" * (i % 7)) for i in range(n)]
+
+
+def test_greedy_matches_transformers_generate(engine: AsyncEngine, tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    ids = prompts(engine, 1)[0]
+    expected = hf.generate(torch.tensor([ids]), max_new_tokens=12, min_new_tokens=12, do_sample=False)[0, len(ids):].tolist()
+    got, _, reason = asyncio.run(run(engine, "hf", ids, SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)))
+    assert got == expected and reason == "length"
+
+
+def test_batch_of_32_gives_the_same_tokens_as_alone(engine: AsyncEngine) -> None:
+    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    ps = prompts(engine, 32)
+
+    async def alone() -> list[list[int]]:
+        return [(await run(engine, f"a{i}", p, params))[0] for i, p in enumerate(ps)]
+
+    async def together() -> list[list[int]]:
+        results = await asyncio.gather(*[run(engine, f"b{i}", p, params) for i, p in enumerate(ps)])
+        return [r[0] for r in results]
+
+    single = asyncio.run(alone())
+    batched = asyncio.run(together())
+    assert engine.stats()["max_batch_seen"] >= 16
+    assert batched == single
+
+
+def test_seeded_sampling_is_reproducible_in_any_batch(engine: AsyncEngine) -> None:
+    ids = prompts(engine, 1)[0]
+    params = SamplingParams(max_tokens=16, temperature=1.0, seed=1234, ignore_eos=True)
+
+    async def go() -> tuple[list[int], list[list[int]]]:
+        first = (await run(engine, "s0", ids, params))[0]
+        crowd = await asyncio.gather(*[run(engine, f"s{i}", ids, params if i % 2 else
+                                           SamplingParams(max_tokens=16, temperature=1.0, ignore_eos=True))
+                                       for i in range(1, 7)])
+        return first, [c[0] for c in crowd[::2]]
+
+    first, seeded = asyncio.run(go())
+    assert all(s == first for s in seeded)
+
+
+def test_stop_string_is_trimmed_and_finishes_with_stop(engine: AsyncEngine) -> None:
+    ids = prompts(engine, 1)[0]
+    _, text, _ = asyncio.run(run(engine, "free", ids, SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)))
+    assert len(text) > 6
+    stop = text[3:6]
+    _, stopped, reason = asyncio.run(run(engine, "stop", ids, SamplingParams(max_tokens=20, temperature=0,
+                                                                           ignore_eos=True, stop=(stop,))))
+    assert reason == "stop"
+    assert stopped == text[: text.index(stop)]
+
+
+def test_context_length_is_refused_before_any_work(engine: AsyncEngine) -> None:
+    from isvc.errors import ContextLengthExceeded
+
+    with pytest.raises(ContextLengthExceeded) as err:
+        engine.check_request([1] * 200, 100)
+    assert "256" in err.value.message and "300" in err.value.message

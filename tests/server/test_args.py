@@ -1,0 +1,46 @@
+"""KServe's flags as users write them in manifests."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from isvc.server.args import ArgsError, parse
+
+
+def test_seed_manifest_args_parse() -> None:
+    args = parse(["--model_dir=/mnt/models/Qwen2-72B-Instruct-GPTQ-Int4", "--model_name=qwen2-72b", "--max_length=6144",
+                  "--trust-remote-code", "--gpu-memory-utilization=0.95", "--quantization gptq"])
+    assert args.model_dir == "/mnt/models/Qwen2-72B-Instruct-GPTQ-Int4"
+    assert args.model_name == "qwen2-72b"
+    assert args.max_model_len == 6144
+    assert args.trust_remote_code is True
+    assert args.gpu_memory_utilization == 0.95
+    assert args.quantization == "gptq"
+
+
+def test_defaults_match_kserve() -> None:
+    args = parse([])
+    assert args.http_port == 8080 and args.model_dir == "/mnt/models" and args.model_name == "model"
+    assert args.backend == "auto"
+
+
+def test_unknown_flag_is_named_with_the_nearest_known_one() -> None:
+    with pytest.raises(ArgsError) as err:
+        parse(["--model_dir=/x", "--max_lenght=100"])
+    assert "--max_lenght" in str(err.value) and "--max_length" in str(err.value)
+
+
+def test_serve_exits_nonzero_on_unknown_flag() -> None:
+    result = subprocess.run([sys.executable, "-m", "isvc", "serve", "--trust_remote_cod"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "unknown flag --trust_remote_cod" in result.stderr and "--trust_remote_code" in result.stderr
+
+
+def test_serve_explains_a_missing_model_folder(tmp_path) -> None:
+    result = subprocess.run([sys.executable, "-m", "isvc", "serve", f"--model_dir={tmp_path}/nope"],
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "nope" in result.stderr and "Traceback" not in result.stderr
