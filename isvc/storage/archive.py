@@ -45,7 +45,7 @@ def unpack(archive: Path, dest: Path, *, shown_as: str) -> None:
     except _CORRUPT as exc:
         raise ArchiveError(
             f"archive {shown_as} is corrupt or not a {_kind(archive.name)} archive ({type(exc).__name__}: {exc})",
-            hint="Re-create the archive (e.g. `tar czf model.tar.gz -C folder .`) and upload it again; check the upload finished.",
+            hint="Re-create it (e.g. `tar czf model.tar.gz -C folder .`) and upload it again; check the upload finished.",
         ) from exc
 
 
@@ -87,7 +87,9 @@ def _check_member(name: str, shown_as: str) -> None:
         raise UnsafeArchive(f"archive {shown_as} holds {name!r}, an absolute path", hint=_UNSAFE_HINT)
     normal = posixpath.normpath(name.replace("\\", "/"))
     if normal == ".." or normal.startswith("../"):
-        raise UnsafeArchive(f"archive {shown_as} holds {name!r}, which would be written outside the destination", hint=_UNSAFE_HINT)
+        raise UnsafeArchive(
+            f"archive {shown_as} holds {name!r}, which would be written outside the destination", hint=_UNSAFE_HINT
+        )
 
 
 def _check_link(member: tarfile.TarInfo, shown_as: str) -> None:

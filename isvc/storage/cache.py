@@ -68,8 +68,13 @@ class ContentCache:
             content.mkdir()
             fill(content)
             num_files, num_bytes = _count(content)
-            meta = {"uri": label, "fetched_at": time.time(), "num_files": num_files, "num_bytes": num_bytes,
-                    "elapsed_s": round(time.monotonic() - started, 3)}
+            meta = {
+                "uri": label,
+                "fetched_at": time.time(),
+                "num_files": num_files,
+                "num_bytes": num_bytes,
+                "elapsed_s": round(time.monotonic() - started, 3),
+            }
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
             os.replace(tmp, self.entry(key))
         except BaseException:

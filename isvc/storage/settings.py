@@ -11,6 +11,8 @@ Environment (all optional):
   ``ISVC_STORAGE_BACKOFF_S`` (first retry delay, doubled each time, 1.0).
 - ``STORAGE_ALLOW_PATTERNS`` / ``STORAGE_IGNORE_PATTERNS``: KServe's file filters, a JSON list
   or a comma-separated string of glob patterns.
+- ``STORAGE_CONFIG`` / ``STORAGE_OVERRIDE_CONFIG``: KServe's storage-spec JSON; for ``"type": "s3"``
+  its keys become the AWS variables below (without writing ``os.environ``).
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ class StorageSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> StorageSettings:
-        env = os.environ if environ is None else environ
+        env = dict(os.environ if environ is None else environ)
+        env.update(_storage_spec_env(env))
         cache_dir = Path(env.get("ISVC_CACHE_DIR") or "~/.cache/isvc").expanduser()
         pvc_root = Path(env.get("ISVC_PVC_ROOT") or "~/.local/share/isvc/pvc").expanduser()
         config_path = Path(env.get("ISVC_CONFIG") or "~/.config/isvc/config.yaml").expanduser()
@@ -86,8 +89,38 @@ class StorageSettings:
             file_filter=FileFilter(
                 allow=_patterns(env, "STORAGE_ALLOW_PATTERNS"), ignore=_patterns(env, "STORAGE_IGNORE_PATTERNS")
             ),
-            env=dict(env),
+            env=env,
         )
+
+
+# KServe storage-spec key -> the variable the S3 provider reads.
+_S3_SPEC_KEYS: dict[str, str] = {
+    "endpoint_url": "AWS_ENDPOINT_URL",
+    "access_key_id": "AWS_ACCESS_KEY_ID",
+    "secret_access_key": "AWS_SECRET_ACCESS_KEY",
+    "region": "AWS_DEFAULT_REGION",
+    "ca_bundle": "AWS_CA_BUNDLE",
+    "verify_ssl": "S3_VERIFY_SSL",
+    "anonymous": "awsAnonymousCredential",
+}
+
+
+def _storage_spec_env(env: Mapping[str, str]) -> dict[str, str]:
+    spec: dict[str, object] = {}
+    for name in ("STORAGE_CONFIG", "STORAGE_OVERRIDE_CONFIG"):
+        text = env.get(name)
+        if not text:
+            continue
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{name} is not JSON ({exc}); it holds KServe's storage spec.", param=name) from exc
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} must be a JSON object (KServe's storage spec).", param=name)
+        spec.update(value)
+    if spec.get("type") != "s3":
+        return {}
+    return {var: str(spec[key]) for key, var in _S3_SPEC_KEYS.items() if key in spec}
 
 
 def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:

@@ -106,7 +106,9 @@ def _parse_hf(text: str, rest: str) -> ModelUri:
             hint="Name the repository with its organisation, e.g. hf://HuggingFaceTB/SmolLM2-135M-Instruct.",
         )
     if ":" in rest and not revision:
-        raise InvalidUri(f"storageUri {text!r} has an empty revision after ':'", hint="Drop the ':' or name a branch, tag or commit.")
+        raise InvalidUri(
+            f"storageUri {text!r} has an empty revision after ':'", hint="Drop the ':' or name a branch, tag or commit."
+        )
     return ModelUri(raw=text, scheme="hf", authority=parts[0], path=parts[1], revision=revision or None)
 
 

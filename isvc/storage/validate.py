@@ -63,7 +63,8 @@ def validate_model_dir(path: Path, *, shown_as: str | None = None, require_token
     tokenizer = _find_tokenizer(path, weights)
     if require_tokenizer and not tokenizer:
         raise MissingTokenizer(
-            f"model folder {shown!r} has no tokenizer (none of tokenizer.json, tokenizer.model, vocab.json+merges.txt, vocab.txt)",
+            f"model folder {shown!r} has no tokenizer "
+            "(none of tokenizer.json, tokenizer.model, vocab.json+merges.txt, vocab.txt)",
             hint="Save it next to the weights: AutoTokenizer.from_pretrained(<source>).save_pretrained(<folder>).",
         )
     return ModelFolder(path=path, weight_files=weights, tokenizer_files=tokenizer)
@@ -118,7 +119,9 @@ def _walkable(folder: Path) -> bool:
 def _check_config(root: Path, shown: str) -> None:
     config = root / "config.json"
     if not config.is_file():
-        raise MissingConfig(f"model folder {shown!r} has no config.json; it holds: {_listing(root)}", hint=_config_hint(root, shown))
+        raise MissingConfig(
+            f"model folder {shown!r} has no config.json; it holds: {_listing(root)}", hint=_config_hint(root, shown)
+        )
     try:
         data = json.loads(config.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -126,7 +129,9 @@ def _check_config(root: Path, shown: str) -> None:
             f"config.json in {shown!r} is not valid JSON ({exc})", hint="Re-save it with model.config.save_pretrained(<folder>)."
         ) from exc
     if not isinstance(data, dict):
-        raise MissingConfig(f"config.json in {shown!r} is not a JSON object", hint="Re-save it with model.config.save_pretrained(<folder>).")
+        raise MissingConfig(
+            f"config.json in {shown!r} is not a JSON object", hint="Re-save it with model.config.save_pretrained(<folder>)."
+        )
 
 
 def _config_hint(root: Path, shown: str) -> str:
@@ -178,7 +183,8 @@ def _check_index(root: Path, index: Path, shown: str) -> tuple[str, ...]:
     missing = [s for s in shards if not (root / s).is_file()]
     if missing:
         raise MissingWeights(
-            f"{index.name} in {shown!r} names {len(shards)} shards but {len(missing)} are missing: {', '.join(missing[:_MAX_LISTED])}",
+            f"{index.name} in {shown!r} names {len(shards)} shards but {len(missing)} are missing: "
+            f"{', '.join(missing[:_MAX_LISTED])}",
             hint="The copy or download is incomplete; fetch the missing shards (or the whole folder) again.",
         )
     return tuple(shards)

@@ -45,3 +45,20 @@ def test_patterns_accept_json_lists_and_comma_strings() -> None:
 def test_bad_numbers_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="ISVC_STORAGE_TIMEOUT_S='soon'"):
         StorageSettings.from_env({"ISVC_STORAGE_TIMEOUT_S": "soon"})
+
+
+def test_kserve_storage_spec_becomes_aws_settings() -> None:
+    settings = StorageSettings.from_env(
+        {
+            "STORAGE_CONFIG": '{"type": "s3", "endpoint_url": "http://minio:9000", "access_key_id": "a", "region": "eu"}',
+            "STORAGE_OVERRIDE_CONFIG": '{"access_key_id": "b", "anonymous": "true"}',
+            "AWS_ACCESS_KEY_ID": "from-env",
+        }
+    )
+    assert settings.env["AWS_ENDPOINT_URL"] == "http://minio:9000"
+    assert settings.env["AWS_ACCESS_KEY_ID"] == "b"  # the override wins, as in KServe
+    assert settings.env["AWS_DEFAULT_REGION"] == "eu" and settings.env["awsAnonymousCredential"] == "true"
+
+
+def test_non_s3_storage_spec_is_ignored() -> None:
+    assert "AWS_ENDPOINT_URL" not in StorageSettings.from_env({"STORAGE_CONFIG": '{"type": "gs"}'}).env
