@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 from storage_helpers import FileServer, Route, cache_entries, model_files, with_env
 
-from isvc.storage.errors import MissingConfig, ModelDirNotFound, StorageError, UnreadableFiles, UnsupportedScheme
+from isvc.storage.errors import (
+    MissingConfig,
+    MissingTokenizer,
+    MissingWeights,
+    ModelDirNotFound,
+    StorageError,
+    UnreadableFiles,
+    UnsupportedScheme,
+)
 from isvc.storage.initializer import download, fetch, map_mount_path, resolve_model_dir
 from isvc.storage.settings import StorageSettings
 
@@ -137,3 +145,27 @@ def test_remote_model_missing_config_is_not_cached(http_server: FileServer, sett
 def test_fetch_of_a_local_path_needs_no_cache(model_dir: Path, settings: StorageSettings) -> None:
     assert fetch(f"file://{model_dir}", settings=settings) == model_dir
     assert not settings.cache_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("remove", "error", "needle"),
+    [
+        ("model.safetensors", MissingWeights, "no weights"),
+        ("tokenizer.json", MissingTokenizer, "no tokenizer"),
+        ("config.json", MissingConfig, "no config.json"),
+    ],
+)
+def test_incomplete_remote_model_is_reported_and_not_cached(
+    http_server: FileServer, settings: StorageSettings, model_dir: Path, remove: str, error: type[Exception], needle: str
+) -> None:
+    import io
+    import tarfile
+
+    (model_dir / remove).unlink()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(model_dir, arcname=".")
+    http_server.routes["/m.tgz"] = Route(buffer.getvalue())
+    with pytest.raises(error, match=needle):
+        resolve_model_dir(f"{http_server.url}/m.tgz", settings=settings)
+    assert cache_entries(settings) == []
