@@ -2,139 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
-
-from isvc.controlplane import cli, process
-from isvc.controlplane.store import Store
-
-FAKE = Path(__file__).with_name("fake_predictor.py")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class ControlPlane:
-    state_dir: Path
-    port: int
-    proc: subprocess.Popen[bytes]
-    tmp: Path
-    pids_seen: set[int] = field(default_factory=set)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def args(self, *extra: str) -> list[str]:
-        return [*extra, "--state-dir", str(self.state_dir)]
-
-    def apply(self, text: str, *extra: str) -> int:
-        path = self.tmp / f"manifest-{time.monotonic_ns()}.yaml"
-        path.write_text(text)
-        return cli.apply(self.args("-f", str(path), *extra))
-
-    def store(self) -> Store:
-        return Store(self.state_dir)
-
-    def status(self, name: str, ns: str = "default") -> dict[str, Any]:
-        row = self.store().service(ns, name)
-        return json.loads(row["status"]) if row and row["status"] else {}
-
-    def condition(self, name: str, type_: str = "Ready", ns: str = "default") -> dict[str, Any]:
-        return next((c for c in self.status(name, ns).get("conditions", []) if c["type"] == type_), {})
-
-    def wait(self, check: Callable[[], Any], timeout_s: float = 30.0, what: str = "condition") -> Any:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            value = check()
-            if value:
-                return value
-            time.sleep(0.05)
-        raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; log:\n{self.log_tail()}")
-
-    def wait_ready(self, name: str, ns: str = "default", timeout_s: float = 30.0) -> dict[str, Any]:
-        self.wait(lambda: self.condition(name, ns=ns).get("status") == "True", timeout_s, f"{ns}/{name} Ready")
-        return self.status(name, ns)
-
-    def replicas(self, name: str, ns: str = "default") -> list[Any]:
-        rows = self.store().replicas(ns, name)
-        self.pids_seen |= {r["pid"] for r in rows if r["pid"]}
-        return rows
-
-    def log_tail(self) -> str:
-        lines = []
-        for f in sorted((self.state_dir / "logs").rglob("*.log")):
-            lines.append(f"== {f.name}: " + " | ".join(process.tail(f, 6)))
-        return "\n".join(lines)
-
-
-def fake_container(name: str, *args: str, ns: str = "default", extra: str = "") -> str:
-    argv = json.dumps([str(FAKE), "--port", "8080", *args])
-    return f"""\
-apiVersion: serving.kserve.io/v1beta1
-kind: InferenceService
-metadata: {{name: {name}, namespace: {ns}}}
-spec:
-  predictor:
-{extra}    containers:
-      - name: kserve-container
-        image: fake:latest
-        command: [{json.dumps(sys.executable)}]
-        args: {argv}
-"""
-
-
-def _start(tmp: Path, *extra: str) -> ControlPlane:
-    state = tmp / "state"
-    port = free_port()
-    log = open(tmp / "up.log", "ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "isvc", "up", "--port", str(port), "--state-dir", str(state), *extra],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    cp = ControlPlane(state, port, proc, tmp)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"isvc up exited {proc.returncode}: {(tmp / 'up.log').read_text()}")
-        try:
-            if httpx.get(f"{cp.url}/_isvc/healthz", timeout=1).status_code == 200:
-                return cp
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    raise AssertionError("isvc up did not come up")
-
-
-def _stop(cp: ControlPlane) -> None:
-    rows = cp.store().replicas()
-    cp.pids_seen |= {r["pid"] for r in rows if r["pid"]}
-    assert cli.down(cp.args("--timeout", "20")) == 0
-    try:
-        cp.proc.wait(timeout=20)
-    finally:
-        if cp.proc.poll() is None:
-            os.killpg(cp.proc.pid, signal.SIGKILL)
-            cp.proc.wait()
-    alive = [pid for pid in cp.pids_seen if process.start_ticks(pid) is not None]
-    for pid in alive:
-        process.kill_group(pid, signal.SIGKILL)
-    assert not alive, f"predictors survived isvc down: {alive}"
+from cp_helpers import ControlPlane
+from cp_helpers import start as start_up
+from cp_helpers import stop as stop_up
 
 
 @pytest.fixture
@@ -153,13 +27,13 @@ def start_control_plane(tmp_path: Path, pvc_root: Path) -> Iterator[Callable[...
     def start(*extra: str) -> ControlPlane:
         sub = tmp_path / f"cp{len(started)}"
         sub.mkdir()
-        cp = _start(sub, *extra)
+        cp = start_up(sub, *extra)
         started.append(cp)
         return cp
 
     yield start
     for cp in started:
-        _stop(cp)
+        stop_up(cp)
 
 
 @pytest.fixture

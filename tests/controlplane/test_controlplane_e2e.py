@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import FAKE, ControlPlane, fake_container
+from cp_helpers import FAKE, ControlPlane, fake_container
 
 from isvc.controlplane import cli, process
 
