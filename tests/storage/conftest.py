@@ -34,7 +34,7 @@ def settings(tmp_path: Path) -> StorageSettings:
     return StorageSettings(
         cache_dir=tmp_path / "cache",
         pvc_root=tmp_path / "pvc",
-        timeout_s=2.0,
+        timeout_s=10.0,
         max_attempts=2,
         backoff_s=0.01,
         env={},
