@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from isvc.controlplane import process
-from isvc.controlplane.output import age, describe_text, isvc_table, runtime_table
+from isvc.controlplane.output import describe_text, isvc_table, runtime_table
 from isvc.controlplane.plan import build_plan
 from isvc.controlplane.settings import CPU_FALLBACK_ENV, GPUS_ENV, detect_gpus, env_flag
 from isvc.controlplane.store import Store, state_dir
@@ -375,4 +375,4 @@ def logs(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["age", "apply", "delete", "describe", "down", "get", "logs", "up"]
+__all__ = ["apply", "delete", "describe", "down", "get", "logs", "up"]
