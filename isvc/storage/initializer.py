@@ -11,10 +11,13 @@ Public entry points (everything else in ``isvc.storage`` is an implementation de
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
 import posixpath
+import stat
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -181,20 +184,26 @@ def _unpack_single_archive(content: Path, uri: ModelUri) -> None:
 
 
 def _replace_with_link(link: Path, source: Path) -> None:
-    if link.is_symlink():
+    """Make ``link`` a symlink to ``source``, atomically; safe when replicas race on the same ``link``."""
+    try:
+        st = os.lstat(link)  # one look, so a link another replica just made is not mistaken for a folder
+    except FileNotFoundError:
+        st = None
+    if st is not None and stat.S_ISLNK(st.st_mode):
         if link.resolve() == source.resolve():
             return
-    elif link.is_dir():
+    elif st is not None and stat.S_ISDIR(st.st_mode):
         if any(link.iterdir()):
             raise StorageError(
                 f"destination {str(link)!r} is a folder that is not empty",
                 hint="Pass a new or empty folder; isvc links it to the fetched model instead of copying.",
             )
-        link.rmdir()
-    elif link.exists():
+        with contextlib.suppress(FileNotFoundError):
+            link.rmdir()
+    elif st is not None:
         raise StorageError(f"destination {str(link)!r} exists and is a file", hint="Pass a new or empty folder.")
     link.parent.mkdir(parents=True, exist_ok=True)
-    tmp = link.with_name(f".{link.name}.isvc-link-{os.getpid()}")
+    tmp = link.with_name(f".{link.name}.isvc-link-{os.getpid()}-{threading.get_ident()}")
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(source, target_is_directory=source.is_dir())
     os.replace(tmp, link)

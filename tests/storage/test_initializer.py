@@ -169,3 +169,26 @@ def test_incomplete_remote_model_is_reported_and_not_cached(
     with pytest.raises(error, match=needle):
         resolve_model_dir(f"{http_server.url}/m.tgz", settings=settings)
     assert cache_entries(settings) == []
+
+
+def test_replicas_racing_on_one_destination_all_succeed(settings: StorageSettings, shared_claim: Path, tmp_path: Path) -> None:
+    import threading
+
+    dest = tmp_path / "models" / "rev1"
+    errors: list[BaseException] = []
+
+    def replica() -> None:
+        try:
+            for _ in range(20):
+                download("pvc://global-shared/models", dest, settings=settings)
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=replica) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert dest.resolve() == shared_claim.resolve()
+    assert [p.name for p in dest.parent.iterdir()] == ["rev1"]  # no temporary links left
