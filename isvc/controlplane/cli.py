@@ -163,7 +163,8 @@ def _load(files: list[str], namespace: str | None, store: Store) -> list[Resourc
     for d in docs:
         meta = d.body.setdefault("metadata", {}) if isinstance(d.body.get("metadata", {}), dict) else None
         if meta is not None and namespace and d.body.get("kind") != "ClusterServingRuntime":
-            if meta.get("namespace") not in (None, namespace):
+            placeholder = "${" in str(meta.get("namespace", ""))  # the seed's `namespace: "${YOUR-NS}"`
+            if meta.get("namespace") not in (None, namespace) and not placeholder:
                 raise ManifestError([d.problem("metadata.namespace", f"the namespace from the file ({meta['namespace']}) does not match -n {namespace}")])
             meta["namespace"] = namespace
     existing = [ServingRuntime.model_validate(r.body) for kind in ("ServingRuntime", "ClusterServingRuntime") for r in store.resources(kind)]

@@ -253,3 +253,14 @@ def test_invalid_manifest_is_refused_by_apply(tmp_path: Path, capsys: pytest.Cap
     err = capsys.readouterr().err
     assert f"{f}[doc 0]: spec.predictor.canaryTrafficPercent: Invalid value: 101" in err
     assert json.loads(json.dumps(err))  # printable
+
+
+def test_dash_n_fills_a_placeholder_namespace_but_not_a_real_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "m.yaml"
+    f.write_text(fake_container("ph", ns='"${YOUR-NS}"'))
+    state = ["--state-dir", str(tmp_path / "s")]
+    assert cli.apply(["-f", str(f), "-n", "team-a", "--dry-run", *state]) == 0
+    assert "namespace:   team-a" in capsys.readouterr().out
+    f.write_text(fake_container("ph", ns="team-b"))
+    assert cli.apply(["-f", str(f), "-n", "team-a", "--dry-run", *state]) == 1
+    assert "does not match -n team-a" in capsys.readouterr().err
