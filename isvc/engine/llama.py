@@ -223,6 +223,11 @@ class _DecodeAttention:
         self.pos = torch.tensor(step.decode_positions, dtype=torch.long)
         self.dense = step.decode_slots == list(range(n))
         self.max_len = max(step.decode_positions) + 1
+        # Row of (slot, kv head, position) in the cache viewed as [slots * KVH * cap, Dh]:
+        # index_copy_ on one dim is far cheaper than an advanced-indexing write.
+        heads = torch.arange(cache.num_kv_heads)
+        self.flat_rows = ((self.slots[:, None] * cache.num_kv_heads + heads[None, :]) * cache.capacity
+                          + self.pos[:, None]).reshape(-1)  # [D * KVH]
         lengths = torch.ones(n, dtype=torch.long)
         lengths[self.slots] = self.pos + 1
         self.mask = (torch.arange(self.max_len)[None, :] < lengths[:, None]).view(n, 1, 1, self.max_len)
@@ -231,8 +236,8 @@ class _DecodeAttention:
             kc: torch.Tensor, vc: torch.Tensor) -> torch.Tensor:
         D, H, Dh = q.shape
         KVH = k.shape[1]
-        kc[self.slots, :, self.pos] = k  # write this step's K/V at each slot's position
-        vc[self.slots, :, self.pos] = v
+        kc.view(-1, Dh).index_copy_(0, self.flat_rows, k.reshape(-1, Dh))  # this step's K/V at each slot's position
+        vc.view(-1, Dh).index_copy_(0, self.flat_rows, v.reshape(-1, Dh))
         qg = q.view(D, KVH, H // KVH, Dh)
         if not self.dense:
             full = q.new_zeros(self.n, KVH, H // KVH, Dh)
