@@ -31,6 +31,8 @@ META_FILE = "meta.json"
 
 
 class ContentCache:
+    """The entries under one root; every method is safe across threads and processes."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
 

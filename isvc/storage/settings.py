@@ -52,6 +52,8 @@ class FileFilter:
 
 @dataclass(frozen=True, slots=True)
 class StorageSettings:
+    """Everything the storage initializer reads from the machine; built once by :meth:`from_env`."""
+
     cache_dir: Path
     """Root of the content cache (``<cache_dir>/storage/<key>``)."""
     pvc_root: Path

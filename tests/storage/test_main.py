@@ -113,3 +113,11 @@ def test_killed_download_never_looks_complete(
     assert code == 0, err
     assert list((storage / ".tmp").iterdir()) == []
     assert model_files(tmp_path / "dest") == model_files(model_dir)
+
+
+def test_importing_storage_loads_no_heavy_sdk() -> None:
+    """The control plane imports isvc.storage; torch and the cloud SDKs load only when a scheme needs them."""
+    heavy = ("torch", "transformers", "boto3", "google.cloud.storage", "huggingface_hub", "httpx")
+    code = f"import sys, isvc.storage; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
