@@ -43,6 +43,9 @@ def main(argv: list[str]) -> int:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             stream=sys.stderr,
         )
+        if not args.verbose:  # one line per request from the HTTP clients is noise here
+            for name in ("httpx", "httpx2", "httpcore", "botocore", "urllib3", "google"):
+                logging.getLogger(name).setLevel(logging.WARNING)
     try:
         settings = StorageSettings.from_env()
         for uri, dest in zip(args.pairs[::2], args.pairs[1::2], strict=True):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +73,22 @@ def _snapshot(uri: ModelUri, settings: StorageSettings, **kwargs: Any) -> str:
             allow_patterns=list(flt.allow) or None,
             ignore_patterns=list(flt.ignore) or None,
             etag_timeout=settings.timeout_s,
+            tqdm_class=None if sys.stderr.isatty() else _quiet_tqdm(),
             **kwargs,
         )
     )
+
+
+def _quiet_tqdm() -> Any:
+    """huggingface_hub's files bar, switched off: without a terminal it would fill log files with \r lines."""
+    from tqdm.auto import tqdm
+
+    class QuietTqdm(tqdm):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+    return QuietTqdm
 
 
 def _link_or_copy_tree(snapshot: Path, dest: Path) -> None:

@@ -57,6 +57,7 @@ def test_fetch_validate_and_cache_hit(http_server: FileServer, model_dir: Path, 
     assert out.strip() == str(tmp_path / "dest1")
     assert model_files(tmp_path / "dest1") == model_files(model_dir)
     assert "fetched" in err and "done in" in err  # structured log lines, not a progress bar (no TTY)
+    assert "HTTP Request" not in err and "\r" not in err
     code, _, err, _ = run([uri, str(tmp_path / "dest2")], env)
     assert code == 0 and "cached" in err
     assert http_server.hits["/tiny.tar.gz"] == 1
