@@ -32,9 +32,6 @@ class EngineConfig(BaseModel):
     num_threads: int | None = Field(default=None, ge=1)
     """torch intra-op threads; defaults to the cores this process may use."""
 
-    quantization: str | None = None
-    """None, or 'int8' for dynamic int8 linear layers on CPU."""
-
     trust_remote_code: bool = False
     """Allow custom model code from the model folder."""
 

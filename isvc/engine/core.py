@@ -86,8 +86,6 @@ class EngineCore:
         model_dir = Path(config.model_dir)
         self.tokenizer = tokenizer or load_tokenizer(config.model_dir, config.trust_remote_code)
         self.model = LlamaModel(model_dir, torch_dtype(config.dtype), config.max_model_len)
-        if config.quantization:
-            self.model.quantize_int8()
         self.max_model_len = self.model.max_model_len
         self.cache = self.model.new_cache(config.max_num_seqs, int(config.kv_cache_space_gb * 2**30))
         self.scheduler = Scheduler(config.max_num_seqs, config.max_num_batched_tokens)

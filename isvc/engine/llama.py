@@ -140,10 +140,6 @@ class LlamaModel:
     def new_cache(self, max_slots: int, budget_bytes: int) -> KVCache:
         return KVCache(self.num_layers, self.num_kv_heads, self.head_dim, max_slots, self.dtype, budget_bytes)
 
-    def quantize_int8(self) -> None:
-        """Dynamic int8 linear layers (weights int8, activations quantized per step)."""
-        raise UnsupportedModel("--quantization int8 is not available in this build")
-
     # -- the step --------------------------------------------------------------------------
 
     @torch.inference_mode()

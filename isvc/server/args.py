@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--tensor_parallel_size", type=int, default=None, help="GPUs per model (vLLM backend)")
     add("--pipeline_parallel_size", type=int, default=1, help="vLLM backend")
     add("--gpu_memory_utilization", type=float, default=0.9, help="vLLM backend")
-    add("--quantization", default=None, help="gptq/awq/... (vLLM backend); int8 on the CPU engine")
+    add("--quantization", default=None, help="gptq/awq/... (vLLM backend on a GPU)")
     add("--max_num_seqs", type=int, default=32, help="requests decoded together per step")
     add("--max_num_batched_tokens", type=int, default=256, help="token budget per step (prefill chunks + decode)")
     add("--max_queue", type=int, default=256, help="requests that may wait for a slot before 429/503")

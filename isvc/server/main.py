@@ -21,12 +21,16 @@ def main(argv: list[str]) -> int:
         print(f"isvc serve: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from isvc.errors import IsvcError
+    from isvc.errors import ConfigError, IsvcError
 
     try:
         model_dir = _resolve_model_dir(args)
         _check_task(args.task)
         backend = _choose_backend(args.backend)
+        if backend == "isvc" and args.quantization:
+            raise ConfigError(
+                f"--quantization {args.quantization} needs the vLLM backend on a GPU (--backend vllm, "
+                "pip install 'isvc[vllm]'); isvc's CPU engine serves the model's own float weights")
     except IsvcError as exc:
         hint = getattr(exc, "hint", None)
         print(f"isvc serve: error: {exc.message}" + (f"\n  hint: {hint}" if hint else ""), file=sys.stderr)
@@ -47,7 +51,7 @@ def main(argv: list[str]) -> int:
         max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, max_queue=args.max_queue,
         kv_cache_space_gb=args.kv_cache_space, num_threads=args.num_threads or _threads_from_env(),
-        quantization=args.quantization, trust_remote_code=args.trust_remote_code, seed=args.seed,
+        trust_remote_code=args.trust_remote_code, seed=args.seed,
     )
     engine = AsyncEngine(config)
     settings = ServerSettings(model_name=args.model_name, model_root=str(model_dir),

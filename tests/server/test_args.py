@@ -44,3 +44,33 @@ def test_serve_explains_a_missing_model_folder(tmp_path) -> None:
                             capture_output=True, text=True)
     assert result.returncode == 1
     assert "nope" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_gptq_on_the_cpu_engine_says_what_to_do(tiny_model_dir) -> None:
+    result = subprocess.run([sys.executable, "-m", "isvc", "serve", f"--model_dir={tiny_model_dir}",
+                             "--quantization gptq", "--backend", "huggingface"], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "--quantization gptq" in result.stderr and "--backend vllm" in result.stderr
+
+
+def test_vllm_backend_without_vllm_is_a_clear_error(tiny_model_dir) -> None:
+    result = subprocess.run([sys.executable, "-m", "isvc", "serve", f"--model_dir={tiny_model_dir}",
+                             "--backend=vllm"], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "vllm is not installed" in result.stderr
+
+
+def test_vllm_flags_map_from_kserve_flags(monkeypatch) -> None:
+    from pathlib import Path
+
+    from isvc.server.vllm_backend import vllm_argv
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    args = parse(["--model_name=qwen2-72b", "--max_length=6144", "--trust-remote-code",
+                  "--gpu-memory-utilization=0.95", "--quantization gptq"])
+    argv = vllm_argv(args, Path("/models/qwen"))
+    pairs = dict(zip(argv, argv[1:]))
+    assert pairs["--model"] == "/models/qwen" and pairs["--served-model-name"] == "qwen2-72b"
+    assert pairs["--tensor-parallel-size"] == "2"  # from the visible GPUs
+    assert pairs["--quantization"] == "gptq" and pairs["--gpu-memory-utilization"] == "0.95"
+    assert pairs["--max-model-len"] == "6144" and "--trust-remote-code" in argv
