@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from isvc.storage.settings import StorageSettings
 from isvc.storage.uri import ModelUri
@@ -32,3 +34,26 @@ def safe_join(dest: Path, rel: str, *, source: str) -> Path:
             hint="Rename the object so its key has no '..' segments.",
         )
     return dest.joinpath(*parts)
+
+
+A = TypeVar("A")
+B = TypeVar("B")
+
+
+def run_all(task: Callable[[A, B], None], items: Sequence[tuple[A, B]], *, max_workers: int) -> None:
+    """Run ``task(*item)`` for every item on up to ``max_workers`` threads; raise the first error.
+
+    After a failure, tasks not yet started are cancelled; running ones finish (each writes only its file).
+    """
+    if max_workers <= 1 or len(items) <= 1:
+        for a, b in items:
+            task(a, b)
+        return
+    with ThreadPoolExecutor(max_workers=min(max_workers, len(items)), thread_name_prefix="isvc-fetch") as pool:
+        futures = [pool.submit(task, a, b) for a, b in items]
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in pending:
+            future.cancel()
+        for future in futures:  # in submission order, so the error reported is stable
+            if future in done and (error := future.exception()) is not None:
+                raise error

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from types import TracebackType
 from typing import IO, Any
@@ -16,7 +17,7 @@ _MIB = 1024 * 1024
 class Progress:
     """Counts bytes and files; call :meth:`advance` per chunk and :meth:`file_done` per file.
 
-    Thread-safe enough for our use: counters are only summed, and tqdm locks itself.
+    Thread-safe: parallel file downloads report into one instance.
     """
 
     def __init__(
@@ -36,6 +37,7 @@ class Progress:
         self._log_every_s = log_every_s
         self._started = time.monotonic()
         self._last_log = self._started
+        self._lock = threading.Lock()
         out = sys.stderr if stream is None else stream
         self._bar: Any = None
         if out.isatty():
@@ -44,17 +46,21 @@ class Progress:
             self._bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc=label, file=out)
 
     def advance(self, num_bytes: int) -> None:
-        self.num_bytes += num_bytes
-        if self._bar is not None:
-            self._bar.update(num_bytes)
-            return
-        now = time.monotonic()
-        if now - self._last_log >= self._log_every_s:
-            self._last_log = now
+        with self._lock:
+            self.num_bytes += num_bytes
+            if self._bar is not None:
+                self._bar.update(num_bytes)
+                return
+            now = time.monotonic()
+            due = now - self._last_log >= self._log_every_s
+            if due:
+                self._last_log = now
+        if due:
             self._log("progress")
 
     def file_done(self, name: str) -> None:
-        self.num_files += 1
+        with self._lock:
+            self.num_files += 1
         if self._bar is not None:
             self._bar.set_postfix_str(f"{self.num_files}/{self.total_files or '?'} files", refresh=False)
         else:

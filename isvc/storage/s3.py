@@ -5,7 +5,8 @@ Options are read from ``settings.env`` (KServe's S3 secret/annotation names incl
 ``AWS_REGION`` / ``AWS_DEFAULT_REGION``, ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` /
 ``AWS_SESSION_TOKEN`` (else boto3's default chain: profile, instance role, ...),
 ``awsAnonymousCredential`` / ``S3_USE_ANON`` (unsigned requests), ``S3_VERIFY_SSL``,
-``AWS_CA_BUNDLE``, ``S3_USER_VIRTUAL_BUCKET``, ``S3_USE_ACCELERATE``.
+``AWS_CA_BUNDLE``, ``S3_USER_VIRTUAL_BUCKET``, ``S3_USE_ACCELERATE``, ``S3_MAX_FILE_CONCURRENCY``
+(files fetched at once, default 4).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from isvc.storage.base import safe_join
+from isvc.storage.base import run_all, safe_join
 from isvc.storage.errors import StorageAuthError, StorageError, StorageNotFound, StorageUnavailable
 from isvc.storage.progress import Progress
 from isvc.storage.retry import with_retries
@@ -40,17 +41,20 @@ def fetch_s3(uri: ModelUri, dest: Path, settings: StorageSettings) -> None:
     endpoint = client.meta.endpoint_url
     try:
         objects = _list(client, uri, settings)
+        targets = [(key, safe_join(dest, rel, source=uri.raw)) for key, _size, rel in objects]
         with Progress(uri.raw, total_bytes=sum(size for _, size, _ in objects), total_files=len(objects)) as progress:
-            for key, _size, rel in objects:
-                target = safe_join(dest, rel, source=uri.raw)
+
+            def fetch_one(key: str, target: Path) -> None:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with_retries(
-                    lambda key=key, target=target: _download(client, uri.authority, key, target, progress),
+                    lambda: _download(client, uri.authority, key, target, progress),
                     what=f"s3://{uri.authority}/{key}",
                     settings=settings,
                     transient=_is_transient,
                 )
-                progress.file_done(rel)
+                progress.file_done(key)
+
+            run_all(fetch_one, targets, max_workers=_concurrency(settings.env))
     except StorageError:
         raise
     except Exception as exc:
@@ -87,6 +91,11 @@ def make_client(settings: StorageSettings) -> Any:
     elif env.get("AWS_CA_BUNDLE"):
         kwargs["verify"] = env["AWS_CA_BUNDLE"]
     return boto3.session.Session().client("s3", **kwargs)
+
+
+def _concurrency(env: Mapping[str, str]) -> int:
+    text = env.get("S3_MAX_FILE_CONCURRENCY", "4")  # KServe's name
+    return max(1, int(text)) if text.isdigit() else 4
 
 
 def _endpoint(env: Mapping[str, str]) -> str | None:

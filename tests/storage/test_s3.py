@@ -196,3 +196,14 @@ def test_legacy_s3_endpoint_env(s3_server: S3Server, bucket: str, settings: Stor
         AWS_DEFAULT_REGION="us-east-1",
     )
     assert model_files(fetch(f"s3://{bucket}/m", settings=legacy)) == {"config.json": b"{}"}
+
+
+@pytest.mark.parametrize("concurrency", ["1", "4"])
+def test_many_files_fetch_the_same_in_parallel_or_not(
+    s3_server: S3Server, bucket: str, s3_settings: StorageSettings, tmp_path: Path, concurrency: str
+) -> None:
+    shards = {f"model-{i:05d}-of-00012.safetensors": bytes([i]) * (1000 + i) for i in range(12)}
+    for name, data in shards.items():
+        s3_server.client.put_object(Bucket=bucket, Key=f"sharded/{name}", Body=data)
+    settings = with_env(s3_settings, S3_MAX_FILE_CONCURRENCY=concurrency)
+    assert model_files(fetch(f"s3://{bucket}/sharded", settings=settings)) == shards
