@@ -7,10 +7,12 @@ KServe's ``{"error": ...}`` on V1/V2). Business code raises, it never builds bod
     IsvcError (500)
       + InvalidRequest (400)
         - ContextLengthExceeded (400)
+      + Unauthorized (401)
       + NotFound (404)
       + Overloaded (429 on OpenAI routes, 503 on KServe routes)
       + NotReady (503)
       + Unavailable (503)
+      + GatewayTimeout (504)
 """
 
 from __future__ import annotations
@@ -43,6 +45,12 @@ class ContextLengthExceeded(InvalidRequest):
     code = "context_length_exceeded"
 
 
+class Unauthorized(IsvcError):
+    http_status = 401
+    code = "invalid_api_key"
+    type = "AuthenticationError"
+
+
 class NotFound(IsvcError):
     http_status = 404
     code = "model_not_found"
@@ -67,6 +75,12 @@ class Unavailable(IsvcError):
     http_status = 503
     code = "service_unavailable"
     type = "ServiceUnavailableError"
+
+
+class GatewayTimeout(IsvcError):
+    http_status = 504
+    code = "upstream_timeout"
+    type = "TimeoutError"
 
 
 class ConfigError(IsvcError):

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as StarletteRoute
 
 from isvc.gateway.settings import GatewaySettings
-from isvc.errors import InvalidRequest, IsvcError, NotFound, Unavailable
+from isvc.errors import GatewayTimeout, InvalidRequest, IsvcError, NotFound, Unauthorized, Unavailable
 from isvc.gateway.routing import Pick, Route, RouteTable
 
 logger = logging.getLogger(__name__)
@@ -37,18 +37,6 @@ _HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
         "transfer-encoding", "upgrade", "host"}  # fmt: skip
 _HOP_RESPONSE = _HOP | {"content-length"}  # the body is re-streamed (chunked)
 _MODEL_PATHS = ("completions", "chat/completions", "embeddings", "responses")
-
-
-class Unauthorized(IsvcError):
-    http_status = 401
-    code = "invalid_api_key"
-    type = "AuthenticationError"
-
-
-class GatewayTimeout(IsvcError):
-    http_status = 504
-    code = "upstream_timeout"
-    type = "TimeoutError"
 
 
 @dataclass
