@@ -14,7 +14,7 @@ from typing import Any
 
 from isvc.engine.config import EngineConfig
 from isvc.engine.core import EngineCore
-from isvc.engine.errors import ContextLengthExceeded, EngineDeadError, EngineOverloaded
+from isvc.engine.errors import ContextLengthExceeded, EngineDeadError, EngineOverloaded, GenerationFailed
 from isvc.engine.outputs import RequestOutput
 from isvc.engine.params import SamplingParams
 from isvc.engine.request import EngineRequest
@@ -66,6 +66,10 @@ class AsyncEngine:
         limit = core.max_model_len
         if n == 0:
             raise InvalidRequest("the prompt is empty", param="prompt")
+        vocab = core.model.vocab_size
+        bad = next((t for t in prompt_ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise InvalidRequest(f"token id {bad} is out of range: the vocabulary has {vocab} tokens", param="prompt")
         if max_tokens is None:
             max_tokens = limit - n
         if n + max_tokens > limit:
@@ -102,7 +106,7 @@ class AsyncEngine:
                 out = await queue.get()
                 if out.error is not None:
                     finished = True
-                    raise EngineDeadError(f"generation failed: {out.error}") from out.error
+                    raise GenerationFailed(f"generation failed: {out.error}") from out.error
                 yield out
                 if out.finished:
                     finished = True

@@ -97,3 +97,22 @@ def test_context_length_is_refused_before_any_work(engine: AsyncEngine) -> None:
     with pytest.raises(ContextLengthExceeded) as err:
         engine.check_request([1] * 200, 100)
     assert "256" in err.value.message and "300" in err.value.message
+
+
+def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(engine: AsyncEngine) -> None:
+    from isvc.engine.errors import GenerationFailed
+
+    params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
+    # An out-of-vocabulary id (the HTTP layer refuses it; here it reaches the model) makes the step raise.
+    with pytest.raises(GenerationFailed):
+        asyncio.run(run(engine, "bad", [10**6], params))
+    tokens, _, reason = asyncio.run(run(engine, "good", prompts(engine, 1)[0], params))
+    assert len(tokens) == 4 and reason == "length"
+
+
+def test_out_of_vocabulary_prompt_ids_are_refused_up_front(engine: AsyncEngine) -> None:
+    from isvc.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest) as err:
+        engine.check_request([1, 10**6], 4)
+    assert err.value.param == "prompt" and "1000000" in err.value.message
