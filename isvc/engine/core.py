@@ -277,9 +277,10 @@ class EngineCore:
 
     def _emit_delta(self, t: _Tracked, final: bool, finish_reason: str | None = None,
                     error: BaseException | None = None) -> None:
+        # Text that may be the start of a stop string waits until we know.
         upto = len(t.text) if final else len(t.text) - t.stop.holdback(t.text)
         delta = t.text[t.sent_chars:upto] if upto > t.sent_chars else ""
-        if not delta and not final and not t.pending_logprobs and len(t.pending_ids) == 0:
+        if not final and not delta and not t.pending_ids:
             return
         t.sent_chars = max(t.sent_chars, upto)
         req = t.request
@@ -287,13 +288,10 @@ class EngineCore:
             request_id=req.request_id, text=delta, token_ids=t.pending_ids,
             num_prompt_tokens=req.num_prompt_tokens, num_output_tokens=len(req.output_token_ids),
             finish_reason=finish_reason, logprobs=t.pending_logprobs if req.params.logprobs is not None else None,
-            prompt_logprobs=t.prompt_logprobs if (t.prompt_logprobs and (final or len(req.output_token_ids) == 1)) else None,
+            prompt_logprobs=t.prompt_logprobs or None,  # complete once the first token is sampled
             error=error,
         )
-        if out.prompt_logprobs is not None:
-            t.prompt_logprobs = []
-        t.pending_ids = []
-        t.pending_logprobs = []
+        t.pending_ids, t.pending_logprobs, t.prompt_logprobs = [], [], []
         t.emit(out)
 
     def _finish(self, t: _Tracked, status: RequestStatus, notify: bool = True, error: BaseException | None = None) -> None:
