@@ -52,25 +52,6 @@ class _Tracked:
     pending_ids: list[int] = field(default_factory=list)
 
 
-def keep_freed_memory() -> None:
-    """Stop glibc from returning freed activation buffers to the OS after every op.
-
-    Each step allocates and frees the same few hundred KB-sized tensors; above glibc's
-    mmap threshold every one of them is a fresh mmap, page faults on first touch and
-    an munmap on free. Raising the thresholds keeps them in the heap for reuse.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc caps it at 32 MiB
-        libc.mallopt(m_trim_threshold, 512 << 20)
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        pass
-
-
 def load_tokenizer(model_dir: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
@@ -82,7 +63,6 @@ class EngineCore:
         self.config = config
         threads = config.num_threads or len(os.sched_getaffinity(0))
         torch.set_num_threads(threads)
-        keep_freed_memory()
         model_dir = Path(config.model_dir)
         self.tokenizer = tokenizer or load_tokenizer(config.model_dir, config.trust_remote_code)
         self.model = LlamaModel(model_dir, torch_dtype(config.dtype), config.max_model_len)

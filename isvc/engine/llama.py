@@ -82,18 +82,21 @@ class LlamaModel:
     # -- loading -------------------------------------------------------------------------
 
     def _load_weights(self, model_dir: Path) -> None:
-        from safetensors.torch import load_file
+        from safetensors.torch import load
 
         files = sorted(model_dir.glob("*.safetensors"))
         if not files:
             raise UnsupportedModel(f"no *.safetensors weights in {model_dir}")
         w: dict[str, torch.Tensor] = {}
         for f in files:
-            w.update(load_file(str(f)))
+            # Read into owned memory rather than mapping the file: a mapping keeps every page
+            # it ever touched (the q/k/v and gate/up originals we fuse below) in RSS as well.
+            w.update(load(f.read_bytes()))
         w = {k.removeprefix("model."): v for k, v in w.items()}
 
         def take(name: str) -> torch.Tensor:
-            return w.pop(name).to(self.dtype).contiguous()
+            # A copy, so that no kept tensor pins the whole file buffer it was read into.
+            return w.pop(name).to(self.dtype, copy=True).contiguous()
 
         self.embed = take("embed_tokens.weight")  # [V, hidden]
         self.norm = take("norm.weight")
