@@ -67,7 +67,7 @@ class VllmCpu(Peer):
     def command(self, model_dir: Path, gguf: Path, port: int) -> tuple[list[str], dict[str, str], str]:
         return ([self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
                  "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-                 "--max-model-len", "2048", "--disable-log-requests"],
+                 "--max-model-len", "2048"],
                 {"VLLM_CPU_KVCACHE_SPACE": "4"}, "smollm2")
 
 

@@ -82,11 +82,12 @@ def bench_peer(peer: Peer, levels: list[int], max_tokens: int, scale: float, log
         print(f"[bench] {peer.label} failed: {exc} (log: {log.name})", flush=True)
         return {"peer": peer.name, "label": peer.label, "weights": peer.weights, "error": str(exc), "levels": []}
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
         log.close()
 
 
