@@ -1,4 +1,4 @@
-"""One predictor "pod": run the storage initializer, rewrite /mnt/models, then exec the server.
+"""One predictor "pod": run the storage initializer, rewrite the mount path (/mnt/models), then exec the server.
 
 Started by the launcher as ``python -m isvc.controlplane.pod POD.json`` in its own process
 group, with stdout/stderr going to the replica's log file. ``os.execvpe`` keeps the pid, so
@@ -16,38 +16,26 @@ import sys
 from pathlib import Path
 from typing import Any
 
-MOUNT_PATH = "/mnt/models"
 EXIT_STORAGE = 3
-_MOUNT_RE = re.compile(re.escape(MOUNT_PATH) + r"(?=$|[/\s\"':,;=])")
 
 
 def _fetch(uri: str, dest: Path) -> Path:
-    try:
-        from isvc.storage.initializer import download
-    except ImportError:  # the storage package predates initializer.py: local schemes only
-        return _fetch_local(uri)
+    from isvc.storage.initializer import download
+
     return Path(download(uri, dest))
 
 
-def _fetch_local(uri: str) -> Path:
-    if uri.startswith("pvc://"):
-        claim, _, sub = uri[len("pvc://") :].partition("/")
-        root = Path(os.environ.get("ISVC_PVC_ROOT") or "~/.local/share/isvc/pvc").expanduser() / claim
-        path = root / sub if sub else root
-    elif uri.startswith("file://"):
-        path = Path(uri[len("file://") :])
-    elif "://" not in uri:
-        path = Path(uri)
-    else:
-        raise RuntimeError(f"storage initializer unavailable for {uri!r}")
-    if not path.exists():
-        raise FileNotFoundError(f"{uri!r} resolves to {str(path)!r}, which does not exist")
-    return path
+def _mount_root() -> str:
+    """KServe's /mnt/models, or ISVC_MOUNT_ROOT (the storage settings own the default)."""
+    from isvc.storage.settings import StorageSettings
+
+    return StorageSettings.from_env().mount_root
 
 
-def rewrite_mount(text: str, root: Path) -> str:
-    """``/mnt/models/X`` → ``<root>/X`` wherever it appears in an argument or env value."""
-    return _MOUNT_RE.sub(str(root).replace("\\", "\\\\"), text)
+def rewrite_mount(text: str, root: Path, mount_root: str = "/mnt/models") -> str:
+    """``<mount root>/X`` → ``<root>/X`` wherever it appears in an argument or env value."""
+    pattern = re.escape(mount_root) + r"(?=$|[/\s\"':,;=])"
+    return re.sub(pattern, str(root).replace("\\", "\\\\"), text)
 
 
 def main(argv: list[str]) -> int:
@@ -63,8 +51,9 @@ def main(argv: list[str]) -> int:
             print(f"storage-initializer: failed: {type(exc).__name__}: {exc}", flush=True)
             return EXIT_STORAGE
         print(f"storage-initializer: {uri} -> {root}", flush=True)
-        command = [rewrite_mount(a, root) for a in command]
-        env = {k: rewrite_mount(v, root) for k, v in env.items()}
+        mount_root = _mount_root()
+        command = [rewrite_mount(a, root, mount_root) for a in command]
+        env = {k: rewrite_mount(v, root, mount_root) for k, v in env.items()}
     print(f"isvc pod: exec {' '.join(command)}", flush=True)
     exe = shutil.which(command[0], path=env.get("PATH")) or command[0]
     cwd = spec.get("cwd")

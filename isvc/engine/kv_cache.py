@@ -57,14 +57,18 @@ class KVCache:
             self.k, self.v, self.num_slots, self.capacity = [], [], 0, 0
 
     def _realloc(self, slots: int, capacity: int) -> None:
+        # Layer by layer, so the old and the new cache never both exist in full (peak RSS).
         shape = (slots, self.num_kv_heads, capacity, self.head_dim)
-        new_k = [torch.zeros(shape, dtype=self.dtype) for _ in range(self.num_layers)]
-        new_v = [torch.zeros(shape, dtype=self.dtype) for _ in range(self.num_layers)]
-        if self.capacity:
-            for old, new in ((self.k, new_k), (self.v, new_v)):
-                for o, n in zip(old, new):
-                    n[: self.num_slots, :, : self.capacity].copy_(o)
-        self.k, self.v = new_k, new_v
+        if not self.k:
+            self.k = [torch.empty(0, dtype=self.dtype) for _ in range(self.num_layers)]
+            self.v = [torch.empty(0, dtype=self.dtype) for _ in range(self.num_layers)]
+        for cache in (self.k, self.v):
+            for i, old in enumerate(cache):
+                new = torch.zeros(shape, dtype=self.dtype)
+                if self.capacity:
+                    new[: self.num_slots, :, : self.capacity].copy_(old)
+                cache[i] = new
+                del old
         self.num_slots, self.capacity = slots, capacity
 
     def move(self, src: int, dst: int, length: int) -> None:

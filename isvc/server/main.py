@@ -21,6 +21,8 @@ def main(argv: list[str]) -> int:
         print(f"isvc serve: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpcore", "botocore", "urllib3"):  # one line per request while fetching
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     from isvc.errors import ConfigError, IsvcError
 
     try:
