@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from isvc.engine.async_engine import AsyncEngine
@@ -87,5 +87,3 @@ async def _load(engine: AsyncEngine, settings: ServerSettings) -> None:
     logger.info("model %s ready in %.1fs (weights loaded, warm-up step done)", settings.model_name,
                 time.monotonic() - started)
 
-
-__all__ = ["JSONResponse", "ServerSettings", "create_app"]

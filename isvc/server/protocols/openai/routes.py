@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
 
 from isvc.engine import metrics
 from isvc.server.protocols.openai.schema import ChatCompletionRequest, CompletionRequest
@@ -30,23 +34,23 @@ def build_router(serving: OpenAIServing) -> APIRouter:
         return JSONResponse({**card, "name": name, "ready": serving.engine.ready})
 
     @router.post("/completions")
-    async def completions(body: CompletionRequest, request: Request):  # type: ignore[no-untyped-def]
-        if body.stream:
-            events = await serving.completion_stream(body)
-            metrics.REQUESTS.labels("completions", "stream").inc()
-            return StreamingResponse(guarded_stream(events), media_type="text/event-stream", headers=SSE_HEADERS)
-        response = await serving.completion(body)
-        metrics.REQUESTS.labels("completions", "ok").inc()
-        return JSONResponse(response.model_dump())
+    async def completions(body: CompletionRequest) -> Response:
+        return await _respond("completions", body, serving.completion_stream, serving.completion)
 
     @router.post("/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest, request: Request):  # type: ignore[no-untyped-def]
-        if body.stream:
-            events = await serving.chat_stream(body)
-            metrics.REQUESTS.labels("chat", "stream").inc()
-            return StreamingResponse(guarded_stream(events), media_type="text/event-stream", headers=SSE_HEADERS)
-        response = await serving.chat(body)
-        metrics.REQUESTS.labels("chat", "ok").inc()
-        return JSONResponse(response.model_dump())
+    async def chat_completions(body: ChatCompletionRequest) -> Response:
+        return await _respond("chat", body, serving.chat_stream, serving.chat)
 
     return router
+
+
+async def _respond(route: str, body: Any, stream: Callable[[Any], Awaitable[AsyncIterator[str]]],
+                   unary: Callable[[Any], Awaitable[BaseModel]]) -> Response:
+    """SSE when the request asks for a stream, else one JSON body."""
+    if body.stream:
+        events = await stream(body)  # validation errors surface here, before the first byte
+        metrics.REQUESTS.labels(route, "stream").inc()
+        return StreamingResponse(guarded_stream(events), media_type="text/event-stream", headers=SSE_HEADERS)
+    response = await unary(body)
+    metrics.REQUESTS.labels(route, "ok").inc()
+    return JSONResponse(response.model_dump())
