@@ -294,26 +294,17 @@ class EngineCore:
         k = chunk.request.params.prompt_logprobs or 0
         logprobs = torch.log_softmax(logits, dim=-1)  # row j predicts token start + j + 1
         if chunk.start == 0:
-            t.prompt_logprobs.append(None)
-        targets = prompt[chunk.start + 1 : chunk.end]
-        if targets:
-            tgt = torch.tensor(targets)
-            picked = logprobs[: len(targets)].gather(1, tgt[:, None])[:, 0].tolist()
-            tops = logprobs[: len(targets)].topk(k, dim=-1) if k > 0 else None
-            for j, tok in enumerate(targets):
-                top = []
-                if tops is not None:
-                    top = [(i, self._piece(i), v) for i, v in zip(tops.indices[j].tolist(), tops.values[j].tolist())]
-                t.prompt_logprobs.append(TokenLogprob(tok, self._piece(tok), picked[j], top))
-        if not chunk.completes_prompt:
-            # the chunk's last row predicts the first token of the next chunk
-            nxt = prompt[chunk.end]
-            lp = float(logprobs[-1, nxt])
+            t.prompt_logprobs.append(None)  # the first prompt token has no logprob
+        # Up to the first token of the next chunk; the slice stops at the prompt's end.
+        targets = prompt[chunk.start + 1 : chunk.end + 1]
+        rows = logprobs[: len(targets)]
+        picked = rows.gather(1, torch.tensor(targets, dtype=torch.long)[:, None])[:, 0].tolist()
+        tops = rows.topk(k, dim=-1) if k > 0 else None
+        for j, tok in enumerate(targets):
             top = []
-            if k > 0:
-                v, i = logprobs[-1].topk(k)
-                top = [(a, self._piece(a), b) for a, b in zip(i.tolist(), v.tolist())]
-            t.prompt_logprobs.append(TokenLogprob(nxt, self._piece(nxt), lp, top))
+            if tops is not None:
+                top = [(i, self._piece(i), v) for i, v in zip(tops.indices[j].tolist(), tops.values[j].tolist())]
+            t.prompt_logprobs.append(TokenLogprob(tok, self._piece(tok), picked[j], top))
 
     def _piece(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id], skip_special_tokens=False)

@@ -116,3 +116,25 @@ def test_out_of_vocabulary_prompt_ids_are_refused_up_front(engine: AsyncEngine) 
     with pytest.raises(InvalidRequest) as err:
         engine.check_request([1, 10**6], 4)
     assert err.value.param == "prompt" and "1000000" in err.value.message
+
+
+def test_prompt_logprobs_across_prefill_chunks_match_transformers(engine: AsyncEngine, tiny_model_dir: Path) -> None:
+    """A 150-token prompt is prefilled in 64-token chunks; each prompt token is still scored."""
+    from transformers import AutoModelForCausalLM
+
+    ids = (prompts(engine, 1)[0] * 40)[:150]
+    hf = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    with torch.no_grad():
+        expected = torch.log_softmax(hf(torch.tensor([ids])).logits[0], dim=-1)
+    expected = expected[:-1].gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+
+    async def go() -> list:
+        async for out in engine.generate("echo", ids, SamplingParams(max_tokens=1, temperature=0, logprobs=0,
+                                                                     prompt_logprobs=0)):
+            if out.prompt_logprobs:
+                return out.prompt_logprobs
+        return []
+
+    got = asyncio.run(go())
+    assert got[0] is None and [e.token_id for e in got[1:]] == ids[1:]
+    assert torch.allclose(torch.tensor([e.logprob for e in got[1:]]), expected, atol=1e-4)
