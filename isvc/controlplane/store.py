@@ -174,24 +174,21 @@ class Store:
         return self.db.execute("SELECT * FROM services WHERE namespace=? AND name=?", (ns, name)).fetchone()
 
     def revisions(self, ns: str | None = None, service: str | None = None) -> list[sqlite3.Row]:
-        sql, args = "SELECT * FROM revisions WHERE 1=1", []
-        if ns is not None:
-            sql += " AND namespace=?"
-            args.append(ns)
-        if service is not None:
-            sql += " AND service=?"
-            args.append(service)
-        return self.db.execute(sql + " ORDER BY namespace, service, number", args).fetchall()
+        return self._rows("revisions", "namespace, service, number", ns, service)
 
     def replicas(self, ns: str | None = None, service: str | None = None) -> list[sqlite3.Row]:
-        sql, args = "SELECT * FROM replicas WHERE 1=1", []
+        return self._rows("replicas", "namespace, revision, idx", ns, service)
+
+    def _rows(self, table: str, order: str, ns: str | None, service: str | None) -> list[sqlite3.Row]:
+        """Rows of a table, optionally for one namespace and/or service (table and order are ours, not user input)."""
+        sql, args = f"SELECT * FROM {table} WHERE 1=1", []
         if ns is not None:
             sql += " AND namespace=?"
             args.append(ns)
         if service is not None:
             sql += " AND service=?"
             args.append(service)
-        return self.db.execute(sql + " ORDER BY namespace, revision, idx", args).fetchall()
+        return self.db.execute(f"{sql} ORDER BY {order}", args).fetchall()
 
     def update_replica(self, ns: str, revision: str, idx: int, **fields: Any) -> None:
         cols = ", ".join(f"{k}=?" for k in fields)
