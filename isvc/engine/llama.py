@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from isvc.engine.errors import UnsupportedModel
+from isvc.engine.kernels import native_linear
 from isvc.engine.kv_cache import KVCache
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,8 @@ class LlamaModel:
         self.vocab_size = c["vocab_size"]
         self.max_position = c.get("max_position_embeddings", 2048)
         self.max_model_len = max_model_len or self.max_position
+        # Every matmul of the step goes through this; the native kernel covers float32.
+        self.linear = native_linear(torch.get_num_threads()) if dtype == torch.float32 else F.linear
         self._load_weights(model_dir)
         self._build_rope(max(self.max_model_len, 16))
 
@@ -168,7 +171,7 @@ class LlamaModel:
 
         for li, layer in enumerate(self.layers):
             h = F.rms_norm(x, (self.hidden,), layer.ln1, self.eps)
-            qkv = F.linear(h, layer.wqkv, layer.bqkv)  # [N, (H + 2KVH) * Dh]
+            qkv = self.linear(h, layer.wqkv, layer.bqkv)  # [N, (H + 2KVH) * Dh]
             qk = qkv[:, : (H + KVH) * Dh].view(N, H + KVH, Dh)
             rotated = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1)
             qk = qk * cos + rotated * sin  # RoPE on q and k at once
@@ -186,10 +189,10 @@ class LlamaModel:
                                              kc, vc, ch, mask, self.group))
                 row += T
             attn = outs[0] if len(outs) == 1 else torch.cat(outs)  # [N, H * Dh]
-            x = x + F.linear(attn, layer.wo)
+            x = x + self.linear(attn, layer.wo)
             h = F.rms_norm(x, (self.hidden,), layer.ln2, self.eps)
-            gu = F.linear(h, layer.wgu)  # [N, 2I]
-            x = x + F.linear(F.silu(gu[:, : self.intermediate]) * gu[:, self.intermediate :], layer.wd)
+            gu = self.linear(h, layer.wgu)  # [N, 2I]
+            x = x + self.linear(F.silu(gu[:, : self.intermediate]) * gu[:, self.intermediate :], layer.wd)
 
         rows = list(range(D))
         row = D
@@ -204,7 +207,7 @@ class LlamaModel:
             return torch.empty(0, self.vocab_size)
         sel = x if len(rows) == N else x[torch.tensor(rows)]
         sel = F.rms_norm(sel, (self.hidden,), self.norm, self.eps)
-        return F.linear(sel, self.lm_head).float()  # [R, V]
+        return self.linear(sel, self.lm_head).float()  # [R, V]
 
 
 class _DecodeAttention:

@@ -1,0 +1,72 @@
+/* y = x @ w.T for float32 on AVX2 + FMA, the F.linear layout (w is [N, K], row-major).
+ *
+ * Why our own: torch's CPU wheel sends these shapes to MKL, whose single-row gemv runs on
+ * one thread (~11 GB/s of weights here, a third of what the memory gives two cores) and
+ * whose small-M sgemm reaches about half the FMA peak on this CPU. Decoding a small model
+ * is exactly those shapes.
+ *
+ * Dot-product form: each weight row is read from memory once per call and multiplied by
+ * every activation row while it sits in L1; activation rows (M x K) stay in L2.
+ * The 4x3 register tile (4 weight rows x 3 activation rows = 12 accumulators) keeps both
+ * FMA units busy; M == 1 uses 8 weight rows instead, for more memory streams in flight.
+ * Threads split the output columns (weight rows), so no two threads read the same weights.
+ *
+ * Preconditions (checked by the caller): K % 8 == 0, N % 4 == 0, contiguous float32.
+ */
+#include <immintrin.h>
+
+static inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_hadd_ps(s, s);
+  s = _mm_hadd_ps(s, s);
+  return _mm_cvtss_f32(s);
+}
+
+/* 4 weight rows x MB activation rows. */
+#define TILE(MB)                                                                  \
+  static inline void tile4x##MB(const float *x, const float *w, float *y,         \
+                                long N, long K) {                                 \
+    __m256 acc[4][MB];                                                            \
+    for (int i = 0; i < 4; i++)                                                   \
+      for (int j = 0; j < MB; j++) acc[i][j] = _mm256_setzero_ps();               \
+    for (long k = 0; k < K; k += 8) {                                             \
+      __m256 xv[MB];                                                              \
+      for (int j = 0; j < MB; j++) xv[j] = _mm256_loadu_ps(x + j * K + k);        \
+      for (int i = 0; i < 4; i++) {                                               \
+        __m256 wv = _mm256_loadu_ps(w + i * K + k);                               \
+        for (int j = 0; j < MB; j++) acc[i][j] = _mm256_fmadd_ps(wv, xv[j], acc[i][j]); \
+      }                                                                           \
+    }                                                                             \
+    for (int j = 0; j < MB; j++)                                                  \
+      for (int i = 0; i < 4; i++) y[j * N + i] = hsum(acc[i][j]);                 \
+  }
+TILE(1)
+TILE(2)
+TILE(3)
+
+/* 8 weight rows x 1 activation row. */
+static inline void tile8x1(const float *x, const float *w, float *y, long K) {
+  __m256 acc[8];
+  for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
+  for (long k = 0; k < K; k += 8) {
+    __m256 xv = _mm256_loadu_ps(x + k);
+    for (int i = 0; i < 8; i++) acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(w + i * K + k), xv, acc[i]);
+  }
+  for (int i = 0; i < 8; i++) y[i] = hsum(acc[i]);
+}
+
+void isvc_linear_f32(const float *x, const float *w, float *y, long M, long N, long K, int threads) {
+  if (M == 1 && N % 8 == 0) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (long n = 0; n < N; n += 8) tile8x1(x, w + n * K, y + n, K);
+    return;
+  }
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (long n = 0; n < N; n += 4) {
+    const float *wn = w + n * K;
+    long m = 0;
+    for (; m + 3 <= M; m += 3) tile4x3(x + m * K, wn, y + m * N + n, N, K);
+    if (M - m == 2) tile4x2(x + m * K, wn, y + m * N + n, N, K);
+    else if (M - m == 1) tile4x1(x + m * K, wn, y + m * N + n, N, K);
+  }
+}
