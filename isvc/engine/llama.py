@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from isvc.engine.errors import UnsupportedModel
-from isvc.engine.kernels import native_linear
+from isvc.engine.kernels import DecodeAttention, native_decode_attention, native_linear
 from isvc.engine.kv_cache import KVCache
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,10 @@ class LlamaModel:
         self.max_position = c.get("max_position_embeddings", 2048)
         self.max_model_len = max_model_len or self.max_position
         # Every matmul of the step goes through this; the native kernel covers float32.
-        self.linear = native_linear(torch.get_num_threads()) if dtype == torch.float32 else F.linear
+        native = dtype == torch.float32
+        self.linear = native_linear(torch.get_num_threads()) if native else F.linear
+        self.native_attention = native_decode_attention(
+            torch.get_num_threads(), self.num_kv_heads, self.head_dim, self.group) if native else None
         self._load_weights(model_dir)
         self._build_rope(max(self.max_model_len, 16))
 
@@ -164,7 +167,7 @@ class LlamaModel:
         cos = self.cos[pos].unsqueeze(1)  # [N, 1, Dh]
         sin = self.sin[pos].unsqueeze(1)
 
-        decode = _DecodeAttention(step, cache, self.dtype) if D else None
+        decode = _DecodeAttention(step, cache, self.native_attention) if D else None
         chunk_masks = [_chunk_mask(ch, self.group) for ch in step.chunks]
         H, KVH, Dh = self.num_heads, self.num_kv_heads, self.head_dim
         half = Dh // 2
@@ -218,11 +221,14 @@ class _DecodeAttention:
     K [n, KVH, L, Dh].
     """
 
-    def __init__(self, step: StepInput, cache: KVCache, dtype: torch.dtype) -> None:
+    def __init__(self, step: StepInput, cache: KVCache, native: DecodeAttention | None) -> None:
         n = step.num_slots
         self.n = n
         self.slots = torch.tensor(step.decode_slots, dtype=torch.long)
         self.pos = torch.tensor(step.decode_positions, dtype=torch.long)
+        self.native = native
+        if native is not None:
+            return  # the kernel writes K/V and reads each request's own length itself
         self.dense = step.decode_slots == list(range(n))
         self.max_len = max(step.decode_positions) + 1
         # Row of (slot, kv head, position) in the cache viewed as [slots * KVH * cap, Dh]:
@@ -236,6 +242,8 @@ class _DecodeAttention:
 
     def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             kc: torch.Tensor, vc: torch.Tensor) -> torch.Tensor:
+        if self.native is not None:
+            return self.native(q, k, v, kc, vc, self.slots, self.pos)
         D, H, Dh = q.shape
         KVH = k.shape[1]
         kc.view(-1, Dh).index_copy_(0, self.flat_rows, k.reshape(-1, Dh))  # this step's K/V at each slot's position

@@ -59,3 +59,29 @@ def test_build_is_cached_per_source(tmp_path, monkeypatch):
     mtime = first.stat().st_mtime_ns
     assert kernels.build("linear_avx2.c") == first and first.stat().st_mtime_ns == mtime
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temp files left behind
+
+
+@pytest.mark.parametrize("slots,positions", [([0, 1, 2], [0, 9, 39]), ([4, 0, 2], [5, 17, 38])])
+def test_native_decode_attention_matches_sdpa(slots, positions):
+    from isvc.engine.llama import StepInput, _DecodeAttention
+
+    KVH, G, Dh, S, cap = 3, 3, 64, 5, 40
+    native = kernels.native_decode_attention(2, KVH, Dh, G)
+    if native is None:
+        pytest.skip("native kernel unavailable here")
+    gen = torch.Generator().manual_seed(sum(positions))
+    D = len(slots)
+    qkv = torch.randn(D, (KVH * G + 2 * KVH) * Dh, generator=gen)  # rows strided like the model's
+    q = qkv[:, : KVH * G * Dh].view(D, KVH * G, Dh)
+    k = qkv[:, KVH * G * Dh : (KVH * G + KVH) * Dh].view(D, KVH, Dh)
+    v = qkv[:, (KVH * G + KVH) * Dh :].view(D, KVH, Dh)
+    kc, vc = torch.randn(S, KVH, cap, Dh, generator=gen), torch.randn(S, KVH, cap, Dh, generator=gen)
+    step = StepInput(num_slots=S, decode_slots=slots, decode_tokens=[0] * D, decode_positions=positions,
+                     chunks=[])
+    kc_ref, vc_ref = kc.clone(), vc.clone()
+    cache = type("Cache", (), {"num_kv_heads": KVH, "capacity": cap})()
+    expected = _DecodeAttention(step, cache, None).run(q, k, v, kc_ref, vc_ref)
+    got = _DecodeAttention(step, cache, native).run(q, k, v, kc, vc)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(kc, kc_ref)  # this step's K/V written at each request's position
+    torch.testing.assert_close(vc, vc_ref)

@@ -13,6 +13,7 @@ the kernels change speed, never answers beyond float rounding.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import logging
 import os
@@ -21,6 +22,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -42,9 +44,13 @@ def _cache_dir() -> Path:
     return Path(root) / "kernels"
 
 
+def _disabled() -> bool:
+    return os.environ.get("ISVC_NATIVE_KERNELS", "1").lower() in ("0", "false", "no", "off")
+
+
 def build(source_name: str) -> Path:
     """Compile ``source_name`` (a .c file beside this module) once; return the shared library."""
-    if os.environ.get("ISVC_NATIVE_KERNELS", "1").lower() in ("0", "false", "no", "off"):
+    if _disabled():
         raise KernelUnavailable("disabled by ISVC_NATIVE_KERNELS")
     if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
         raise KernelUnavailable(f"CPU capability {torch.backends.cpu.get_cpu_capability()} lacks AVX2")
@@ -74,12 +80,24 @@ def build(source_name: str) -> Path:
     return target
 
 
+def load(source_name: str) -> ctypes.CDLL | None:
+    """The built library for ``source_name``, or None (logged once) when it cannot be had."""
+    return None if _disabled() else _load(source_name)
+
+
+@functools.cache
+def _load(source_name: str) -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(str(build(source_name)))  # CDLL calls release the GIL
+    except (KernelUnavailable, OSError) as exc:
+        logger.info("native kernel %s not used (%s); using torch's ops", source_name, exc)
+        return None
+
+
 def native_linear(num_threads: int) -> Linear:
     """``F.linear`` for float32, on the AVX2 kernel where it applies; the torch op otherwise."""
-    try:
-        lib = ctypes.CDLL(str(build("linear_avx2.c")))  # CDLL calls release the GIL
-    except (KernelUnavailable, OSError) as exc:
-        logger.info("native linear kernel not used (%s); using torch's", exc)
+    lib = load("linear_avx2.c")
+    if lib is None:
         return F.linear
     fn = lib.isvc_linear_f32
     fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 3 + [ctypes.c_int]
@@ -97,3 +115,40 @@ def native_linear(num_threads: int) -> Linear:
         return y if bias is None else y.add_(bias)
 
     return linear
+
+
+class DecodeAttention(Protocol):
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kc: torch.Tensor,
+                 vc: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor) -> torch.Tensor: ...
+
+
+def native_decode_attention(num_threads: int, num_kv_heads: int, head_dim: int,
+                            group: int) -> DecodeAttention | None:
+    """Write this step's K/V at each request's position and attend over its own length.
+
+    q [D, H, Dh], k and v [D, KVH, Dh] (rows may be strided, heads contiguous), the layer's
+    cache kc/vc [slots, KVH, cap, Dh], slots and positions [D] (int64). Returns [D, H * Dh].
+    None when the kernel does not cover this model or machine.
+    """
+    lib = load("attention_avx2.c")
+    if lib is None or head_dim % 8 or head_dim > 256 or group > 16:
+        return None
+    fn = lib.isvc_decode_attention
+    fn.argtypes = ([ctypes.c_void_p, ctypes.c_long] * 3 + [ctypes.c_void_p] * 5 + [ctypes.c_long] * 5
+                   + [ctypes.c_float, ctypes.c_int])
+    fn.restype = None
+    scale = head_dim ** -0.5
+
+    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor,
+                  slots: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        D = q.shape[0]
+        for t in (q, k, v):
+            assert t.dtype == torch.float32 and t.stride(2) == 1 and t.stride(1) == head_dim
+        assert kc.is_contiguous() and vc.is_contiguous() and slots.dtype == positions.dtype == torch.long
+        out = torch.empty(D, num_kv_heads * group * head_dim, dtype=torch.float32)
+        fn(q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0),
+           kc.data_ptr(), vc.data_ptr(), slots.data_ptr(), positions.data_ptr(), out.data_ptr(),
+           D, num_kv_heads, group, head_dim, kc.shape[2], scale, num_threads)
+        return out
+
+    return attention
