@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from isvc.engine.errors import UnsupportedModel
-from isvc.engine.kernels import DecodeAttention, native_decode_attention, native_linear
+from isvc.engine.kernels import TorchOps, ops_for
 from isvc.engine.kv_cache import KVCache
 
 logger = logging.getLogger(__name__)
@@ -77,11 +77,9 @@ class LlamaModel:
         self.vocab_size = c["vocab_size"]
         self.max_position = c.get("max_position_embeddings", 2048)
         self.max_model_len = max_model_len or self.max_position
-        # Every matmul of the step goes through this; the native kernel covers float32.
-        native = dtype == torch.float32
-        self.linear = native_linear(torch.get_num_threads()) if native else F.linear
-        self.native_attention = native_decode_attention(
-            torch.get_num_threads(), self.num_kv_heads, self.head_dim, self.group) if native else None
+        # Every op of the step goes through this: the native kernels for float32 where they build.
+        self.ops: TorchOps = ops_for(dtype, torch.get_num_threads(), self.head_dim, self.group)
+        logger.info("step ops: %s", self.ops.name)
         self._load_weights(model_dir)
         self._build_rope(max(self.max_model_len, 16))
 
@@ -125,7 +123,6 @@ class LlamaModel:
                 wgu=torch.cat([gate, up]).contiguous(),
                 wd=take(p + "mlp.down_proj.weight"),
             ))
-        self.intermediate = self.layers[0].wd.shape[1]
 
     def _build_rope(self, length: int) -> None:
         rope = dict(self.config.get("rope_parameters") or self.config.get("rope_scaling") or {})
@@ -164,22 +161,17 @@ class LlamaModel:
         ids = torch.tensor(tokens, dtype=torch.long)
         pos = torch.tensor(positions, dtype=torch.long)
         x = F.embedding(ids, self.embed)  # [N, hidden]
-        cos = self.cos[pos].unsqueeze(1)  # [N, 1, Dh]
-        sin = self.sin[pos].unsqueeze(1)
-
-        decode = _DecodeAttention(step, cache, self.native_attention) if D else None
+        ops = self.ops
+        decode = _DecodeAttention(step, cache, ops) if D else None
         chunk_masks = [_chunk_mask(ch, self.group) for ch in step.chunks]
         H, KVH, Dh = self.num_heads, self.num_kv_heads, self.head_dim
-        half = Dh // 2
 
         for li, layer in enumerate(self.layers):
-            h = F.rms_norm(x, (self.hidden,), layer.ln1, self.eps)
-            qkv = self.linear(h, layer.wqkv, layer.bqkv)  # [N, (H + 2KVH) * Dh]
-            qk = qkv[:, : (H + KVH) * Dh].view(N, H + KVH, Dh)
-            rotated = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1)
-            qk = qk * cos + rotated * sin  # RoPE on q and k at once
-            q = qk[:, :H]  # [N, H, Dh]
-            k = qk[:, H:]  # [N, KVH, Dh]
+            h = ops.rms_norm(x, layer.ln1, self.eps)
+            qkv = ops.linear(h, layer.wqkv, layer.bqkv)  # [N, (H + 2KVH) * Dh]
+            ops.rope_(qkv, H + KVH, Dh, pos, self.cos, self.sin)  # q and k heads at once
+            q = qkv[:, : H * Dh].view(N, H, Dh)
+            k = qkv[:, H * Dh : (H + KVH) * Dh].view(N, KVH, Dh)
             v = qkv[:, (H + KVH) * Dh :].view(N, KVH, Dh)
             kc, vc = cache.k[li], cache.v[li]
             outs = []
@@ -192,10 +184,9 @@ class LlamaModel:
                                              kc, vc, ch, mask, self.group))
                 row += T
             attn = outs[0] if len(outs) == 1 else torch.cat(outs)  # [N, H * Dh]
-            x = x + self.linear(attn, layer.wo)
-            h = F.rms_norm(x, (self.hidden,), layer.ln2, self.eps)
-            gu = self.linear(h, layer.wgu)  # [N, 2I]
-            x = x + self.linear(F.silu(gu[:, : self.intermediate]) * gu[:, self.intermediate :], layer.wd)
+            ops.linear_add_(x, attn, layer.wo)
+            h = ops.rms_norm(x, layer.ln2, self.eps)
+            ops.linear_add_(x, ops.silu_mul(ops.linear(h, layer.wgu)), layer.wd)
 
         rows = list(range(D))
         row = D
@@ -209,8 +200,8 @@ class LlamaModel:
         if not rows:
             return torch.empty(0, self.vocab_size)
         sel = x if len(rows) == N else x[torch.tensor(rows)]
-        sel = F.rms_norm(sel, (self.hidden,), self.norm, self.eps)
-        return self.linear(sel, self.lm_head).float()  # [R, V]
+        sel = ops.rms_norm(sel, self.norm, self.eps)
+        return ops.linear(sel, self.lm_head).float()  # [R, V]
 
 
 class _DecodeAttention:
@@ -221,13 +212,13 @@ class _DecodeAttention:
     K [n, KVH, L, Dh].
     """
 
-    def __init__(self, step: StepInput, cache: KVCache, native: DecodeAttention | None) -> None:
+    def __init__(self, step: StepInput, cache: KVCache, ops: TorchOps) -> None:
         n = step.num_slots
         self.n = n
         self.slots = torch.tensor(step.decode_slots, dtype=torch.long)
         self.pos = torch.tensor(step.decode_positions, dtype=torch.long)
-        self.native = native
-        if native is not None:
+        self.ops = ops
+        if ops.native_decode_attention:
             return  # the kernel writes K/V and reads each request's own length itself
         self.dense = step.decode_slots == list(range(n))
         self.max_len = max(step.decode_positions) + 1
@@ -242,8 +233,8 @@ class _DecodeAttention:
 
     def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             kc: torch.Tensor, vc: torch.Tensor) -> torch.Tensor:
-        if self.native is not None:
-            return self.native(q, k, v, kc, vc, self.slots, self.pos)
+        if self.ops.native_decode_attention:
+            return self.ops.decode_attention(q, k, v, kc, vc, self.slots, self.pos)
         D, H, Dh = q.shape
         KVH = k.shape[1]
         kc.view(-1, Dh).index_copy_(0, self.flat_rows, k.reshape(-1, Dh))  # this step's K/V at each slot's position

@@ -1,87 +1,109 @@
-"""The native kernels against the torch ops they replace."""
+"""The native kernels against the torch ops they replace (TorchOps is the reference)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from isvc.engine import kernels
+from isvc.engine.kernels import NativeOps, TorchOps
+from isvc.engine.llama import StepInput, _DecodeAttention
+
+REF = TorchOps()
 
 
 @pytest.fixture(scope="module")
-def linear():
-    try:
-        kernels.build("linear_avx2.c")
-    except kernels.KernelUnavailable as exc:
-        pytest.skip(f"native kernel unavailable here: {exc}")
-    return kernels.native_linear(num_threads=2)
+def native() -> NativeOps:
+    lib = kernels.load()
+    if lib is None:
+        pytest.skip("native kernels unavailable here")
+    return NativeOps(lib, num_threads=2, head_dim=64, group=3)
+
+
+def randn(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def close(a: torch.Tensor, b: torch.Tensor) -> None:
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 7, 32, 67])
 @pytest.mark.parametrize("n,k", [(960, 576), (576, 1536), (44, 64), (8, 8)])
-def test_native_linear_matches_torch(linear, m, n, k):
-    gen = torch.Generator().manual_seed(m * 1000 + n + k)
-    x = torch.randn(m, k, generator=gen)
-    w = torch.randn(n, k, generator=gen)
-    b = torch.randn(n, generator=gen)
-    torch.testing.assert_close(linear(x, w), F.linear(x, w), rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(linear(x, w, b), F.linear(x, w, b), rtol=1e-4, atol=1e-4)
+def test_linear_matches_torch(native, m, n, k):
+    x, w, b = randn(m, k, seed=m), randn(n, k, seed=n), randn(n, seed=k)
+    close(native.linear(x, w), REF.linear(x, w))
+    close(native.linear(x, w, b), REF.linear(x, w, b))
+    out = randn(m, n, seed=1)
+    close(native.linear_add_(out.clone(), x, w), REF.linear_add_(out.clone(), x, w))
 
 
-def test_native_linear_reads_strided_input(linear):
-    x = torch.randn(6, 128)[:, :64]  # a column slice: not contiguous
-    w = torch.randn(16, 64)
-    torch.testing.assert_close(linear(x, w), F.linear(x, w), rtol=1e-4, atol=1e-4)
+def test_linear_reads_strided_input(native):
+    x, w = randn(6, 128)[:, :64], randn(16, 64)  # a column slice: not contiguous
+    close(native.linear(x, w), REF.linear(x, w))
 
 
-@pytest.mark.parametrize("shape", [(5, 12), (16, 6)])  # K % 8 != 0, N % 4 != 0: torch's op
-def test_shapes_the_kernel_does_not_cover_fall_back(linear, shape):
-    k, n = shape
-    x, w = torch.randn(3, k), torch.randn(n, k)
-    torch.testing.assert_close(linear(x, w), F.linear(x, w))
+@pytest.mark.parametrize("k,n", [(5, 12), (16, 6)])  # K % 8 != 0, N % 4 != 0: torch's op
+def test_linear_shapes_the_kernel_does_not_cover_fall_back(native, k, n):
+    x, w = randn(3, k), randn(n, k)
+    close(native.linear(x, w), REF.linear(x, w))
+
+
+@pytest.mark.parametrize("m", [1, 3, 40])
+def test_rms_norm_rope_and_silu_mul_match_torch(native, m):
+    x, w = randn(m, 576, seed=m), randn(576, seed=2)
+    close(native.rms_norm(x, w, 1e-5), REF.rms_norm(x, w, 1e-5))
+
+    heads, dh = 12, 64  # rotate 12 of 15 heads, like q + k of a GQA model
+    cos, sin = randn(100, dh, seed=3), randn(100, dh, seed=4)
+    positions = torch.randint(0, 100, (m,), generator=torch.Generator().manual_seed(5))
+    qkv = randn(m, 15 * dh, seed=6)
+    a, b = qkv.clone(), qkv.clone()
+    native.rope_(a, heads, dh, positions, cos, sin)
+    REF.rope_(b, heads, dh, positions, cos, sin)
+    close(a, b)
+    assert torch.equal(a[:, heads * dh :], qkv[:, heads * dh :])  # v heads untouched
+
+    gu = randn(m, 2 * 1536, seed=7) * 8  # wide range: both branches of the sigmoid
+    close(native.silu_mul(gu), REF.silu_mul(gu))
+
+
+@pytest.mark.parametrize("slots,positions", [([0, 1, 2], [0, 9, 39]), ([4, 0, 2], [5, 17, 38])])
+def test_decode_attention_matches_sdpa(native, slots, positions):
+    KVH, G, Dh, S, cap = 3, 3, 64, 5, 40
+    D = len(slots)
+    qkv = randn(D, (KVH * G + 2 * KVH) * Dh, seed=sum(positions))  # rows strided like the model's
+    q = qkv[:, : KVH * G * Dh].view(D, KVH * G, Dh)
+    k = qkv[:, KVH * G * Dh : (KVH * G + KVH) * Dh].view(D, KVH, Dh)
+    v = qkv[:, (KVH * G + KVH) * Dh :].view(D, KVH, Dh)
+    kc, vc = randn(S, KVH, cap, Dh, seed=8), randn(S, KVH, cap, Dh, seed=9)
+    kc_ref, vc_ref = kc.clone(), vc.clone()
+    step = StepInput(num_slots=S, decode_slots=slots, decode_tokens=[0] * D, decode_positions=positions,
+                     chunks=[])
+    cache = type("Cache", (), {"num_kv_heads": KVH, "capacity": cap})()
+    expected = _DecodeAttention(step, cache, REF).run(q, k, v, kc_ref, vc_ref)
+    got = _DecodeAttention(step, cache, native).run(q, k, v, kc, vc)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(kc, kc_ref)  # this step's K/V written at each request's position
+    torch.testing.assert_close(vc, vc_ref)
 
 
 def test_disabled_by_environment(monkeypatch):
     monkeypatch.setenv("ISVC_NATIVE_KERNELS", "0")
     with pytest.raises(kernels.KernelUnavailable, match="ISVC_NATIVE_KERNELS"):
-        kernels.build("linear_avx2.c")
-    assert kernels.native_linear(2) is F.linear
+        kernels.build()
+    assert type(kernels.ops_for(torch.float32, 2, 64, 3)) is TorchOps
 
 
-def test_build_is_cached_per_source(tmp_path, monkeypatch):
+def test_only_float32_gets_the_native_ops(native):
+    assert type(kernels.ops_for(torch.bfloat16, 2, 64, 3)) is TorchOps
+    assert type(kernels.ops_for(torch.float32, 2, 64, 3)) is NativeOps
+
+
+def test_build_is_cached(tmp_path, monkeypatch, native):
     monkeypatch.setenv("ISVC_CACHE_DIR", str(tmp_path))
-    try:
-        first = kernels.build("linear_avx2.c")
-    except kernels.KernelUnavailable as exc:
-        pytest.skip(str(exc))
+    first = kernels.build()
     assert first.parent == tmp_path / "kernels"
     mtime = first.stat().st_mtime_ns
-    assert kernels.build("linear_avx2.c") == first and first.stat().st_mtime_ns == mtime
+    assert kernels.build() == first and first.stat().st_mtime_ns == mtime
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temp files left behind
-
-
-@pytest.mark.parametrize("slots,positions", [([0, 1, 2], [0, 9, 39]), ([4, 0, 2], [5, 17, 38])])
-def test_native_decode_attention_matches_sdpa(slots, positions):
-    from isvc.engine.llama import StepInput, _DecodeAttention
-
-    KVH, G, Dh, S, cap = 3, 3, 64, 5, 40
-    native = kernels.native_decode_attention(2, KVH, Dh, G)
-    if native is None:
-        pytest.skip("native kernel unavailable here")
-    gen = torch.Generator().manual_seed(sum(positions))
-    D = len(slots)
-    qkv = torch.randn(D, (KVH * G + 2 * KVH) * Dh, generator=gen)  # rows strided like the model's
-    q = qkv[:, : KVH * G * Dh].view(D, KVH * G, Dh)
-    k = qkv[:, KVH * G * Dh : (KVH * G + KVH) * Dh].view(D, KVH, Dh)
-    v = qkv[:, (KVH * G + KVH) * Dh :].view(D, KVH, Dh)
-    kc, vc = torch.randn(S, KVH, cap, Dh, generator=gen), torch.randn(S, KVH, cap, Dh, generator=gen)
-    step = StepInput(num_slots=S, decode_slots=slots, decode_tokens=[0] * D, decode_positions=positions,
-                     chunks=[])
-    kc_ref, vc_ref = kc.clone(), vc.clone()
-    cache = type("Cache", (), {"num_kv_heads": KVH, "capacity": cap})()
-    expected = _DecodeAttention(step, cache, None).run(q, k, v, kc_ref, vc_ref)
-    got = _DecodeAttention(step, cache, native).run(q, k, v, kc, vc)
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(kc, kc_ref)  # this step's K/V written at each request's position
-    torch.testing.assert_close(vc, vc_ref)

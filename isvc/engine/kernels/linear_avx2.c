@@ -13,19 +13,12 @@
  *
  * Preconditions (checked by the caller): K % 8 == 0, N % 4 == 0, contiguous float32.
  */
-#include <immintrin.h>
-
-static inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_hadd_ps(s, s);
-  s = _mm_hadd_ps(s, s);
-  return _mm_cvtss_f32(s);
-}
+#include "simd.h"
 
 /* 4 weight rows x MB activation rows. */
 #define TILE(MB)                                                                  \
   static inline void tile4x##MB(const float *x, const float *w, float *y,         \
-                                long N, long K) {                                 \
+                                long N, long K, int add) {                        \
     __m256 acc[4][MB];                                                            \
     for (int i = 0; i < 4; i++)                                                   \
       for (int j = 0; j < MB; j++) acc[i][j] = _mm256_setzero_ps();               \
@@ -38,35 +31,37 @@ static inline float hsum(__m256 v) {
       }                                                                           \
     }                                                                             \
     for (int j = 0; j < MB; j++)                                                  \
-      for (int i = 0; i < 4; i++) y[j * N + i] = hsum(acc[i][j]);                 \
+      for (int i = 0; i < 4; i++) y[j * N + i] = hsum(acc[i][j]) + (add ? y[j * N + i] : 0.f); \
   }
 TILE(1)
 TILE(2)
 TILE(3)
 
 /* 8 weight rows x 1 activation row. */
-static inline void tile8x1(const float *x, const float *w, float *y, long K) {
+static inline void tile8x1(const float *x, const float *w, float *y, long K, int add) {
   __m256 acc[8];
   for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
   for (long k = 0; k < K; k += 8) {
     __m256 xv = _mm256_loadu_ps(x + k);
     for (int i = 0; i < 8; i++) acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(w + i * K + k), xv, acc[i]);
   }
-  for (int i = 0; i < 8; i++) y[i] = hsum(acc[i]);
+  for (int i = 0; i < 8; i++) y[i] = hsum(acc[i]) + (add ? y[i] : 0.f);
 }
 
-void isvc_linear_f32(const float *x, const float *w, float *y, long M, long N, long K, int threads) {
+/* y = x @ w.T, or y += x @ w.T when `add` (a residual connection without a second pass). */
+void isvc_linear_f32(const float *x, const float *w, float *y, long M, long N, long K, int add,
+                     int threads) {
   if (M == 1 && N % 8 == 0) {
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (long n = 0; n < N; n += 8) tile8x1(x, w + n * K, y + n, K);
+    for (long n = 0; n < N; n += 8) tile8x1(x, w + n * K, y + n, K, add);
     return;
   }
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (long n = 0; n < N; n += 4) {
     const float *wn = w + n * K;
     long m = 0;
-    for (; m + 3 <= M; m += 3) tile4x3(x + m * K, wn, y + m * N + n, N, K);
-    if (M - m == 2) tile4x2(x + m * K, wn, y + m * N + n, N, K);
-    else if (M - m == 1) tile4x1(x + m * K, wn, y + m * N + n, N, K);
+    for (; m + 3 <= M; m += 3) tile4x3(x + m * K, wn, y + m * N + n, N, K, add);
+    if (M - m == 2) tile4x2(x + m * K, wn, y + m * N + n, N, K, add);
+    else if (M - m == 1) tile4x1(x + m * K, wn, y + m * N + n, N, K, add);
   }
 }
