@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
+
+KV_CACHE_DTYPES = ("auto", "float32", "fp32", "float16", "fp16", "half")
+KVCacheDtype = Literal["auto", "float32", "fp32", "float16", "fp16", "half"]
 
 
 class EngineConfig(BaseModel):
@@ -25,6 +30,11 @@ class EngineConfig(BaseModel):
 
     max_queue: int = Field(default=256, ge=0)
     """Requests allowed to wait for a batch slot; beyond it new requests get 429/503."""
+
+    kv_cache_dtype: KVCacheDtype = "auto"
+    """KV cache element type. auto: float16 where the native attention kernel runs (half the
+    memory and half the bytes read per step, like llama.cpp's default f16 cache), otherwise
+    the model dtype. float32 keeps the cache at full precision."""
 
     kv_cache_space_gb: float = Field(default=4.0, gt=0)
     """Upper bound of the KV cache in GiB (like VLLM_CPU_KVCACHE_SPACE)."""

@@ -7,6 +7,7 @@ and the loop goes on. The event loop talks to it only through ``submit``/``abort
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -35,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 Emit = Callable[[RequestOutput], None]
 
+PLAIN_FAST_TOKENIZERS = {"PreTrainedTokenizerFast", "TokenizersBackend"}
+
 
 @dataclass(eq=False)
 class _Tracked:
@@ -53,6 +56,15 @@ class _Tracked:
 
 
 def load_tokenizer(model_dir: str, trust_remote_code: bool = False) -> Any:
+    config_file = Path(model_dir) / "tokenizer_config.json"
+    declared = json.loads(config_file.read_text()).get("tokenizer_class") if config_file.exists() else None
+    if declared in PLAIN_FAST_TOKENIZERS and (Path(model_dir) / "tokenizer.json").exists():
+        # AutoTokenizer finds the class through transformers' model registry, which imports
+        # ~1,100 modules (accelerate, torch._dynamo, ...): ~100 MB of RSS for nothing when
+        # the folder names the plain fast tokenizer.
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(model_dir)
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
@@ -65,7 +77,7 @@ class EngineCore:
         torch.set_num_threads(threads)
         model_dir = Path(config.model_dir)
         self.tokenizer = tokenizer or load_tokenizer(config.model_dir, config.trust_remote_code)
-        self.model = LlamaModel(model_dir, torch_dtype(config.dtype), config.max_model_len)
+        self.model = LlamaModel(model_dir, torch_dtype(config.dtype), config.max_model_len, config.kv_cache_dtype)
         self.max_model_len = self.model.max_model_len
         self.cache = self.model.new_cache(config.max_num_seqs, int(config.kv_cache_space_gb * 2**30))
         self.scheduler = Scheduler(config.max_num_seqs, config.max_num_batched_tokens)

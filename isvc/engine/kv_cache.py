@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-GROW_TOKENS = 128
+GROW_TOKENS = 64
 
 
 class KVCacheFull(Exception):

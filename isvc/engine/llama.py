@@ -57,7 +57,8 @@ class _Layer:
 
 
 class LlamaModel:
-    def __init__(self, model_dir: Path, dtype: torch.dtype, max_model_len: int | None) -> None:
+    def __init__(self, model_dir: Path, dtype: torch.dtype, max_model_len: int | None,
+                 kv_cache_dtype: str = "auto") -> None:
         self.config = json.loads((model_dir / "config.json").read_text())
         arch = (self.config.get("architectures") or ["?"])[0]
         if arch not in SUPPORTED_ARCHITECTURES:
@@ -79,7 +80,8 @@ class LlamaModel:
         self.max_model_len = max_model_len or self.max_position
         # Every op of the step goes through this: the native kernels for float32 where they build.
         self.ops: TorchOps = ops_for(dtype, torch.get_num_threads(), self.head_dim, self.group)
-        logger.info("step ops: %s", self.ops.name)
+        self.kv_dtype = self._kv_dtype(kv_cache_dtype)
+        logger.info("step ops: %s, KV cache %s", self.ops.name, str(self.kv_dtype).removeprefix("torch."))
         self._load_weights(model_dir)
         self._build_rope(max(self.max_model_len, 16))
 
@@ -143,8 +145,18 @@ class LlamaModel:
         self.cos = (emb.cos() * scaling).to(self.dtype)
         self.sin = (emb.sin() * scaling).to(self.dtype)
 
+    def _kv_dtype(self, name: str) -> torch.dtype:
+        native = self.ops.native_decode_attention
+        if name == "auto":
+            return torch.float16 if native and self.dtype == torch.float32 else self.dtype
+        wanted = torch_dtype(name)
+        if wanted != self.dtype and not native:
+            raise UnsupportedModel(f"a {name} KV cache needs the native attention kernel, which is not "
+                                   f"available here; use --kv_cache_dtype auto")
+        return wanted
+
     def new_cache(self, max_slots: int, budget_bytes: int) -> KVCache:
-        return KVCache(self.num_layers, self.num_kv_heads, self.head_dim, max_slots, self.dtype, budget_bytes)
+        return KVCache(self.num_layers, self.num_kv_heads, self.head_dim, max_slots, self.kv_dtype, budget_bytes)
 
     # -- the step --------------------------------------------------------------------------
 
@@ -268,7 +280,10 @@ def _chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kc: torc
     kc[ch.slot, :, ch.start:end] = k.transpose(0, 1)
     vc[ch.slot, :, ch.start:end] = v.transpose(0, 1)
     qg = q.view(T, KVH, group, Dh).permute(1, 2, 0, 3).reshape(KVH, group * T, Dh)
-    out = F.scaled_dot_product_attention(qg, kc[ch.slot, :, :end], vc[ch.slot, :, :end], attn_mask=mask)
+    keys, values = kc[ch.slot, :, :end], vc[ch.slot, :, :end]
+    if keys.dtype != q.dtype:  # a float16 cache under a float32 model
+        keys, values = keys.to(q.dtype), values.to(q.dtype)
+    out = F.scaled_dot_product_attention(qg, keys, values, attn_mask=mask)
     return out.view(KVH, group, T, Dh).permute(2, 0, 1, 3).reshape(T, H * Dh)
 
 

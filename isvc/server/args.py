@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max_num_seqs", type=int, default=32, help="requests decoded together per step")
     add("--max_num_batched_tokens", type=int, default=256, help="token budget per step (prefill chunks + decode)")
     add("--max_queue", type=int, default=256, help="requests that may wait for a slot before 429/503")
+    add("--kv_cache_dtype", default="auto",
+        help="KV cache type: auto (float16 on the native CPU kernels, else the model dtype), float32, float16; "
+             "passed to vLLM as-is")
     add("--kv_cache_space", type=float, default=4.0, help="KV cache budget in GiB")
     add("--num_threads", type=int, default=None, help="torch threads (default: the cores this process may use)")
     add("--seed", type=int, default=0, help="seed for requests that give none")

@@ -23,6 +23,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpcore", "botocore", "urllib3"):  # one line per request while fetching
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from isvc.engine.config import KV_CACHE_DTYPES
     from isvc.errors import ConfigError, IsvcError
 
     try:
@@ -33,6 +34,9 @@ def main(argv: list[str]) -> int:
             raise ConfigError(
                 f"--quantization {args.quantization} needs the vLLM backend on a GPU (--backend vllm, "
                 "pip install 'isvc[vllm]'); isvc's CPU engine serves the model's own float weights")
+        if backend == "isvc" and args.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ConfigError(f"--kv_cache_dtype {args.kv_cache_dtype} is not supported by isvc's CPU engine "
+                              f"(choose one of: {', '.join(KV_CACHE_DTYPES)})")
     except IsvcError as exc:
         hint = getattr(exc, "hint", None)
         print(f"isvc serve: error: {exc.message}" + (f"\n  hint: {hint}" if hint else ""), file=sys.stderr)
@@ -52,7 +56,7 @@ def main(argv: list[str]) -> int:
         model_dir=str(model_dir), dtype="float32" if args.dtype == "auto" else args.dtype,
         max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, max_queue=args.max_queue,
-        kv_cache_space_gb=args.kv_cache_space, num_threads=args.num_threads or _threads_from_env(),
+        kv_cache_dtype=args.kv_cache_dtype, kv_cache_space_gb=args.kv_cache_space, num_threads=args.num_threads or _threads_from_env(),
         trust_remote_code=args.trust_remote_code, seed=args.seed,
     )
     engine = AsyncEngine(config)

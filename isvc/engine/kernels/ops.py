@@ -58,8 +58,9 @@ class NativeOps(TorchOps):
         self._rms_norm = _bind(lib.isvc_rms_norm, [_p, _p, _p, _l, _l, _f, _i])
         self._rope = _bind(lib.isvc_rope, [_p, _l, _p, _p, _p, _l, _l, _l, _i])
         self._silu_mul = _bind(lib.isvc_silu_mul, [_p, _p, _l, _l, _i])
-        self._attention = _bind(lib.isvc_decode_attention,
-                                [_p, _l, _p, _l, _p, _l, _p, _p, _p, _p, _p, _l, _l, _l, _l, _l, _f, _i])
+        attention_args = [_p, _l, _p, _l, _p, _l, _p, _p, _p, _p, _p, _l, _l, _l, _l, _l, _f, _i]
+        self._attention = {torch.float32: _bind(lib.isvc_decode_attention_f32, attention_args),
+                           torch.float16: _bind(lib.isvc_decode_attention_f16, attention_args)}
         self.native_decode_attention = head_dim % 8 == 0 and head_dim <= 256 and group <= 16
         self.scale = head_dim ** -0.5
         self.group = group
@@ -113,12 +114,13 @@ class NativeOps(TorchOps):
         """Write this step's K/V at each request's position, then attend over its own length.
 
         q [D, H, Dh], k and v [D, KVH, Dh] (rows may be strided, heads contiguous), the
-        layer's cache kc/vc [slots, KVH, cap, Dh], slots and positions [D] int64 -> [D, H*Dh].
+        layer's cache kc/vc [slots, KVH, cap, Dh] (float32 or float16), slots and positions
+        [D] int64 -> [D, H*Dh].
         """
         D, H, Dh = q.shape
         KVH = k.shape[1]
         out = torch.empty(D, H * Dh, dtype=torch.float32)
-        self._attention(q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0),
+        self._attention[kc.dtype](q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0),
                         kc.data_ptr(), vc.data_ptr(), slots.data_ptr(), positions.data_ptr(), out.data_ptr(),
                         D, KVH, self.group, Dh, kc.shape[2], self.scale, self.threads)
         return out
