@@ -146,7 +146,7 @@ class LlamaModel:
         self.sin = (emb.sin() * scaling).to(self.dtype)
 
     def _kv_dtype(self, name: str) -> torch.dtype:
-        native = self.ops.native_decode_attention
+        native = self.ops.native_attention
         if name == "auto":
             return torch.float16 if native and self.dtype == torch.float32 else self.dtype
         wanted = torch_dtype(name)
@@ -174,8 +174,12 @@ class LlamaModel:
         pos = torch.tensor(positions, dtype=torch.long)
         x = F.embedding(ids, self.embed)  # [N, hidden]
         ops = self.ops
-        decode = _DecodeAttention(step, cache, ops) if D else None
-        chunk_masks = [_chunk_mask(ch, self.group) for ch in step.chunks]
+        if ops.native_attention:
+            row_slots = torch.tensor(step.decode_slots + [ch.slot for ch in step.chunks for _ in ch.token_ids],
+                                     dtype=torch.long)
+        else:
+            decode = _DecodeAttention(step, cache) if D else None
+            chunk_masks = [_chunk_mask(ch, self.group) for ch in step.chunks]
         H, KVH, Dh = self.num_heads, self.num_kv_heads, self.head_dim
 
         for li, layer in enumerate(self.layers):
@@ -186,16 +190,19 @@ class LlamaModel:
             k = qkv[:, H * Dh : (H + KVH) * Dh].view(N, KVH, Dh)
             v = qkv[:, (H + KVH) * Dh :].view(N, KVH, Dh)
             kc, vc = cache.k[li], cache.v[li]
-            outs = []
-            if decode is not None:
-                outs.append(decode.run(q[:D], k[:D], v[:D], kc, vc))
-            row = D
-            for ch, mask in zip(step.chunks, chunk_masks):
-                T = len(ch.token_ids)
-                outs.append(_chunk_attention(q[row:row + T], k[row:row + T], v[row:row + T],
-                                             kc, vc, ch, mask, self.group))
-                row += T
-            attn = outs[0] if len(outs) == 1 else torch.cat(outs)  # [N, H * Dh]
+            if ops.native_attention:
+                attn = ops.attention(q, k, v, kc, vc, row_slots, pos)  # [N, H * Dh]
+            else:
+                outs = []
+                if decode is not None:
+                    outs.append(decode.run(q[:D], k[:D], v[:D], kc, vc))
+                row = D
+                for ch, mask in zip(step.chunks, chunk_masks):
+                    T = len(ch.token_ids)
+                    outs.append(_chunk_attention(q[row:row + T], k[row:row + T], v[row:row + T],
+                                                 kc, vc, ch, mask, self.group))
+                    row += T
+                attn = outs[0] if len(outs) == 1 else torch.cat(outs)  # [N, H * Dh]
             ops.linear_add_(x, attn, layer.wo)
             h = ops.rms_norm(x, layer.ln2, self.eps)
             ops.linear_add_(x, ops.silu_mul(ops.linear(h, layer.wgu)), layer.wd)
@@ -217,21 +224,20 @@ class LlamaModel:
 
 
 class _DecodeAttention:
-    """Attention for one new token per decoding slot, reading the cache view in place.
+    """Attention in torch for one new token per decoding slot, reading the cache view in place.
+
+    The path without the native kernels (they attend decode and prompt rows alike).
 
     The G query heads that share a KV head are laid along the query-length axis, so
     grouped-query attention needs no repeated K/V: q [n, KVH, G, Dh] against
     K [n, KVH, L, Dh].
     """
 
-    def __init__(self, step: StepInput, cache: KVCache, ops: TorchOps) -> None:
+    def __init__(self, step: StepInput, cache: KVCache) -> None:
         n = step.num_slots
         self.n = n
         self.slots = torch.tensor(step.decode_slots, dtype=torch.long)
         self.pos = torch.tensor(step.decode_positions, dtype=torch.long)
-        self.ops = ops
-        if ops.native_decode_attention:
-            return  # the kernel writes K/V and reads each request's own length itself
         self.dense = step.decode_slots == list(range(n))
         self.max_len = max(step.decode_positions) + 1
         # Row of (slot, kv head, position) in the cache viewed as [slots * KVH * cap, Dh]:
@@ -245,8 +251,6 @@ class _DecodeAttention:
 
     def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             kc: torch.Tensor, vc: torch.Tensor) -> torch.Tensor:
-        if self.ops.native_decode_attention:
-            return self.ops.decode_attention(q, k, v, kc, vc, self.slots, self.pos)
         D, H, Dh = q.shape
         KVH = k.shape[1]
         kc.view(-1, Dh).index_copy_(0, self.flat_rows, k.reshape(-1, Dh))  # this step's K/V at each slot's position
@@ -280,10 +284,7 @@ def _chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kc: torc
     kc[ch.slot, :, ch.start:end] = k.transpose(0, 1)
     vc[ch.slot, :, ch.start:end] = v.transpose(0, 1)
     qg = q.view(T, KVH, group, Dh).permute(1, 2, 0, 3).reshape(KVH, group * T, Dh)
-    keys, values = kc[ch.slot, :, :end], vc[ch.slot, :, :end]
-    if keys.dtype != q.dtype:  # a float16 cache under a float32 model
-        keys, values = keys.to(q.dtype), values.to(q.dtype)
-    out = F.scaled_dot_product_attention(qg, keys, values, attn_mask=mask)
+    out = F.scaled_dot_product_attention(qg, kc[ch.slot, :, :end], vc[ch.slot, :, :end], attn_mask=mask)
     return out.view(KVH, group, T, Dh).permute(2, 0, 1, 3).reshape(T, H * Dh)
 
 

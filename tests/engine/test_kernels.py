@@ -7,7 +7,7 @@ import torch
 
 from isvc.engine import kernels
 from isvc.engine.kernels import NativeOps, TorchOps
-from isvc.engine.llama import StepInput, _DecodeAttention
+from isvc.engine.llama import ChunkInput, StepInput, _chunk_attention, _chunk_mask, _DecodeAttention
 
 REF = TorchOps()
 
@@ -68,28 +68,58 @@ def test_rms_norm_rope_and_silu_mul_match_torch(native, m):
     close(native.silu_mul(gu), REF.silu_mul(gu))
 
 
-@pytest.mark.parametrize("slots,positions", [([0, 1, 2], [0, 9, 39]), ([4, 0, 2], [5, 17, 38])])
 @pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16])
-def test_decode_attention_matches_sdpa(native, slots, positions, cache_dtype):
+@pytest.mark.parametrize("decode_slots,decode_positions", [([0, 1, 2], [0, 9, 39]), ([4, 0, 2], [5, 17, 38])])
+def test_attention_matches_sdpa_for_decode_and_prompt_rows(native, decode_slots, decode_positions, cache_dtype):
+    """Decode rows for some slots plus a 6-token prompt chunk continuing at position 10 of slot 3."""
     KVH, G, Dh, S, cap = 3, 3, 64, 5, 40
-    D = len(slots)
-    qkv = randn(D, (KVH * G + 2 * KVH) * Dh, seed=sum(positions))  # rows strided like the model's
-    q = qkv[:, : KVH * G * Dh].view(D, KVH * G, Dh)
-    k = qkv[:, KVH * G * Dh : (KVH * G + KVH) * Dh].view(D, KVH, Dh)
-    v = qkv[:, (KVH * G + KVH) * Dh :].view(D, KVH, Dh)
+    chunk = ChunkInput(slot=3, token_ids=[0] * 6, start=10, logits="last")
+    slots = decode_slots + [3] * 6
+    positions = decode_positions + list(range(10, 16))
+    R, D = len(slots), len(decode_slots)
+    qkv = randn(R, (KVH * G + 2 * KVH) * Dh, seed=sum(positions))  # rows strided like the model's
+    q = qkv[:, : KVH * G * Dh].view(R, KVH * G, Dh)
+    k = qkv[:, KVH * G * Dh : (KVH * G + KVH) * Dh].view(R, KVH, Dh)
+    v = qkv[:, (KVH * G + KVH) * Dh :].view(R, KVH, Dh)
     kc, vc = randn(S, KVH, cap, Dh, seed=8).to(cache_dtype), randn(S, KVH, cap, Dh, seed=9).to(cache_dtype)
     kc_ref, vc_ref = kc.float(), vc.float()
-    step = StepInput(num_slots=S, decode_slots=slots, decode_tokens=[0] * D, decode_positions=positions,
-                     chunks=[])
+
+    step = StepInput(num_slots=S, decode_slots=decode_slots, decode_tokens=[0] * D,
+                     decode_positions=decode_positions, chunks=[chunk])
     cache = type("Cache", (), {"num_kv_heads": KVH, "capacity": cap})()
-    expected = _DecodeAttention(step, cache, REF).run(q, k, v, kc_ref, vc_ref)
-    got = _DecodeAttention(step, cache, native).run(q, k, v, kc, vc)
+    expected = torch.cat([
+        _DecodeAttention(step, cache).run(q[:D], k[:D], v[:D], kc_ref, vc_ref),
+        _chunk_attention(q[D:], k[D:], v[D:], kc_ref, vc_ref, chunk, _chunk_mask(chunk, G), G),
+    ])
+    got = native.attention(q, k, v, kc, vc, torch.tensor(slots), torch.tensor(positions))
     # the reference ran on a float32 copy: same inputs, except this step's K/V, which the
     # float16 cache rounds when it stores them
     tol = dict(rtol=1e-4, atol=1e-5) if cache_dtype == torch.float32 else dict(rtol=1e-2, atol=2e-3)
     torch.testing.assert_close(got, expected, **tol)
     torch.testing.assert_close(kc, kc_ref.to(cache_dtype))  # this step's K/V written at each position
     torch.testing.assert_close(vc, vc_ref.to(cache_dtype))
+
+
+def test_attention_row_is_the_same_in_one_chunk_or_many(native):
+    """A prompt's rows give bit-identical results however the prompt was split into chunks."""
+    KVH, G, Dh, cap, T = 3, 3, 64, 64, 48
+    qkv = randn(T, (KVH * G + 2 * KVH) * Dh, seed=11)
+    q = qkv[:, : KVH * G * Dh].view(T, KVH * G, Dh)
+    k = qkv[:, KVH * G * Dh : (KVH * G + KVH) * Dh].view(T, KVH, Dh)
+    v = qkv[:, (KVH * G + KVH) * Dh :].view(T, KVH, Dh)
+
+    def run(splits: list[int]) -> torch.Tensor:
+        kc, vc = torch.zeros(2, KVH, cap, Dh), torch.zeros(2, KVH, cap, Dh)
+        outs, start = [], 0
+        for end in [*splits, T]:
+            rows = torch.arange(start, end)
+            outs.append(native.attention(q[start:end], k[start:end], v[start:end], kc, vc,
+                                         torch.ones(end - start, dtype=torch.long), rows))
+            start = end
+        return torch.cat(outs)
+
+    whole = run([])
+    assert torch.equal(run([16, 32]), whole) and torch.equal(run([1, 7, 40]), whole)
 
 
 def test_disabled_by_environment(monkeypatch):

@@ -1,9 +1,14 @@
-/* Decode attention on the slot KV cache: one new token per running request.
+/* Attention for every row of a step on the slot KV cache: decode tokens and prompt chunks.
  *
- * For each (request, kv head): write this step's K and V into the cache at the request's
- * position, then attend the G query heads that share that kv head over exactly the
- * request's own length. The cache is read once per kv head (K for all G scores, then V for
- * all G outputs), with no padding to the longest request and no repeated K/V for GQA.
+ * Each row is (slot, position). First every row's K and V are written into its slot at its
+ * position; then, for each (row, kv head), the G query heads that share that kv head attend
+ * over positions 0..position of the row's slot, the causal mask by construction. The cache
+ * is read once per kv head (K for all G scores, then V for all G outputs), with no padding
+ * to the longest request and no repeated K/V for GQA.
+ *
+ * A row's result depends only on its slot's keys and values up to its position, summed in
+ * a fixed order: the same whether the prompt was prefilled in one chunk or many, alone or
+ * beside other requests (batch invariance, and prefix reuse that is exact).
  *
  * Layouts (heads contiguous inside a row, rows `*_stride` floats apart):
  *   q [D, KVH * G, Dh]   k, v [D, KVH, Dh]   out [D, KVH * G, Dh]   float32
@@ -45,7 +50,7 @@ static void softmax_inplace(float *s, long n) {
   for (i = 0; i < n; i++) s[i] *= inv;
 }
 
-#define DECODE_ATTENTION(NAME, T, LOAD8, STORE_ROW)                                              \
+#define ATTENTION(NAME, T, LOAD8, STORE_ROW)                                              \
   void NAME(const float *q, long q_stride, const float *k, long k_stride, const float *v,          \
             long v_stride, T *kc, T *vc, const long *slots, const long *positions, float *out,     \
             long D, long KVH, long G, long Dh, long cap, float scale, int threads) {               \
@@ -53,13 +58,18 @@ static void softmax_inplace(float *s, long n) {
       long max_len = 0;                                                                            \
       for (long d = 0; d < D; d++) max_len = positions[d] + 1 > max_len ? positions[d] + 1 : max_len; \
       float *scores = malloc(sizeof(float) * G * max_len);                                         \
+      /* all writes before any read: a chunk's rows read each other's keys */                     \
+      _Pragma("omp for schedule(static)")                                                          \
+      for (long item = 0; item < D * KVH; item++) {                                                \
+        long d = item / KVH, h = item % KVH, at = ((slots[d] * KVH + h) * cap + positions[d]) * Dh; \
+        STORE_ROW(kc + at, k + d * k_stride + h * Dh, Dh);                                         \
+        STORE_ROW(vc + at, v + d * v_stride + h * Dh, Dh);                                         \
+      }                                                                                            \
       _Pragma("omp for schedule(dynamic, 1)")                                                      \
       for (long item = 0; item < D * KVH; item++) {                                                \
         long d = item / KVH, h = item % KVH, pos = positions[d], len = pos + 1, nv = Dh / 8;       \
         T *kh = kc + ((slots[d] * KVH + h) * cap) * Dh;                                            \
         T *vh = vc + ((slots[d] * KVH + h) * cap) * Dh;                                            \
-        STORE_ROW(kh + pos * Dh, k + d * k_stride + h * Dh, Dh);                                   \
-        STORE_ROW(vh + pos * Dh, v + d * v_stride + h * Dh, Dh);                                   \
         const float *qh = q + d * q_stride + h * G * Dh;                                           \
         /* scores[g][t] = scale * q_g . K[t] */                                                    \
         for (long t = 0; t < len; t++) {                                                           \
@@ -93,5 +103,5 @@ static void softmax_inplace(float *s, long n) {
     }                                                                                              \
   }
 
-DECODE_ATTENTION(isvc_decode_attention_f32, float, LOAD_F32, store_row_f32)
-DECODE_ATTENTION(isvc_decode_attention_f16, uint16_t, LOAD_F16, store_row_f16)
+ATTENTION(isvc_attention_f32, float, LOAD_F32, store_row_f32)
+ATTENTION(isvc_attention_f16, uint16_t, LOAD_F16, store_row_f16)

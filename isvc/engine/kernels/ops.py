@@ -19,7 +19,7 @@ _p, _l, _i, _f = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
 
 class TorchOps:
     name = "torch"
-    native_decode_attention = False
+    native_attention = False
 
     def linear(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         return F.linear(x, w, bias)
@@ -44,9 +44,9 @@ class TorchOps:
         inter = gu.shape[1] // 2
         return F.silu(gu[:, :inter]) * gu[:, inter:]
 
-    def decode_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kc: torch.Tensor,
-                         vc: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError("the model runs its torch attention path when native_decode_attention is False")
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kc: torch.Tensor,
+                  vc: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("the model runs its torch attention path when native_attention is False")
 
 
 class NativeOps(TorchOps):
@@ -59,9 +59,9 @@ class NativeOps(TorchOps):
         self._rope = _bind(lib.isvc_rope, [_p, _l, _p, _p, _p, _l, _l, _l, _i])
         self._silu_mul = _bind(lib.isvc_silu_mul, [_p, _p, _l, _l, _i])
         attention_args = [_p, _l, _p, _l, _p, _l, _p, _p, _p, _p, _p, _l, _l, _l, _l, _l, _f, _i]
-        self._attention = {torch.float32: _bind(lib.isvc_decode_attention_f32, attention_args),
-                           torch.float16: _bind(lib.isvc_decode_attention_f16, attention_args)}
-        self.native_decode_attention = head_dim % 8 == 0 and head_dim <= 256 and group <= 16
+        self._attention = {torch.float32: _bind(lib.isvc_attention_f32, attention_args),
+                           torch.float16: _bind(lib.isvc_attention_f16, attention_args)}
+        self.native_attention = head_dim % 8 == 0 and head_dim <= 256 and group <= 16
         self.scale = head_dim ** -0.5
         self.group = group
 
@@ -109,13 +109,14 @@ class NativeOps(TorchOps):
         self._silu_mul(gu.data_ptr(), out.data_ptr(), gu.shape[0], inter, self.threads)
         return out
 
-    def decode_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kc: torch.Tensor,
-                         vc: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Write this step's K/V at each request's position, then attend over its own length.
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kc: torch.Tensor,
+                  vc: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Causal attention for every row of a step (decode tokens and prompt chunks alike).
 
-        q [D, H, Dh], k and v [D, KVH, Dh] (rows may be strided, heads contiguous), the
-        layer's cache kc/vc [slots, KVH, cap, Dh] (float32 or float16), slots and positions
-        [D] int64 -> [D, H*Dh].
+        Writes each row's K/V into its slot at its position, then attends over positions
+        0..position of that slot. q [R, H, Dh], k and v [R, KVH, Dh] (rows may be strided,
+        heads contiguous), the layer's cache kc/vc [slots, KVH, cap, Dh] (float32 or
+        float16), slots and positions [R] int64 -> [R, H*Dh].
         """
         D, H, Dh = q.shape
         KVH = k.shape[1]
