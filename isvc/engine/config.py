@@ -39,6 +39,12 @@ class EngineConfig(BaseModel):
     kv_cache_space_gb: float = Field(default=4.0, gt=0)
     """Upper bound of the KV cache in GiB (like VLLM_CPU_KVCACHE_SPACE)."""
 
+    enable_prefix_caching: bool = True
+    """Reuse the KV of recent prompts for new prompts that start the same way (vLLM's flag)."""
+
+    prefix_cache_space_gb: float = Field(default=0.0625, ge=0)
+    """Bytes kept for reused prompt prefixes, in GiB (evicted least recently used)."""
+
     num_threads: int | None = Field(default=None, ge=1)
     """torch intra-op threads; defaults to the cores this process may use."""
 

@@ -27,6 +27,7 @@ from isvc.engine.kv_cache import KVCacheFull
 from isvc.engine.llama import ChunkInput, LlamaModel, StepInput, torch_dtype
 from isvc.engine.outputs import RequestOutput, TokenLogprob
 from isvc.engine.params import SamplingParams
+from isvc.engine.prefix_cache import PrefixCache, PrefixHit
 from isvc.engine.request import EngineRequest, RequestStatus
 from isvc.engine.sampler import Sampler
 from isvc.engine.scheduler import PrefillChunk, Scheduler
@@ -80,7 +81,12 @@ class EngineCore:
         self.model = LlamaModel(model_dir, torch_dtype(config.dtype), config.max_model_len, config.kv_cache_dtype)
         self.max_model_len = self.model.max_model_len
         self.cache = self.model.new_cache(config.max_num_seqs, int(config.kv_cache_space_gb * 2**30))
-        self.scheduler = Scheduler(config.max_num_seqs, config.max_num_batched_tokens)
+        # Reuse is exact only on the native attention kernel (chunking-invariant K/V).
+        self.prefix_cache = (PrefixCache(int(config.prefix_cache_space_gb * 2**30))
+                             if config.enable_prefix_caching and self.model.ops.native_attention else None)
+        self._prefix_loads: list[tuple[EngineRequest, PrefixHit]] = []  # admitted, KV not yet copied
+        self.scheduler = Scheduler(config.max_num_seqs, config.max_num_batched_tokens,
+                                   on_admit=self._reuse_prefix if self.prefix_cache is not None else None)
         self.sampler = Sampler(config.seed)
         self.eos_ids = _eos_ids(model_dir, self.tokenizer)
         self._tracked: dict[str, _Tracked] = {}
@@ -165,6 +171,16 @@ class EngineCore:
         )
         self.scheduler.add(request)
 
+    def _reuse_prefix(self, req: EngineRequest) -> None:
+        """Scheduler hook at admission: start the prompt after its longest cached prefix."""
+        if self.prefix_cache is None or req.params.prompt_logprobs is not None:
+            return  # scoring every prompt token needs every row computed
+        hit = self.prefix_cache.lookup(req.prompt_token_ids)
+        if hit is not None:
+            req.num_computed_tokens = hit.num_tokens
+            self._prefix_loads.append((req, hit))
+            metrics.PREFIX_CACHE_HIT_TOKENS.inc(hit.num_tokens)
+
     def step(self) -> None:
         for move in self.scheduler.take_moves():
             self.cache.move(move.src, move.dst, move.length)
@@ -180,6 +196,10 @@ class EngineCore:
             logger.warning("KV cache budget reached; finishing %s at %d tokens", longest.request_id, longest.num_tokens)
             self._finish(self._tracked[longest.request_id], RequestStatus.FINISHED_LENGTH)
             return  # nothing ran: every request keeps its position and is scheduled again
+        for req, hit in self._prefix_loads:
+            if req.slot is not None:  # not finished meanwhile
+                PrefixCache.load(hit, self.cache, req.slot)
+        self._prefix_loads.clear()
         step = StepInput(
             num_slots=self.scheduler.num_running,
             decode_slots=[r.slot for r in out.decode],  # type: ignore[misc]
@@ -217,6 +237,8 @@ class EngineCore:
             req.num_computed_tokens = chunk.end
             metrics.PROMPT_TOKENS.inc(chunk.end - chunk.start)
             if chunk.completes_prompt:
+                if self.prefix_cache is not None and req.slot is not None:
+                    self.prefix_cache.store(req.prompt_token_ids, self.cache, req.slot)
                 rows.append(req)
                 row_index.append(r + n_rows - 1)
             r += n_rows

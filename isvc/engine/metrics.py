@@ -8,6 +8,8 @@ _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
 
 REQUESTS = Counter("isvc_requests", "Requests finished, by route and outcome", ["route", "status"])
 PROMPT_TOKENS = Counter("isvc_prompt_tokens", "Prompt tokens processed")
+PREFIX_CACHE_HIT_TOKENS = Counter("isvc_prefix_cache_hit_tokens",
+                                  "Prompt tokens whose KV was copied from the prefix cache, not computed")
 GENERATION_TOKENS = Counter("isvc_generation_tokens", "Tokens generated")
 ABORTED = Counter("isvc_requests_aborted", "Requests aborted (client disconnected or cancelled)")
 NUM_RUNNING = Gauge("isvc_num_requests_running", "Requests in the running batch")

@@ -15,6 +15,7 @@ that slot's KV (one slot, not the whole cache).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from isvc.engine.request import EngineRequest, RequestStatus
@@ -53,7 +54,11 @@ class SlotMove:
 
 
 class Scheduler:
-    def __init__(self, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+    def __init__(self, max_num_seqs: int, max_num_batched_tokens: int,
+                 on_admit: Callable[[EngineRequest], None] | None = None) -> None:
+        """``on_admit`` runs when a request gets its slot, before its first chunk is cut; it
+        may advance ``num_computed_tokens`` (a reused prompt prefix)."""
+        self.on_admit = on_admit
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting: deque[EngineRequest] = deque()
@@ -92,6 +97,8 @@ class Scheduler:
             req.status = RequestStatus.RUNNING
             req.slot = len(self.running)
             self.running.append(req)
+            if self.on_admit is not None:
+                self.on_admit(req)
             budget -= self._add_chunk(out, req, budget)
         assert budget >= 0 and len(self.running) <= self.max_num_seqs
         return out

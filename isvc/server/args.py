@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--kv_cache_dtype", default="auto",
         help="KV cache type: auto (float16 on the native CPU kernels, else the model dtype), float32, float16; "
              "passed to vLLM as-is")
+    add("--enable_prefix_caching", dest="enable_prefix_caching", action="store_true", default=True,
+        help="reuse the KV of earlier prompts that start the same way (default: on)")
+    add("--no_enable_prefix_caching", dest="enable_prefix_caching", action="store_false",
+        help="compute every prompt in full")
     add("--kv_cache_space", type=float, default=4.0, help="KV cache budget in GiB")
     add("--num_threads", type=int, default=None, help="torch threads (default: the cores this process may use)")
     add("--seed", type=int, default=0, help="seed for requests that give none")

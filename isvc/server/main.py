@@ -56,7 +56,8 @@ def main(argv: list[str]) -> int:
         model_dir=str(model_dir), dtype="float32" if args.dtype == "auto" else args.dtype,
         max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, max_queue=args.max_queue,
-        kv_cache_dtype=args.kv_cache_dtype, kv_cache_space_gb=args.kv_cache_space, num_threads=args.num_threads or _threads_from_env(),
+        kv_cache_dtype=args.kv_cache_dtype, kv_cache_space_gb=args.kv_cache_space,
+        enable_prefix_caching=args.enable_prefix_caching, num_threads=args.num_threads or _threads_from_env(),
         trust_remote_code=args.trust_remote_code, seed=args.seed,
     )
     engine = AsyncEngine(config)

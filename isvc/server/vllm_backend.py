@@ -28,6 +28,8 @@ def vllm_argv(args: argparse.Namespace, model_dir: Path) -> list[str]:
         argv += ["--max-model-len", str(args.max_model_len)]
     if args.quantization:
         argv += ["--quantization", args.quantization]
+    if not args.enable_prefix_caching:
+        argv.append("--no-enable-prefix-caching")
     if args.kv_cache_dtype != "auto":
         argv += ["--kv-cache-dtype", args.kv_cache_dtype]
     if args.gpu_memory_utilization is not None:

@@ -144,3 +144,29 @@ def test_prompt_logprobs_across_prefill_chunks_match_transformers(engine: AsyncE
     # float16 keys and values carry ~3 significant digits: on this random model's large logits
     # that moves log-probabilities by up to ~0.04.
     assert torch.allclose(torch.tensor([e.logprob for e in got[1:]]), expected, atol=1e-4 if exact else 0.1)
+
+
+def test_prefix_reuse_gives_the_same_tokens_as_computing_the_prompt(tiny_model_dir: Path) -> None:
+    """Prompts sharing a 40-token start: the second reuses it and answers as an engine without reuse."""
+    from isvc.engine import metrics
+
+    def answers(enable: bool) -> list[list[int]]:
+        eng = AsyncEngine(EngineConfig(model_dir=str(tiny_model_dir), max_num_batched_tokens=64, num_threads=2,
+                                       enable_prefix_caching=enable))
+        eng.load()
+        try:
+            shared = (prompts(eng, 1)[0] * 10)[:40]
+            params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+            return [asyncio.run(run(eng, f"p{enable}{i}", shared + tail, params))[0]
+                    for i, tail in enumerate([[5, 6, 7], [9, 10], [5, 6, 7, 8, 9]])]
+        finally:
+            eng.shutdown()
+
+    before = metric_value(metrics.PREFIX_CACHE_HIT_TOKENS)
+    with_reuse = answers(True)
+    assert metric_value(metrics.PREFIX_CACHE_HIT_TOKENS) - before >= 40 + 43  # 2nd and 3rd prompts
+    assert with_reuse == answers(False)
+
+
+def metric_value(counter) -> float:  # type: ignore[no-untyped-def]
+    return counter._value.get()
