@@ -12,20 +12,20 @@ import asyncio
 import time
 
 from bench.loadgen import requests_for
-from bench.prompts import build_prompts
+from bench.prompts import build_prompts, request_prompt
 from isvc.engine.async_engine import AsyncEngine
 from isvc.engine.config import EngineConfig
 from isvc.engine.params import SamplingParams
 from isvc.models.prepare import ensure_default_model
 
 
-async def level(engine: AsyncEngine, concurrency: int, max_tokens: int) -> tuple[float, float]:
+async def level(engine: AsyncEngine, concurrency: int, max_tokens: int, first_serial: int) -> tuple[float, float]:
     prompts = build_prompts()
     tok = engine.tokenizer
-    encoded = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
-               for p in prompts]
-    ids = [tok.encode(e, add_special_tokens=False) for e in encoded]
     total = requests_for(concurrency)
+    encoded = [tok.apply_chat_template([{"role": "user", "content": request_prompt(prompts, first_serial + i)}],
+                                       add_generation_prompt=True, tokenize=False) for i in range(total)]
+    ids = [tok.encode(e, add_special_tokens=False) for e in encoded]
     next_index = 0
     tokens = 0
     ttfts: list[float] = []
@@ -37,7 +37,7 @@ async def level(engine: AsyncEngine, concurrency: int, max_tokens: int) -> tuple
             next_index += 1
             start = time.perf_counter()
             first = True
-            async for out in engine.generate(f"r{concurrency}-{i}", ids[i % len(ids)],
+            async for out in engine.generate(f"r{concurrency}-{i}", ids[i],
                                              SamplingParams(max_tokens=max_tokens, temperature=0)):
                 if first and out.token_ids:
                     ttfts.append(time.perf_counter() - start)
@@ -59,8 +59,10 @@ def main() -> None:
     engine = AsyncEngine(EngineConfig(model_dir=str(ensure_default_model()),
                                       max_num_batched_tokens=args.max_num_batched_tokens))
     engine.load()
+    serial = 0
     for c in (int(x) for x in args.concurrency.split(",")):
-        tok_s, ttft = asyncio.run(level(engine, c, args.max_tokens))
+        tok_s, ttft = asyncio.run(level(engine, c, args.max_tokens, serial))
+        serial += requests_for(c)
         print(f"c={c}: {tok_s:.1f} tok/s, TTFT p50 {ttft:.2f}s", flush=True)
     engine.shutdown()
 

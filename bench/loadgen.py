@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.prompts import build_prompts
+from bench.prompts import build_prompts, request_prompt
 
 
 @dataclass
@@ -119,7 +119,7 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: s
 
 
 async def run_level(url: str, model: str, concurrency: int, num_requests: int, max_tokens: int,
-                    prompts: list[str], pid: int | None) -> LevelResult:
+                    prompts: list[str], pid: int | None, first_serial: int = 0) -> LevelResult:
     results: list[RequestResult] = []
     next_index = 0
     peak_rss = 0.0
@@ -136,7 +136,8 @@ async def run_level(url: str, model: str, concurrency: int, num_requests: int, m
         while next_index < num_requests:
             i = next_index
             next_index += 1
-            results.append(await one_request(client, url, model, prompts[i % len(prompts)], max_tokens))
+            prompt = request_prompt(prompts, first_serial + i)
+            results.append(await one_request(client, url, model, prompt, max_tokens))
 
     limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
     async with httpx.AsyncClient(timeout=httpx.Timeout(1800, connect=10), limits=limits) as client:
@@ -173,8 +174,10 @@ async def sweep(url: str, model: str, levels: list[int], max_tokens: int, pid: i
         async with httpx.AsyncClient(timeout=600) as client:
             await one_request(client, url, model, prompts[0], 8)
     out = []
+    serial = 0
     for c in levels:
-        level = await run_level(url, model, c, requests_for(c, scale), max_tokens, prompts, pid)
+        level = await run_level(url, model, c, requests_for(c, scale), max_tokens, prompts, pid, serial)
+        serial += level.requests
         print(json.dumps(asdict(level)), flush=True)
         out.append(level)
     return out

@@ -26,3 +26,13 @@ def build_prompts(count: int = 64, seed: int = 7) -> list[str]:
             words += rng.choice(_FILLER).split()
         prompts.append(" ".join(words[:target_words]))
     return prompts
+
+
+def request_prompt(prompts: list[str], serial: int) -> str:
+    """The prompt of the run's request number ``serial``: unique in the run.
+
+    The set repeats across concurrency levels; a server with prefix caching would otherwise
+    answer repeats from its cache. Numbering each request keeps only what distinct users
+    share (the chat template's system prompt) reusable.
+    """
+    return f"Request {serial}. {prompts[serial % len(prompts)]}"

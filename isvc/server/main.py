@@ -15,6 +15,7 @@ SUPPORTED_TASKS = ("text_generation", "text2text_generation")
 
 
 def main(argv: list[str]) -> int:
+    _limit_malloc_arenas()
     try:
         args = parse(argv)
     except ArgsError as exc:
@@ -67,6 +68,23 @@ def main(argv: list[str]) -> int:
     logger.info("serving %s as %r on http://%s:%d", model_dir, args.model_name, args.host, args.http_port)
     uvicorn.run(app, host=args.host, port=args.http_port, log_level="warning", timeout_graceful_shutdown=3)
     return 0
+
+
+def _limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas before any thread starts (unless MALLOC_ARENA_MAX is set).
+
+    Every thread that allocates (event loop, engine, OpenMP workers, uvicorn's) otherwise
+    gets its own arena, each holding freed tensors' pages: ~250 MB of RSS at 32 streams,
+    for no speed (measured: same tok/s with 2 arenas).
+    """
+    if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # -8 is M_ARENA_MAX
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _resolve_model_dir(args) -> Path:  # type: ignore[no-untyped-def]
