@@ -71,8 +71,24 @@ static void softmax_inplace(float *s, long n) {
         T *kh = kc + ((slots[d] * KVH + h) * cap) * Dh;                                            \
         T *vh = vc + ((slots[d] * KVH + h) * cap) * Dh;                                            \
         const float *qh = q + d * q_stride + h * G * Dh;                                           \
-        /* scores[g][t] = scale * q_g . K[t] */                                                    \
-        for (long t = 0; t < len; t++) {                                                           \
+        /* scores[g][t] = scale * q_g . K[t]; four keys at a time share one reduction */           \
+        long t = 0;                                                                                \
+        for (; t + 4 <= len; t += 4) {                                                             \
+          const T *kt = kh + t * Dh;                                                               \
+          for (long g = 0; g < G; g++) {                                                           \
+            const float *qg = qh + g * Dh;                                                         \
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                            \
+            for (long i = 0; i < nv; i++) {                                                        \
+              __m256 qv = _mm256_loadu_ps(qg + 8 * i);                                             \
+              a0 = _mm256_fmadd_ps(qv, LOAD8(kt + 8 * i), a0);                                     \
+              a1 = _mm256_fmadd_ps(qv, LOAD8(kt + Dh + 8 * i), a1);                                \
+              a2 = _mm256_fmadd_ps(qv, LOAD8(kt + 2 * Dh + 8 * i), a2);                            \
+              a3 = _mm256_fmadd_ps(qv, LOAD8(kt + 3 * Dh + 8 * i), a3);                            \
+            }                                                                                      \
+            _mm_storeu_ps(scores + g * len + t, _mm_mul_ps(hsum4(a0, a1, a2, a3), _mm_set1_ps(scale))); \
+          }                                                                                        \
+        }                                                                                          \
+        for (; t < len; t++) {                                                                     \
           const T *kt = kh + t * Dh;                                                               \
           for (long g = 0; g < G; g++) {                                                           \
             const float *qg = qh + g * Dh;                                                         \

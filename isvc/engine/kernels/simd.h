@@ -9,6 +9,12 @@ static inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+/* The four horizontal sums of a, b, c, d as one vector {sum a, sum b, sum c, sum d}. */
+static inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+  __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+  return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+}
+
 /* e^x for x <= 0, ~1 ulp: x = n ln2 + r, e^r by a degree-6 polynomial, 2^n through the
  * exponent bits (libm's expf is scalar here). */
 static inline __m256 exp256(__m256 x) {
