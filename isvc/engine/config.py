@@ -45,6 +45,14 @@ class EngineConfig(BaseModel):
     prefix_cache_space_gb: float = Field(default=0.0625, ge=0)
     """Bytes kept for reused prompt prefixes, in GiB (evicted least recently used)."""
 
+    num_speculative_tokens: int = Field(default=3, ge=0, le=8)
+    """Tokens drafted per step by prompt lookup (n-gram) and verified in the same step, for
+    greedy requests; 0 turns speculation off. Outputs are unchanged either way."""
+
+    speculative_max_batch: int = Field(default=1, ge=1)
+    """Speculate only while at most this many requests decode: larger steps are compute-bound,
+    and rejected drafts would cost real time there."""
+
     num_threads: int | None = Field(default=None, ge=1)
     """torch intra-op threads; defaults to the cores this process may use."""
 

@@ -28,6 +28,7 @@ from isvc.engine.llama import ChunkInput, LlamaModel, StepInput, torch_dtype
 from isvc.engine.outputs import RequestOutput, TokenLogprob
 from isvc.engine.params import SamplingParams
 from isvc.engine.prefix_cache import PrefixCache, PrefixHit
+from isvc.engine.speculation import accepted, can_speculate, propose
 from isvc.engine.request import EngineRequest, RequestStatus
 from isvc.engine.sampler import Sampler
 from isvc.engine.scheduler import PrefillChunk, Scheduler
@@ -188,7 +189,10 @@ class EngineCore:
         if out.empty:
             return
         started = time.perf_counter()
-        need = max([r.num_computed_tokens + 1 for r in out.decode] + [c.end for c in out.prefill])
+        drafts = self._drafts(out)
+        plain = [r for r in out.decode if r not in drafts]
+        need = max([r.num_computed_tokens + 1 + len(drafts.get(r, ())) for r in out.decode]
+                   + [c.end for c in out.prefill])
         try:
             self.cache.ensure(self.scheduler.num_running, need)
         except KVCacheFull:
@@ -202,14 +206,17 @@ class EngineCore:
         self._prefix_loads.clear()
         step = StepInput(
             num_slots=self.scheduler.num_running,
-            decode_slots=[r.slot for r in out.decode],  # type: ignore[misc]
-            decode_tokens=[r.token_at(r.num_computed_tokens) for r in out.decode],
-            decode_positions=[r.num_computed_tokens for r in out.decode],
-            chunks=[ChunkInput(c.request.slot, c.request.prompt_token_ids[c.start:c.end], c.start,  # type: ignore[arg-type]
-                               _logit_rows(c)) for c in out.prefill],
+            decode_slots=[r.slot for r in plain],  # type: ignore[misc]
+            decode_tokens=[r.token_at(r.num_computed_tokens) for r in plain],
+            decode_positions=[r.num_computed_tokens for r in plain],
+            # a speculating request runs its last token and its drafts as one chunk, logits for each
+            chunks=[ChunkInput(r.slot, [r.token_at(r.num_computed_tokens), *d], r.num_computed_tokens, "all")  # type: ignore[arg-type]
+                    for r, d in drafts.items()]
+            + [ChunkInput(c.request.slot, c.request.prompt_token_ids[c.start:c.end], c.start,  # type: ignore[arg-type]
+                          _logit_rows(c)) for c in out.prefill],
         )
         logits = self.model.forward(step, self.cache)
-        self._after_forward(out, logits)
+        self._after_forward(out, logits, plain, drafts)
         metrics.STEP_SECONDS.observe(time.perf_counter() - started)
         if out.decode:
             metrics.BATCH_SIZE.observe(len(out.decode))
@@ -220,15 +227,38 @@ class EngineCore:
         metrics.NUM_WAITING.set(self.scheduler.num_waiting)
         metrics.KV_CACHE_BYTES.set(self.cache.nbytes)
 
-    def _after_forward(self, out: Any, logits: torch.Tensor) -> None:
+    def _drafts(self, out: Any) -> dict[EngineRequest, list[int]]:
+        """Prompt-lookup drafts for the greedy requests of a small decode-only step."""
+        k = self.config.num_speculative_tokens
+        if k == 0 or out.prefill or len(out.decode) > self.config.speculative_max_batch:
+            return {}
+        drafts = {}
+        for req in out.decode:
+            room = min(k, req.params.max_tokens - len(req.output_token_ids) - 1, self.max_model_len - req.num_tokens - 1)
+            if room > 0 and can_speculate(req.params):
+                proposal = propose(req.prompt_token_ids + req.output_token_ids, room)
+                if proposal:
+                    drafts[req] = proposal
+        return drafts
+
+    def _after_forward(self, out: Any, logits: torch.Tensor, plain: list[EngineRequest],
+                       drafts: dict[EngineRequest, list[int]]) -> None:
         rows: list[EngineRequest] = []
         row_index: list[int] = []
         r = 0
-        for req in out.decode:
+        for req in plain:
             req.num_computed_tokens += 1
             rows.append(req)
             row_index.append(r)
             r += 1
+        verified: list[tuple[EngineRequest, list[int]]] = []
+        for req, proposal in drafts.items():
+            tokens = accepted(proposal, logits[r : r + len(proposal) + 1].argmax(dim=-1).tolist())
+            r += len(proposal) + 1
+            req.num_computed_tokens += len(tokens)  # the last token and the accepted drafts are cached
+            verified.append((req, tokens))
+            metrics.SPEC_DRAFT_TOKENS.inc(len(proposal))
+            metrics.SPEC_ACCEPTED_TOKENS.inc(len(tokens) - 1)
         for chunk in out.prefill:
             req = chunk.request
             n_rows = _num_logit_rows(chunk)
@@ -242,6 +272,13 @@ class EngineCore:
                 rows.append(req)
                 row_index.append(r + n_rows - 1)
             r += n_rows
+        now = time.monotonic()
+        for req, tokens in verified:
+            tracked = self._tracked.get(req.request_id)
+            for token in tokens:
+                if tracked is None or req.status.finished:
+                    break  # a stop, EOS or max_tokens among them ends the request there
+                self._accept_token(tracked, token, None, now)
         if not rows:
             return
         sel = logits if len(row_index) == logits.shape[0] else logits[torch.tensor(row_index)]

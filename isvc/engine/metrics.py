@@ -12,6 +12,8 @@ PREFIX_CACHE_HIT_TOKENS = Counter("isvc_prefix_cache_hit_tokens",
                                   "Prompt tokens whose KV was copied from the prefix cache, not computed")
 GENERATION_TOKENS = Counter("isvc_generation_tokens", "Tokens generated")
 ABORTED = Counter("isvc_requests_aborted", "Requests aborted (client disconnected or cancelled)")
+SPEC_DRAFT_TOKENS = Counter("isvc_spec_decode_num_draft_tokens", "Tokens drafted by prompt lookup")
+SPEC_ACCEPTED_TOKENS = Counter("isvc_spec_decode_num_accepted_tokens", "Drafted tokens the model confirmed")
 NUM_RUNNING = Gauge("isvc_num_requests_running", "Requests in the running batch")
 NUM_WAITING = Gauge("isvc_num_requests_waiting", "Requests waiting for a batch slot (the queue)")
 BATCH_SIZE = Histogram("isvc_batch_size", "Sequences decoded together in one engine step",

@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="reuse the KV of earlier prompts that start the same way (default: on)")
     add("--no_enable_prefix_caching", dest="enable_prefix_caching", action="store_false",
         help="compute every prompt in full")
+    add("--num_speculative_tokens", type=int, default=3,
+        help="isvc engine: tokens drafted by prompt lookup and verified per step for greedy requests (0: off)")
+    add("--speculative_max_batch", type=int, default=1,
+        help="isvc engine: speculate only while at most this many requests decode")
     add("--kv_cache_space", type=float, default=4.0, help="KV cache budget in GiB")
     add("--num_threads", type=int, default=None, help="torch threads (default: the cores this process may use)")
     add("--seed", type=int, default=0, help="seed for requests that give none")

@@ -12,6 +12,7 @@ from isvc.server.args import ArgsError, parse
 logger = logging.getLogger("isvc.serve")
 
 SUPPORTED_TASKS = ("text_generation", "text2text_generation")
+_FLAG_OF_FIELD = {"kv_cache_space_gb": "kv_cache_space"}  # EngineConfig fields named unlike their flag
 
 
 def main(argv: list[str]) -> int:
@@ -48,19 +49,27 @@ def main(argv: list[str]) -> int:
         return exec_vllm(args, model_dir)
 
     import uvicorn
+    from pydantic import ValidationError
 
     from isvc.engine.async_engine import AsyncEngine
     from isvc.engine.config import EngineConfig
     from isvc.server.app import ServerSettings, create_app
 
-    config = EngineConfig(
-        model_dir=str(model_dir), dtype="float32" if args.dtype == "auto" else args.dtype,
-        max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens, max_queue=args.max_queue,
-        kv_cache_dtype=args.kv_cache_dtype, kv_cache_space_gb=args.kv_cache_space,
-        enable_prefix_caching=args.enable_prefix_caching, num_threads=args.num_threads or _threads_from_env(),
-        trust_remote_code=args.trust_remote_code, seed=args.seed,
-    )
+    try:
+        config = EngineConfig(
+            model_dir=str(model_dir), dtype="float32" if args.dtype == "auto" else args.dtype,
+            max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens, max_queue=args.max_queue,
+            kv_cache_dtype=args.kv_cache_dtype, kv_cache_space_gb=args.kv_cache_space,
+            enable_prefix_caching=args.enable_prefix_caching, num_speculative_tokens=args.num_speculative_tokens,
+            speculative_max_batch=args.speculative_max_batch, num_threads=args.num_threads or _threads_from_env(),
+            trust_remote_code=args.trust_remote_code, seed=args.seed,
+        )
+    except ValidationError as exc:  # a flag out of its bounds: name the flag, no traceback
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            print(f"isvc serve: error: --{_FLAG_OF_FIELD.get(field, field)}: {error['msg']}", file=sys.stderr)
+        return 2
     engine = AsyncEngine(config)
     settings = ServerSettings(model_name=args.model_name, model_root=str(model_dir),
                               enable_docs_url=bool(args.enable_docs_url), log_requests=not args.disable_log_requests)

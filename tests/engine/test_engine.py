@@ -170,3 +170,27 @@ def test_prefix_reuse_gives_the_same_tokens_as_computing_the_prompt(tiny_model_d
 
 def metric_value(counter) -> float:  # type: ignore[no-untyped-def]
     return counter._value.get()
+
+
+def test_speculation_gives_the_same_tokens_as_plain_greedy_decoding(tiny_model_dir: Path) -> None:
+    """One stream at a time (where drafts run): the same tokens with and without speculation.
+
+    Accepted drafts are checked on SmolLM2 (tests/engine/test_smollm2_engine.py)."""
+    from isvc.engine import metrics
+
+    def answers(k: int) -> list[list[int]]:
+        eng = AsyncEngine(EngineConfig(model_dir=str(tiny_model_dir), num_threads=2, num_speculative_tokens=k))
+        eng.load()
+        try:
+            repetitive = (prompts(eng, 1)[0] * 6)[:36]
+            return [asyncio.run(run(eng, f"spec{k}-{i}", ids, SamplingParams(max_tokens=40, temperature=0,
+                                                                            ignore_eos=True)))[0]
+                    for i, ids in enumerate([repetitive, *prompts(eng, 3)])]
+        finally:
+            eng.shutdown()
+
+    before = metric_value(metrics.SPEC_DRAFT_TOKENS)
+    speculated = answers(3)
+    assert metric_value(metrics.SPEC_DRAFT_TOKENS) > before  # drafts ran (this random model rejects them)
+    assert speculated == answers(0)
+    assert all(len(a) == 40 for a in speculated)  # never past max_tokens

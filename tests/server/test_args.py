@@ -74,3 +74,11 @@ def test_vllm_flags_map_from_kserve_flags(monkeypatch) -> None:
     assert pairs["--tensor-parallel-size"] == "2"  # from the visible GPUs
     assert pairs["--quantization"] == "gptq" and pairs["--gpu-memory-utilization"] == "0.95"
     assert pairs["--max-model-len"] == "6144" and "--trust-remote-code" in argv
+
+
+def test_serve_names_an_engine_flag_out_of_bounds(tiny_model_dir) -> None:
+    result = subprocess.run([sys.executable, "-m", "isvc", "serve", f"--model_dir={tiny_model_dir}",
+                             "--num_speculative_tokens", "20", "--kv_cache_space", "0"], capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--num_speculative_tokens: Input should be less than or equal to 8" in result.stderr
+    assert "--kv_cache_space: Input should be greater than 0" in result.stderr
