@@ -38,6 +38,15 @@ def test_linear_matches_torch(native, m, n, k):
     close(native.linear_add_(out.clone(), x, w), REF.linear_add_(out.clone(), x, w))
 
 
+def test_linear_row_is_bit_identical_alone_or_in_any_batch(native):
+    """Batch invariance at the source: each tile shape reduces in the same order."""
+    x, w = randn(32, 576, seed=3), randn(960, 576, seed=4)
+    full = native.linear(x, w)
+    for m in (5, 7, 12, 13):  # tails of 1, 2 and 3 rows, and M == 1 (its own 8-row tile)
+        assert torch.equal(native.linear(x[:m], w), full[:m])
+    assert all(torch.equal(native.linear(x[i : i + 1], w), full[i : i + 1]) for i in (0, 17, 31))
+
+
 def test_linear_reads_strided_input(native):
     x, w = randn(6, 128)[:, :64], randn(16, 64)  # a column slice: not contiguous
     close(native.linear(x, w), REF.linear(x, w))

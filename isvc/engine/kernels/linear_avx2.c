@@ -10,6 +10,8 @@
  * The 4x3 register tile (4 weight rows x 3 activation rows = 12 accumulators) keeps both
  * FMA units busy; M == 1 uses 8 weight rows instead, for more memory streams in flight.
  * Threads split the output columns (weight rows), so no two threads read the same weights.
+ * Every tile reduces its accumulators with the same hsum4 tree, so an output's value does
+ * not depend on the tile (or batch size) that computed it: batch invariance.
  *
  * Preconditions (checked by the caller): K % 8 == 0, N % 4 == 0, contiguous float32.
  */
@@ -30,8 +32,10 @@
         for (int j = 0; j < MB; j++) acc[i][j] = _mm256_fmadd_ps(wv, xv[j], acc[i][j]); \
       }                                                                           \
     }                                                                             \
-    for (int j = 0; j < MB; j++)                                                  \
-      for (int i = 0; i < 4; i++) y[j * N + i] = hsum(acc[i][j]) + (add ? y[j * N + i] : 0.f); \
+    for (int j = 0; j < MB; j++) {                                                \
+      __m128 sums = hsum4(acc[0][j], acc[1][j], acc[2][j], acc[3][j]);            \
+      _mm_storeu_ps(y + j * N, add ? _mm_add_ps(sums, _mm_loadu_ps(y + j * N)) : sums); \
+    }                                                                             \
   }
 TILE(1)
 TILE(2)
@@ -45,7 +49,10 @@ static inline void tile8x1(const float *x, const float *w, float *y, long K, int
     __m256 xv = _mm256_loadu_ps(x + k);
     for (int i = 0; i < 8; i++) acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(w + i * K + k), xv, acc[i]);
   }
-  for (int i = 0; i < 8; i++) y[i] = hsum(acc[i]) + (add ? y[i] : 0.f);
+  for (int i = 0; i < 8; i += 4) {
+    __m128 sums = hsum4(acc[i], acc[i + 1], acc[i + 2], acc[i + 3]);
+    _mm_storeu_ps(y + i, add ? _mm_add_ps(sums, _mm_loadu_ps(y + i)) : sums);
+  }
 }
 
 /* y = x @ w.T, or y += x @ w.T when `add` (a residual connection without a second pass). */
