@@ -232,6 +232,8 @@ class EngineCore:
         k = self.config.num_speculative_tokens
         if k == 0 or out.prefill or len(out.decode) > self.config.speculative_max_batch:
             return {}
+        if not self.model.ops.native_attention:
+            return {}  # torch's ops are not row-exact across batch shapes: drafts could change answers
         drafts = {}
         for req in out.decode:
             room = min(k, req.params.max_tokens - len(req.output_token_ids) - 1, self.max_model_len - req.num_tokens - 1)
