@@ -82,3 +82,11 @@ def test_serve_names_an_engine_flag_out_of_bounds(tiny_model_dir) -> None:
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "--num_speculative_tokens: Input should be less than or equal to 8" in result.stderr
     assert "--kv_cache_space: Input should be greater than 0" in result.stderr
+
+
+def test_engine_flags_take_vllm_spellings() -> None:
+    args = parse(["--model_dir=/x", "--no-enable-prefix-caching", "--kv-cache-dtype", "float32",
+                  "--num-speculative-tokens=0"])
+    assert (args.enable_prefix_caching, args.kv_cache_dtype, args.num_speculative_tokens) == (False, "float32", 0)
+    defaults = parse(["--model_dir=/x"])
+    assert (defaults.enable_prefix_caching, defaults.kv_cache_dtype, defaults.num_speculative_tokens) == (True, "auto", 3)
