@@ -151,5 +151,10 @@ def metric(base_url: str, name: str) -> float:
     raise KeyError(name)
 
 
+def counter_value(counter) -> float:  # type: ignore[no-untyped-def]
+    """An in-process prometheus Counter's current value (engine tests without a server)."""
+    return counter._value.get()
+
+
 def read_json(path: Path) -> dict[str, object]:
     return json.loads(path.read_text())

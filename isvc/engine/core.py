@@ -82,9 +82,12 @@ class EngineCore:
         self.model = LlamaModel(model_dir, torch_dtype(config.dtype), config.max_model_len, config.kv_cache_dtype)
         self.max_model_len = self.model.max_model_len
         self.cache = self.model.new_cache(config.max_num_seqs, int(config.kv_cache_space_gb * 2**30))
-        # Reuse is exact only on the native attention kernel (chunking-invariant K/V).
+        # Prefix reuse and speculation keep answers exact only on the native ops (row-exact
+        # across batch shapes and chunkings); on torch's they stay off.
+        row_exact = self.model.ops.native_attention
         self.prefix_cache = (PrefixCache(int(config.prefix_cache_space_gb * 2**30))
-                             if config.enable_prefix_caching and self.model.ops.native_attention else None)
+                             if config.enable_prefix_caching and row_exact else None)
+        self.num_speculative_tokens = config.num_speculative_tokens if row_exact else 0
         self._prefix_loads: list[tuple[EngineRequest, PrefixHit]] = []  # admitted, KV not yet copied
         self.scheduler = Scheduler(config.max_num_seqs, config.max_num_batched_tokens,
                                    on_admit=self._reuse_prefix if self.prefix_cache is not None else None)
@@ -229,11 +232,9 @@ class EngineCore:
 
     def _drafts(self, out: Any) -> dict[EngineRequest, list[int]]:
         """Prompt-lookup drafts for the greedy requests of a small decode-only step."""
-        k = self.config.num_speculative_tokens
+        k = self.num_speculative_tokens
         if k == 0 or out.prefill or len(out.decode) > self.config.speculative_max_batch:
             return {}
-        if not self.model.ops.native_attention:
-            return {}  # torch's ops are not row-exact across batch shapes: drafts could change answers
         drafts = {}
         for req in out.decode:
             room = min(k, req.params.max_tokens - len(req.output_token_ids) - 1, self.max_model_len - req.num_tokens - 1)

@@ -11,6 +11,7 @@ import torch
 from isvc.engine.async_engine import AsyncEngine
 from isvc.engine.config import EngineConfig
 from isvc.engine.params import SamplingParams
+from tests.conftest import counter_value
 
 
 # float32: the cache at full precision, held to transformers' numbers; auto: the default
@@ -165,14 +166,10 @@ def test_prefix_reuse_gives_the_same_tokens_as_computing_the_prompt(tiny_model_d
         finally:
             eng.shutdown()
 
-    before = metric_value(metrics.PREFIX_CACHE_HIT_TOKENS)
+    before = counter_value(metrics.PREFIX_CACHE_HIT_TOKENS)
     with_reuse = answers(True)
-    assert metric_value(metrics.PREFIX_CACHE_HIT_TOKENS) - before >= 40 + 43  # 2nd and 3rd prompts
+    assert counter_value(metrics.PREFIX_CACHE_HIT_TOKENS) - before >= 40 + 43  # 2nd and 3rd prompts
     assert with_reuse == answers(False)
-
-
-def metric_value(counter) -> float:  # type: ignore[no-untyped-def]
-    return counter._value.get()
 
 
 def test_speculation_gives_the_same_tokens_as_plain_greedy_decoding(tiny_model_dir: Path) -> None:
@@ -195,8 +192,8 @@ def test_speculation_gives_the_same_tokens_as_plain_greedy_decoding(tiny_model_d
         finally:
             eng.shutdown()
 
-    before = metric_value(metrics.SPEC_DRAFT_TOKENS)
+    before = counter_value(metrics.SPEC_DRAFT_TOKENS)
     speculated = answers(3)
-    assert metric_value(metrics.SPEC_DRAFT_TOKENS) > before  # drafts ran (this random model rejects them)
+    assert counter_value(metrics.SPEC_DRAFT_TOKENS) > before  # drafts ran (this random model rejects them)
     assert speculated == answers(0)
     assert all(len(a) == 40 for a in speculated)  # never past max_tokens

@@ -18,6 +18,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from isvc.models.prepare import cache_root
+
 logger = logging.getLogger(__name__)
 
 SOURCE_DIR = Path(__file__).parent
@@ -30,11 +32,6 @@ class KernelUnavailable(Exception):
 
 def disabled() -> bool:
     return os.environ.get("ISVC_NATIVE_KERNELS", "1").lower() in ("0", "false", "no", "off")
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("ISVC_CACHE_DIR") or Path.home() / ".cache" / "isvc"
-    return Path(root) / "kernels"
 
 
 def build() -> Path:
@@ -55,7 +52,7 @@ def build() -> Path:
         digest.update(path.name.encode() + path.read_bytes())
     digest.update(" ".join(CFLAGS).encode())
     digest.update(subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.encode())
-    target = _cache_dir() / f"isvc_kernels-{digest.hexdigest()[:16]}.so"
+    target = cache_root() / "kernels" / f"isvc_kernels-{digest.hexdigest()[:16]}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,9 @@
 
 ``NativeOps`` overrides each op where its kernel covers the shapes and dtype and falls
 back to ``TorchOps`` otherwise, so a model runs the same either way up to float rounding.
-Both are batch-invariant: a row's result never depends on the other rows in the step.
+The native ops are row-exact: a row's result never depends, to the bit, on the other rows
+in the step or on how a prompt was chunked. Torch's (MKL, SDPA) promise that only up to
+rounding, which is why prefix reuse and speculation run on the native ops only.
 """
 
 from __future__ import annotations
