@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8080
 MODEL_NAME ?= llama2
 
-.PHONY: install model run test bench clean
+.PHONY: install model run test lint bench clean
 
 $(BIN)/isvc: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ run: model
 
 test: model
 	$(BIN)/pytest -q
+
+# The house rules: lint + format, types, and the import layers (pyproject.toml [tool.importlinter]).
+lint: install
+	$(BIN)/ruff check isvc tests bench
+	$(BIN)/ruff format --check isvc tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 bench: model
 	$(BIN)/python -m bench.run_all

@@ -23,8 +23,14 @@ async def level(engine: AsyncEngine, concurrency: int, max_tokens: int, first_se
     prompts = build_prompts()
     tok = engine.tokenizer
     total = requests_for(concurrency)
-    encoded = [tok.apply_chat_template([{"role": "user", "content": request_prompt(prompts, first_serial + i)}],
-                                       add_generation_prompt=True, tokenize=False) for i in range(total)]
+    encoded = [
+        tok.apply_chat_template(
+            [{"role": "user", "content": request_prompt(prompts, first_serial + i)}],
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+        for i in range(total)
+    ]
     ids = [tok.encode(e, add_special_tokens=False) for e in encoded]
     next_index = 0
     tokens = 0
@@ -37,8 +43,9 @@ async def level(engine: AsyncEngine, concurrency: int, max_tokens: int, first_se
             next_index += 1
             start = time.perf_counter()
             first = True
-            async for out in engine.generate(f"r{concurrency}-{i}", ids[i],
-                                             SamplingParams(max_tokens=max_tokens, temperature=0)):
+            async for out in engine.generate(
+                f"r{concurrency}-{i}", ids[i], SamplingParams(max_tokens=max_tokens, temperature=0)
+            ):
                 if first and out.token_ids:
                     ttfts.append(time.perf_counter() - start)
                     first = False
@@ -56,8 +63,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--max-num-batched-tokens", type=int, default=256)
     args = parser.parse_args()
-    engine = AsyncEngine(EngineConfig(model_dir=str(ensure_default_model()),
-                                      max_num_batched_tokens=args.max_num_batched_tokens))
+    engine = AsyncEngine(
+        EngineConfig(model_dir=str(ensure_default_model()), max_num_batched_tokens=args.max_num_batched_tokens)
+    )
     engine.load()
     serial = 0
     for c in (int(x) for x in args.concurrency.split(",")):

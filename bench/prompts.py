@@ -4,15 +4,36 @@ from __future__ import annotations
 
 import random
 
-_TOPICS = ["the ocean", "a small town bakery", "learning to play the piano", "the history of bridges",
-           "how bees make honey", "a trip to the mountains", "why the sky is blue", "growing tomatoes",
-           "the first computers", "a rainy afternoon", "training for a marathon", "the moon landing",
-           "cooking rice", "the life of a lighthouse keeper", "how trains work", "a friendly robot"]
-_FILLER = ["Please be specific and give concrete examples.", "Keep the tone friendly and simple.",
-           "Imagine you are explaining this to a curious twelve-year-old.", "Mention at least one surprising fact.",
-           "Use short paragraphs.", "Avoid jargon where you can.", "End with a short summary sentence.",
-           "Compare it with something from everyday life.", "Think about what a beginner would ask next.",
-           "Describe the sounds, colours and smells if they matter."]
+_TOPICS = [
+    "the ocean",
+    "a small town bakery",
+    "learning to play the piano",
+    "the history of bridges",
+    "how bees make honey",
+    "a trip to the mountains",
+    "why the sky is blue",
+    "growing tomatoes",
+    "the first computers",
+    "a rainy afternoon",
+    "training for a marathon",
+    "the moon landing",
+    "cooking rice",
+    "the life of a lighthouse keeper",
+    "how trains work",
+    "a friendly robot",
+]
+_FILLER = [
+    "Please be specific and give concrete examples.",
+    "Keep the tone friendly and simple.",
+    "Imagine you are explaining this to a curious twelve-year-old.",
+    "Mention at least one surprising fact.",
+    "Use short paragraphs.",
+    "Avoid jargon where you can.",
+    "End with a short summary sentence.",
+    "Compare it with something from everyday life.",
+    "Think about what a beginner would ask next.",
+    "Describe the sounds, colours and smells if they matter.",
+]
 
 
 def build_prompts(count: int = 64, seed: int = 7) -> list[str]:

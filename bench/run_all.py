@@ -27,7 +27,8 @@ import httpx
 
 from bench.loadgen import sweep
 from bench.peers import KSERVE_REFERENCE, PEERS, REPO, Peer
-from isvc.models.prepare import cache_root, ensure_default_model, fetch_gguf
+from isvc.models.prepare import ensure_default_model, fetch_gguf
+from isvc.paths import cache_root
 
 RESULTS = REPO / "bench" / "results"
 
@@ -53,8 +54,11 @@ def wait_ready(base: str, model: str, proc: subprocess.Popen, timeout_s: float) 
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
         try:
-            r = httpx.post(f"{base}/v1/chat/completions", timeout=600, json={
-                "model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+            r = httpx.post(
+                f"{base}/v1/chat/completions",
+                timeout=600,
+                json={"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
+            )
             if r.status_code == 200:
                 return time.monotonic() - start
         except httpx.HTTPError:
@@ -67,17 +71,23 @@ def bench_peer(peer: Peer, levels: list[int], max_tokens: int, scale: float, log
     model_dir = ensure_default_model()
     port = free_port()
     argv, env, model = peer.command(model_dir, smollm2_gguf(), port)
-    log = open(log_dir / f"{peer.name}.log", "w")
+    log = open(log_dir / f"{peer.name}.log", "w")  # noqa: SIM115 (the server process owns it)
     print(f"[bench] {peer.label}: {' '.join(argv)}", flush=True)
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env},
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}, start_new_session=True
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         ready_s = wait_ready(base, model, proc, timeout_s=900)
         print(f"[bench] {peer.label} ready in {ready_s:.1f}s", flush=True)
         results = asyncio.run(sweep(f"{base}/v1", model, levels, max_tokens, proc.pid, scale))
-        return {"peer": peer.name, "label": peer.label, "weights": peer.weights, "start_to_ready_s": round(ready_s, 1),
-                "levels": [asdict(r) for r in results]}
+        return {
+            "peer": peer.name,
+            "label": peer.label,
+            "weights": peer.weights,
+            "start_to_ready_s": round(ready_s, 1),
+            "levels": [asdict(r) for r in results],
+        }
     except Exception as exc:
         print(f"[bench] {peer.label} failed: {exc} (log: {log.name})", flush=True)
         return {"peer": peer.name, "label": peer.label, "weights": peer.weights, "error": str(exc), "levels": []}
@@ -93,9 +103,12 @@ def bench_peer(peer: Peer, levels: list[int], max_tokens: int, scale: float, log
 
 def markdown(run: dict) -> str:
     levels = run["levels"]
-    lines = ["| server (weights) | " + " | ".join(f"c={c} tok/s" for c in levels) +
-             " | TTFT p50 c=16 | ITL p50 c=32 | peak RSS | start→ready |",
-             "|" + "---|" * (len(levels) + 5)]
+    lines = [
+        "| server (weights) | "
+        + " | ".join(f"c={c} tok/s" for c in levels)
+        + " | TTFT p50 c=16 | ITL p50 c=32 | peak RSS | start→ready |",
+        "|" + "---|" * (len(levels) + 5),
+    ]
     for peer in run["peers"]:
         by_c = {lv["concurrency"]: lv for lv in peer["levels"]}
         tok_s = [f"{by_c[c]['output_tok_s']:.1f}" if c in by_c else "—" for c in levels]
@@ -104,11 +117,17 @@ def markdown(run: dict) -> str:
         rss = max((lv["peak_rss_mb"] for lv in peer["levels"]), default=0)
         ready = f"{peer['start_to_ready_s']} s" if "start_to_ready_s" in peer else "—"
         note = f" failed: {peer['error']}" if peer.get("error") else ""
-        lines.append(f"| {peer['label']} ({peer['weights']}) | " + " | ".join(tok_s) +
-                     f" | {ttft} | {itl} | {rss / 1024:.2f} GB | {ready} |{note}")
+        lines.append(
+            f"| {peer['label']} ({peer['weights']}) | "
+            + " | ".join(tok_s)
+            + f" | {ttft} | {itl} | {rss / 1024:.2f} GB | {ready} |{note}"
+        )
     ref = KSERVE_REFERENCE
-    lines.append(f"| {ref['label']} ({ref['weights']}) | " + " | ".join(str(ref["tok_s"].get(c, "—")) for c in levels) +
-                 f" | {ref['ttft_p50_c16_s']:.0f} s | — | {ref['rss_mb'] / 1024:.1f} GB | — |")
+    lines.append(
+        f"| {ref['label']} ({ref['weights']}) | "
+        + " | ".join(str(ref["tok_s"].get(c, "—")) for c in levels)
+        + f" | {ref['ttft_p50_c16_s']:.0f} s | — | {ref['rss_mb'] / 1024:.1f} GB | — |"
+    )
     return "\n".join([*lines, "", *ratios(run)])
 
 
@@ -121,12 +140,17 @@ def ratios(run: dict) -> list[str]:
     for name, levels in peers.items():
         if name == "isvc" or not levels:
             continue
-        cells = [f"c={c}: {isvc[c]['output_tok_s'] / levels[c]['output_tok_s']:.2f}×"
-                 for c in sorted(levels) if c in isvc and levels[c]["output_tok_s"]]
+        cells = [
+            f"c={c}: {isvc[c]['output_tok_s'] / levels[c]['output_tok_s']:.2f}×"
+            for c in sorted(levels)
+            if c in isvc and levels[c]["output_tok_s"]
+        ]
         out.append(f"- vs {PEERS[name].label}: " + ", ".join(cells))
     ref = KSERVE_REFERENCE["tok_s"]
-    out.append("- vs KServe HF backend (reference figures): " + ", ".join(
-        f"c={c}: {isvc[c]['output_tok_s'] / ref[c]:.1f}×" for c in sorted(isvc) if c in ref))
+    out.append(
+        "- vs KServe HF backend (reference figures): "
+        + ", ".join(f"c={c}: {isvc[c]['output_tok_s'] / ref[c]:.1f}×" for c in sorted(isvc) if c in ref)
+    )
     return out
 
 
@@ -146,10 +170,15 @@ def main() -> None:
     stamp = dt.datetime.now().strftime("%Y-%m-%d-%H%M")
     log_dir = RESULTS / f"logs-{stamp}"
     log_dir.mkdir(parents=True, exist_ok=True)
-    run = {"date": stamp, "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}",
-           "model": "SmolLM2-135M-Instruct", "max_tokens": args.max_tokens, "levels": levels,
-           "command": "python -m bench.run_all " + " ".join(f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()),
-           "peers": []}
+    run = {
+        "date": stamp,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}",
+        "model": "SmolLM2-135M-Instruct",
+        "max_tokens": args.max_tokens,
+        "levels": levels,
+        "command": "python -m bench.run_all " + " ".join(f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()),
+        "peers": [],
+    }
     for peer in chosen:
         if not peer.installed():
             print(f"[bench] skipping {peer.label}: not installed", flush=True)

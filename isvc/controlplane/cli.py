@@ -32,7 +32,11 @@ from isvc.manifest import SHORT_NAMES, ManifestError, Resource, ServingRuntime, 
 from isvc.manifest.models import InferenceService
 
 _GROUP = "serving.kserve.io"
-_PLURAL = {"InferenceService": "inferenceservice", "ServingRuntime": "servingruntime", "ClusterServingRuntime": "clusterservingruntime"}
+_PLURAL = {
+    "InferenceService": "inferenceservice",
+    "ServingRuntime": "servingruntime",
+    "ClusterServingRuntime": "clusterservingruntime",
+}
 
 
 def _fail(exc: Exception) -> int:
@@ -165,9 +169,20 @@ def _load(files: list[str], namespace: str | None, store: Store) -> list[Resourc
         if meta is not None and namespace and d.body.get("kind") != "ClusterServingRuntime":
             placeholder = "${" in str(meta.get("namespace", ""))  # the seed's `namespace: "${YOUR-NS}"`
             if meta.get("namespace") not in (None, namespace) and not placeholder:
-                raise ManifestError([d.problem("metadata.namespace", f"the namespace from the file ({meta['namespace']}) does not match -n {namespace}")])
+                raise ManifestError(
+                    [
+                        d.problem(
+                            "metadata.namespace",
+                            f"the namespace from the file ({meta['namespace']}) does not match -n {namespace}",
+                        )
+                    ]
+                )
             meta["namespace"] = namespace
-    existing = [ServingRuntime.model_validate(r.body) for kind in ("ServingRuntime", "ClusterServingRuntime") for r in store.resources(kind)]
+    existing = [
+        ServingRuntime.model_validate(r.body)
+        for kind in ("ServingRuntime", "ClusterServingRuntime")
+        for r in store.resources(kind)
+    ]
     return parse_documents(docs, existing)
 
 
@@ -180,8 +195,16 @@ def apply(argv: list[str]) -> int:
     store = _store(args)
     try:
         resources = _load(args.filename, args.namespace, store)
-        runtimes = [ServingRuntime.model_validate(r.body) for kind in ("ServingRuntime", "ClusterServingRuntime") for r in store.resources(kind)]
-        runtimes = [rt for rt in runtimes if (rt.kind, rt.metadata.namespace, rt.metadata.name) not in {r.key for r in resources}]
+        runtimes = [
+            ServingRuntime.model_validate(r.body)
+            for kind in ("ServingRuntime", "ClusterServingRuntime")
+            for r in store.resources(kind)
+        ]
+        runtimes = [
+            rt
+            for rt in runtimes
+            if (rt.kind, rt.metadata.namespace, rt.metadata.name) not in {r.key for r in resources}
+        ]
         runtimes += [r.obj for r in resources if isinstance(r.obj, ServingRuntime)]
         for res in resources:
             for w in res.warnings:
@@ -209,7 +232,9 @@ def _print_dry_run(res: Resource, runtimes: list[ServingRuntime]) -> None:
     print(f"  port:        declared {plan.declared_port} -> a free 127.0.0.1 port chosen at start (__ISVC_PORT__)")
     if plan.storage_uri:
         print(f"  storage:     {plan.storage_uri} -> /mnt/models")
-    print(f"  readiness:   {plan.probe.kind} {plan.probe.path if plan.probe.kind == 'http' else ''} every {plan.probe.period_s:g}s")
+    print(
+        f"  readiness:   {plan.probe.kind} {plan.probe.path if plan.probe.kind == 'http' else ''} every {plan.probe.period_s:g}s"
+    )
     print(f"  resources:   gpus={plan.gpus} threads={plan.cpu_threads} memory_limit={plan.memory_limit_bytes}")
     print(f"  replicas:    {plan.replicas}; model name(s): {', '.join(plan.model_names)}")
     for note in plan.notes:
@@ -299,14 +324,21 @@ def get(argv: list[str]) -> int:
             raise IsvcError(f'{_PLURAL[kind]}.{_GROUP} "{name}" not found')
         if args.output in ("yaml", "json"):
             data: Any = objs[0] if name else {"apiVersion": "v1", "kind": "List", "items": objs}
-            print(json.dumps(data, indent=2) if args.output == "json" else yaml.safe_dump(data, sort_keys=False), end="" if args.output == "yaml" else "\n")
+            print(
+                json.dumps(data, indent=2) if args.output == "json" else yaml.safe_dump(data, sort_keys=False),
+                end="" if args.output == "yaml" else "\n",
+            )
         elif args.output == "name":
             print("\n".join(f"{_PLURAL[kind]}.{_GROUP}/{o['metadata']['name']}" for o in objs))
         elif not objs:
             where = "any namespace" if ns is None else f"{ns} namespace"
             print(f"No resources found in {where}.", file=sys.stderr)
         else:
-            table = isvc_table(objs, wide=args.output == "wide", all_ns=ns is None) if kind == "InferenceService" else runtime_table(objs)
+            table = (
+                isvc_table(objs, wide=args.output == "wide", all_ns=ns is None)
+                if kind == "InferenceService"
+                else runtime_table(objs)
+            )
             print(table)
         return 0
     except IsvcError as exc:
@@ -323,7 +355,10 @@ def describe(argv: list[str]) -> int:
         word, _, slash_name = args.type.partition("/")
         kind, name = _kind(word), slash_name or args.name
         if kind != "InferenceService":
-            return get([args.type, *([name] if name else []), "-n", args.namespace, "-o", "yaml"] + (["--state-dir", args.state_dir] if args.state_dir else []))
+            return get(
+                [args.type, *([name] if name else []), "-n", args.namespace, "-o", "yaml"]
+                + (["--state-dir", args.state_dir] if args.state_dir else [])
+            )
         if not name:
             raise IsvcError("describe isvc needs a NAME")
         store = _store(args)

@@ -96,18 +96,20 @@ class Controller:
             out[(row.namespace, row.name)] = cached
         return out
 
-    def _plan(self, body: dict[str, Any], generation: int, warnings: list[str], runtimes: list[ServingRuntime]) -> _Desired:
+    def _plan(
+        self, body: dict[str, Any], generation: int, warnings: list[str], runtimes: list[ServingRuntime]
+    ) -> _Desired:
         isvc = InferenceService.model_validate(body)
         ns, name = isvc.metadata.namespace, isvc.metadata.name
         pred = isvc.spec.predictor
         try:
             plan = build_plan(isvc, runtimes)
         except IsvcError as exc:
-            reason = "NoSupportingRuntime" if getattr(exc, "code", "") == "no_supporting_runtime" else "InvalidPredictorSpec"
+            reason = (
+                "NoSupportingRuntime" if getattr(exc, "code", "") == "no_supporting_runtime" else "InvalidPredictorSpec"
+            )
             return _Desired(DesiredService(ns, name, "", invalid=exc.message), None, generation, warnings, reason)
-        svc = DesiredService(
-            ns, name, spec_hash(body), plan.replicas, pred.canary_traffic_percent, plan.gpus
-        )
+        svc = DesiredService(ns, name, spec_hash(body), plan.replicas, pred.canary_traffic_percent, plan.gpus)
         return _Desired(svc, plan, generation, warnings + plan.notes)
 
     # ---- observe ----------------------------------------------------------------------
@@ -158,13 +160,25 @@ class Controller:
             if not r["ready"] and probe.successes >= plan.probe.success_threshold:
                 self.store.update_replica(ns, rev, idx, ready=1, phase=int(Phase.RUNNING), message="")
                 elapsed = time.time() - r["started"]
-                self.store.event(ns, r["service"], "Normal", "Ready", f"{rev} replica {idx} ready on port {r['port']} after {elapsed:.1f}s")
+                self.store.event(
+                    ns,
+                    r["service"],
+                    "Normal",
+                    "Ready",
+                    f"{rev} replica {idx} ready on port {r['port']} after {elapsed:.1f}s",
+                )
                 logger.info("predictor %s/%s ready on %s after %.1fs", rev, idx, r["port"], elapsed)
         else:
             probe.failures, probe.successes = probe.failures + 1, 0
             if r["ready"] and probe.failures >= plan.probe.failure_threshold:
                 self.store.update_replica(ns, rev, idx, ready=0, message="readiness probe failing")
-                self.store.event(ns, r["service"], "Warning", "Unhealthy", f"{rev} replica {idx}: readiness probe failed {probe.failures} times")
+                self.store.event(
+                    ns,
+                    r["service"],
+                    "Warning",
+                    "Unhealthy",
+                    f"{rev} replica {idx}: readiness probe failed {probe.failures} times",
+                )
 
     def _record_exit(self, r: Any, code: int | None, reason: str, now: float) -> None:
         ns, rev, idx = r["namespace"], r["revision"], r["idx"]
@@ -176,12 +190,21 @@ class Controller:
         if code is None:
             reason = "exited while the controller was not watching"
         tail = process.tail(Path(r["log"]))
-        last = {"exit_code": code, "reason": reason, "log_tail": tail, "time": _now_iso(), "revision": rev, "pid": r["pid"]}
+        last = {
+            "exit_code": code,
+            "reason": reason,
+            "log_tail": tail,
+            "time": _now_iso(),
+            "revision": rev,
+            "pid": r["pid"],
+        }
         restarts = 0 if now - (r["started"] or now) > RESET_BACKOFF_AFTER_S else r["restarts"]
         self.store.update_replica(
             ns, rev, idx, phase=int(Phase.EXITED), ready=0, pid=None, last_exit=json.dumps(last), restarts=restarts
         )
-        self.store.event(ns, r["service"], "Warning", "Exited", f"{rev} replica {idx} exited (code {code}): {' | '.join(tail[-2:])}")
+        self.store.event(
+            ns, r["service"], "Warning", "Exited", f"{rev} replica {idx} exited (code {code}): {' | '.join(tail[-2:])}"
+        )
 
     def _check_memory(self, rows: list[Any], plans: dict[tuple[str, str], LaunchPlan], now: float) -> None:
         for r in rows:
@@ -193,7 +216,9 @@ class Controller:
                 msg = f"RSS {rss / 2**20:.0f} MiB over the memory limit {plan.memory_limit_bytes / 2**20:.0f} MiB"
                 last = {"reason": "OOMKilled", "pid": r["pid"], "message": msg}
                 self.store.update_replica(r["namespace"], r["revision"], r["idx"], last_exit=json.dumps(last))
-                self.store.event(r["namespace"], r["service"], "Warning", "OOMKilled", f"{r['revision']} replica {r['idx']}: {msg}")
+                self.store.event(
+                    r["namespace"], r["service"], "Warning", "OOMKilled", f"{r['revision']} replica {r['idx']}: {msg}"
+                )
                 process.kill_group(r["pid"], signal.SIGKILL)
 
     # ---- views for the reconciler -----------------------------------------------------
@@ -207,12 +232,22 @@ class Controller:
         revs: dict[tuple[str, str], list[RevisionView]] = {}
         for rv in self.store.revisions():
             revs.setdefault((rv["namespace"], rv["service"]), []).append(
-                RevisionView(rv["name"], rv["number"], rv["spec_hash"], tuple(replicas.get((rv["namespace"], rv["name"]), [])))
+                RevisionView(
+                    rv["name"], rv["number"], rv["spec_hash"], tuple(replicas.get((rv["namespace"], rv["name"]), []))
+                )
             )
         out = []
         for s in self.store.services():
             key = (s["namespace"], s["name"])
-            out.append(ServiceView(s["namespace"], s["name"], tuple(revs.get(key, [])), s["rolled_out"], json.loads(s["traffic"] or "{}")))
+            out.append(
+                ServiceView(
+                    s["namespace"],
+                    s["name"],
+                    tuple(revs.get(key, [])),
+                    s["rolled_out"],
+                    json.loads(s["traffic"] or "{}"),
+                )
+            )
         return out
 
     # ---- execute ----------------------------------------------------------------------
@@ -223,25 +258,44 @@ class Controller:
                 d = desired[(a.namespace, a.service)]
                 assert d.plan is not None
                 self.store.db.execute(
-                    "INSERT OR IGNORE INTO services(namespace, name, traffic) VALUES (?,?,?)", (a.namespace, a.service, "{}")
+                    "INSERT OR IGNORE INTO services(namespace, name, traffic) VALUES (?,?,?)",
+                    (a.namespace, a.service, "{}"),
                 )
                 self.store.db.execute(
                     "INSERT OR REPLACE INTO revisions VALUES (?,?,?,?,?,?,?)",
                     (a.namespace, a.service, a.revision, a.number, a.spec_hash, d.plan.to_json(), time.time()),
                 )
-                self.store.event(a.namespace, a.service, "Normal", "RevisionCreated", f"created {a.revision} ({d.plan.runtime})")
+                self.store.event(
+                    a.namespace, a.service, "Normal", "RevisionCreated", f"created {a.revision} ({d.plan.runtime})"
+                )
             elif isinstance(a, StartReplica):
                 self._start(a)
             elif isinstance(a, MarkPending):
-                self._upsert_replica(a.namespace, a.service, a.revision, a.index, phase=int(Phase.PENDING), message=a.message)
-                self.store.event(a.namespace, a.service, "Warning", "FailedScheduling", f"{a.revision} replica {a.index}: {a.message}")
+                self._upsert_replica(
+                    a.namespace, a.service, a.revision, a.index, phase=int(Phase.PENDING), message=a.message
+                )
+                self.store.event(
+                    a.namespace,
+                    a.service,
+                    "Warning",
+                    "FailedScheduling",
+                    f"{a.revision} replica {a.index}: {a.message}",
+                )
             elif isinstance(a, ScheduleRestart):
                 row = self._replica(a.namespace, a.revision, a.index)
                 restarts = (row["restarts"] if row else 0) + 1
                 delay = a.at - time.time()
-                self.store.update_replica(a.namespace, a.revision, a.index, phase=int(Phase.BACKOFF), next_start=a.at, restarts=restarts)
+                self.store.update_replica(
+                    a.namespace, a.revision, a.index, phase=int(Phase.BACKOFF), next_start=a.at, restarts=restarts
+                )
                 if row:
-                    self.store.event(a.namespace, row["service"], "Warning", "BackOff", f"restarting {a.revision} replica {a.index} in {delay:.0f}s (restart {restarts})")
+                    self.store.event(
+                        a.namespace,
+                        row["service"],
+                        "Warning",
+                        "BackOff",
+                        f"restarting {a.revision} replica {a.index} in {delay:.0f}s (restart {restarts})",
+                    )
             elif isinstance(a, SetTraffic):
                 self.store.db.execute(
                     "UPDATE services SET traffic=?, rolled_out=? WHERE namespace=? AND name=?",
@@ -256,7 +310,9 @@ class Controller:
                 self._stop(a.namespace, a.revision, a.index)
             elif isinstance(a, DeleteRevision):
                 self.store.db.execute("DELETE FROM revisions WHERE namespace=? AND name=?", (a.namespace, a.revision))
-                self.store.db.execute("DELETE FROM replicas WHERE namespace=? AND revision=?", (a.namespace, a.revision))
+                self.store.db.execute(
+                    "DELETE FROM replicas WHERE namespace=? AND revision=?", (a.namespace, a.revision)
+                )
                 self.store.event(a.namespace, a.service, "Normal", "RevisionDeleted", f"deleted {a.revision}")
             elif isinstance(a, DeleteService):
                 self.store.db.execute("DELETE FROM services WHERE namespace=? AND name=?", (a.namespace, a.service))
@@ -276,7 +332,9 @@ class Controller:
         self.store.update_replica(ns, rev, idx, **fields)
 
     def _start(self, a: StartReplica) -> None:
-        row = self.store.db.execute("SELECT plan FROM revisions WHERE namespace=? AND name=?", (a.namespace, a.revision)).fetchone()
+        row = self.store.db.execute(
+            "SELECT plan FROM revisions WHERE namespace=? AND name=?", (a.namespace, a.revision)
+        ).fetchone()
         plan = LaunchPlan.from_json(row["plan"])
         port = process.free_port()
         command = [c.replace(PORT_TOKEN, str(port)) for c in process.resolve_command(plan.command)]
@@ -310,7 +368,13 @@ class Controller:
             message="running on CPU (fallback)" if a.cpu_fallback else "", cpu_fallback=int(a.cpu_fallback),
         )  # fmt: skip
         where = "CPU (fallback)" if a.cpu_fallback else (f"GPUs {a.gpus}" if a.gpus else "CPU")
-        self.store.event(a.namespace, a.service, "Normal", "Started", f"{a.revision} replica {a.index}: pid {proc.pid}, port {port}, {where}")
+        self.store.event(
+            a.namespace,
+            a.service,
+            "Normal",
+            "Started",
+            f"{a.revision} replica {a.index}: pid {proc.pid}, port {port}, {where}",
+        )
         logger.info("started %s/%s pid %s port %s", a.revision, a.index, proc.pid, port)
 
     def _stop(self, ns: str, rev: str, idx: int) -> None:
@@ -338,8 +402,11 @@ class Controller:
             revs.setdefault((rv["namespace"], rv["service"]), []).append(rv["name"])
         changed = False
         for (ns, name), d in desired.items():
-            self.store.db.execute("INSERT OR IGNORE INTO services(namespace, name, traffic) VALUES (?,?,?)", (ns, name, "{}"))
+            self.store.db.execute(
+                "INSERT OR IGNORE INTO services(namespace, name, traffic) VALUES (?,?,?)", (ns, name, "{}")
+            )
             s = self.store.service(ns, name)
+            assert s is not None  # inserted just above
             facts = ServiceFacts(
                 ns, name, d.generation, revs.get((ns, name), []), json.loads(s["traffic"] or "{}"), s["rolled_out"],
                 replicas.get((ns, name), []), d.service.invalid, d.error_reason or "InvalidPredictorSpec",
@@ -352,7 +419,9 @@ class Controller:
             route = json.dumps(compute_route(facts, ready.get("message", "")), sort_keys=True)
             text = json.dumps(status, sort_keys=True)
             if text != s["status"] or route != s["route"]:
-                self.store.db.execute("UPDATE services SET status=?, route=? WHERE namespace=? AND name=?", (text, route, ns, name))
+                self.store.db.execute(
+                    "UPDATE services SET status=?, route=? WHERE namespace=? AND name=?", (text, route, ns, name)
+                )
                 changed = changed or route != s["route"]
         if changed:
             self.store.bump("routes_version")
@@ -377,7 +446,13 @@ class Controller:
         """At start: say which predictors survived the previous controller."""
         for r in self.store.replicas():
             if r["phase"] in (Phase.STARTING, Phase.RUNNING) and process.is_same_process(r["pid"], r["start_ticks"]):
-                self.store.event(r["namespace"], r["service"], "Normal", "Adopted", f"{r['revision']} replica {r['idx']} (pid {r['pid']}) adopted")
+                self.store.event(
+                    r["namespace"],
+                    r["service"],
+                    "Normal",
+                    "Adopted",
+                    f"{r['revision']} replica {r['idx']} (pid {r['pid']}) adopted",
+                )
                 self.probes[(r["namespace"], r["revision"], r["idx"])] = _Probe(successes=1 if r["ready"] else 0)
 
     def stop_all(self) -> None:
@@ -436,7 +511,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s controller %(levelname)s %(message)s")
     settings = ControllerSettings(
-        state_dir=Path(args.state_dir), cpu_fallback=args.cpu_fallback, gpus=detect_gpus() if args.gpus is None else args.gpus
+        state_dir=Path(args.state_dir),
+        cpu_fallback=args.cpu_fallback,
+        gpus=detect_gpus() if args.gpus is None else args.gpus,
     )
     controller = Controller(settings)
 

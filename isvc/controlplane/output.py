@@ -92,7 +92,7 @@ def describe_text(
         f"URL:          {st.get('url', '')}",
         f"Address:      {st.get('address', {}).get('url', '')}",
         f"Generation:   {meta.get('generation')} (observed {st.get('observedGeneration', '-')})",
-        f"Model name:   {', '.join(models)}   <- the \"model\" to send in OpenAI requests",
+        f'Model name:   {", ".join(models)}   <- the "model" to send in OpenAI requests',
     ]
     if revisions:
         plan = json.loads(revisions[-1]["plan"])
@@ -108,7 +108,9 @@ def describe_text(
         out.append(f"  {c['type']:<16} {c['status']:<7} {c.get('reason', ''):<20} {c.get('message', '')}")
     out.append("Replicas:")
     for r in extra.get("replicas", []):
-        out.append(f"  {r['revision']}[{r['index']}]  {r['phase']:<9} ready={str(r['ready']).lower():<5} port={r['port']} restarts={r['restarts']} {r['message']}")
+        out.append(
+            f"  {r['revision']}[{r['index']}]  {r['phase']:<9} ready={str(r['ready']).lower():<5} port={r['port']} restarts={r['restarts']} {r['message']}"
+        )
     ms = st.get("modelStatus", {})
     if ms:
         out.append(f"Model status: {ms.get('states', {}).get('activeModelState')} ({ms.get('transitionStatus')})")

@@ -21,11 +21,11 @@ import shlex
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from isvc.controlplane.runtimes import all_runtimes, select_runtime
 from isvc.errors import ConfigError
 from isvc.manifest.models import Container, InferenceService, Probe, ServingRuntime
 from isvc.manifest.quantity import parse_quantity
 from isvc.manifest.webhook import GPU_RESOURCE
-from isvc.controlplane.runtimes import all_runtimes, select_runtime
 
 PORT_TOKEN = "__ISVC_PORT__"
 MOUNT_PATH = "/mnt/models"
@@ -208,10 +208,15 @@ def build_plan(isvc: InferenceService, user_runtimes: list[ServingRuntime]) -> L
         rt = selected.runtime
         rc = next((c for c in rt.spec.containers if c.name == "kserve-container"), rt.spec.containers[0])
         notes: list[str] = [selected.reason]
-        args = merge_args([render_template(a, isvc) for a in rc.args], [render_template(a, isvc) for a in model.args], notes)
+        args = merge_args(
+            [render_template(a, isvc) for a in rc.args], [render_template(a, isvc) for a in model.args], notes
+        )
         command = [render_template(a, isvc) for a in (model.command or rc.command)]
         merged = Container.model_validate(
-            {**rc.model_dump(by_alias=True, exclude_none=True), **model.model_dump(by_alias=True, exclude_none=True, exclude_unset=True)}
+            {
+                **rc.model_dump(by_alias=True, exclude_none=True),
+                **model.model_dump(by_alias=True, exclude_none=True, exclude_unset=True),
+            }
         )
         declared = _declared_port(rc)
         is_isvc_server = command[:2] == ["isvc", "serve"]

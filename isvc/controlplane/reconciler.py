@@ -159,7 +159,14 @@ class DeleteService:
 
 
 Action = (
-    CreateRevision | StartReplica | MarkPending | ScheduleRestart | StopReplica | DeleteRevision | SetTraffic | DeleteService
+    CreateRevision
+    | StartReplica
+    | MarkPending
+    | ScheduleRestart
+    | StopReplica
+    | DeleteRevision
+    | SetTraffic
+    | DeleteService
 )
 
 
@@ -216,15 +223,13 @@ def _replica_actions(
                 msg = f"needs {svc.gpus} {noun}, {len(gpus_free)} of {cluster.gpus_total} free"
             if r is None or r.phase != Phase.PENDING:
                 out.append(MarkPending(svc.namespace, svc.name, rev.name, index, msg))
-    for index, r in have.items():
+    for index in have:
         if index >= svc.replicas:
             out.append(StopReplica(svc.namespace, rev.name, index))
     return out
 
 
-def reconcile(
-    desired: list[DesiredService], actual: list[ServiceView], cluster: Cluster, now: float
-) -> list[Action]:
+def reconcile(desired: list[DesiredService], actual: list[ServiceView], cluster: Cluster, now: float) -> list[Action]:
     """Actions that move ``actual`` toward ``desired``. Pure: same inputs, same actions."""
     out: list[Action] = []
     want = {(d.namespace, d.name): d for d in desired}

@@ -147,7 +147,9 @@ def select_runtime(model: ModelSpec, namespace: str, runtimes: list[ServingRunti
             scope = 0 if rt.kind == "ServingRuntime" else 1
             ranked.append((scope, -prio, rt.metadata.name, rt))
     if not ranked:
-        raise NoSupportingRuntime(f"No runtime found to support predictor with model type: {{{fmt}}}", param="modelFormat")
+        raise NoSupportingRuntime(
+            f"No runtime found to support predictor with model type: {{{fmt}}}", param="modelFormat"
+        )
     ranked.sort(key=lambda t: t[:3])
     rt = ranked[0][3]
     return Selected(rt, f"auto-selected {rt.kind}/{rt.metadata.name} for modelFormat {fmt}")

@@ -132,7 +132,12 @@ def compute_status(f: ServiceFacts, *, domain: str, gateway: str, previous: dict
     elif f.plan_error:
         model_status["lastFailureInfo"] = {"reason": f.plan_error_reason, "message": f.plan_error}
     traffic = [
-        {"revisionName": rev, "percent": pct, "latestRevision": rev == latest, "tag": "latest" if rev == latest else "prev"}
+        {
+            "revisionName": rev,
+            "percent": pct,
+            "latestRevision": rev == latest,
+            "tag": "latest" if rev == latest else "prev",
+        }
         for rev, pct in sorted(f.traffic.items())
     ]
     return {
@@ -153,8 +158,15 @@ def compute_status(f: ServiceFacts, *, domain: str, gateway: str, previous: dict
         "isvc": {
             "modelNames": f.model_names,
             "replicas": [
-                {"revision": r.revision, "index": r.index, "phase": r.phase.name.title(), "ready": r.ready,
-                 "port": r.port, "restarts": r.restarts, "message": r.message}
+                {
+                    "revision": r.revision,
+                    "index": r.index,
+                    "phase": r.phase.name.title(),
+                    "ready": r.ready,
+                    "port": r.port,
+                    "restarts": r.restarts,
+                    "message": r.message,
+                }
                 for r in f.replicas
             ],  # fmt: skip
             "warnings": f.warnings,

@@ -43,7 +43,15 @@ class ControllerChild:
 
     def __init__(self, root: Path, cpu_fallback: bool, gpus: int) -> None:
         self.root = root
-        self.argv = [sys.executable, "-m", "isvc.controlplane.controller", "--state-dir", str(root), "--gpus", str(gpus)]
+        self.argv = [
+            sys.executable,
+            "-m",
+            "isvc.controlplane.controller",
+            "--state-dir",
+            str(root),
+            "--gpus",
+            str(gpus),
+        ]
         if cpu_fallback:
             self.argv.append("--cpu-fallback")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -86,7 +94,9 @@ def _check_port(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as exc:
-            raise ConfigError(f"the gateway cannot listen on {host}:{port}: {exc.strerror}; pick another with --port") from exc
+            raise ConfigError(
+                f"the gateway cannot listen on {host}:{port}: {exc.strerror}; pick another with --port"
+            ) from exc
 
 
 def serve(settings: GatewaySettings, *, cpu_fallback: bool, gpus: int) -> int:

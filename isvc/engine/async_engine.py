@@ -87,10 +87,13 @@ class AsyncEngine:
         if core.num_waiting + num_requests > self.config.max_queue:
             raise EngineOverloaded(
                 f"the server is at capacity ({core.scheduler.num_running} running, {core.num_waiting} waiting, "
-                f"max_queue {self.config.max_queue}); retry shortly", retry_after_s=1,
+                f"max_queue {self.config.max_queue}); retry shortly",
+                retry_after_s=1,
             )
 
-    async def generate(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[RequestOutput]:
+    async def generate(
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams
+    ) -> AsyncIterator[RequestOutput]:
         core = self._core()
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
@@ -118,4 +121,8 @@ class AsyncEngine:
 
     def stats(self) -> dict[str, int]:
         core = self._core()
-        return {"running": core.scheduler.num_running, "waiting": core.num_waiting, "max_batch_seen": core.max_batch_seen}
+        return {
+            "running": core.scheduler.num_running,
+            "waiting": core.num_waiting,
+            "max_batch_seen": core.max_batch_seen,
+        }

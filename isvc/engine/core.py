@@ -28,10 +28,10 @@ from isvc.engine.llama import ChunkInput, LlamaModel, StepInput, torch_dtype
 from isvc.engine.outputs import RequestOutput, TokenLogprob
 from isvc.engine.params import SamplingParams
 from isvc.engine.prefix_cache import PrefixCache, PrefixHit
-from isvc.engine.speculation import accepted, can_speculate, propose
 from isvc.engine.request import EngineRequest, RequestStatus
 from isvc.engine.sampler import Sampler
 from isvc.engine.scheduler import PrefillChunk, Scheduler
+from isvc.engine.speculation import accepted, can_speculate, propose
 from isvc.engine.stop import StopChecker
 
 logger = logging.getLogger(__name__)
@@ -85,12 +85,18 @@ class EngineCore:
         # Prefix reuse and speculation keep answers exact only on the native ops (row-exact
         # across batch shapes and chunkings); on torch's they stay off.
         row_exact = self.model.ops.native_attention
-        self.prefix_cache = (PrefixCache(int(config.prefix_cache_space_gb * 2**30))
-                             if config.enable_prefix_caching and row_exact else None)
+        self.prefix_cache = (
+            PrefixCache(int(config.prefix_cache_space_gb * 2**30))
+            if config.enable_prefix_caching and row_exact
+            else None
+        )
         self.num_speculative_tokens = config.num_speculative_tokens if row_exact else 0
         self._prefix_loads: list[tuple[EngineRequest, PrefixHit]] = []  # admitted, KV not yet copied
-        self.scheduler = Scheduler(config.max_num_seqs, config.max_num_batched_tokens,
-                                   on_admit=self._reuse_prefix if self.prefix_cache is not None else None)
+        self.scheduler = Scheduler(
+            config.max_num_seqs,
+            config.max_num_batched_tokens,
+            on_admit=self._reuse_prefix if self.prefix_cache is not None else None,
+        )
         self.sampler = Sampler(config.seed)
         self.eos_ids = _eos_ids(model_dir, self.tokenizer)
         self._tracked: dict[str, _Tracked] = {}
@@ -128,8 +134,11 @@ class EngineCore:
     def warm_up(self) -> None:
         """One prefill and two decode steps through the whole path, before we report ready."""
         done: list[RequestOutput] = []
-        req = EngineRequest("warmup", self.tokenizer.encode("Hello, world")[:8] or [0],
-                            SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True))
+        req = EngineRequest(
+            "warmup",
+            self.tokenizer.encode("Hello, world")[:8] or [0],
+            SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True),
+        )
         self._add(req, done.append)
         while self.scheduler.has_work():
             self.step()
@@ -169,7 +178,8 @@ class EngineCore:
     def _add(self, request: EngineRequest, emit: Emit) -> None:
         p = request.params
         self._tracked[request.request_id] = _Tracked(
-            request=request, emit=emit,
+            request=request,
+            emit=emit,
             detok=IncrementalDetokenizer(self.tokenizer, request.prompt_token_ids, p.skip_special_tokens),
             stop=StopChecker(p.stop),
         )
@@ -194,8 +204,9 @@ class EngineCore:
         started = time.perf_counter()
         drafts = self._drafts(out)
         plain = [r for r in out.decode if r not in drafts]
-        need = max([r.num_computed_tokens + 1 + len(drafts.get(r, ())) for r in out.decode]
-                   + [c.end for c in out.prefill])
+        need = max(
+            [r.num_computed_tokens + 1 + len(drafts.get(r, ())) for r in out.decode] + [c.end for c in out.prefill]
+        )
         try:
             self.cache.ensure(self.scheduler.num_running, need)
         except KVCacheFull:
@@ -209,14 +220,23 @@ class EngineCore:
         self._prefix_loads.clear()
         step = StepInput(
             num_slots=self.scheduler.num_running,
-            decode_slots=[r.slot for r in plain],  # type: ignore[misc]
+            decode_slots=[_slot(r) for r in plain],
             decode_tokens=[r.token_at(r.num_computed_tokens) for r in plain],
             decode_positions=[r.num_computed_tokens for r in plain],
             # a speculating request runs its last token and its drafts as one chunk, logits for each
-            chunks=[ChunkInput(r.slot, [r.token_at(r.num_computed_tokens), *d], r.num_computed_tokens, "all")  # type: ignore[arg-type]
-                    for r, d in drafts.items()]
-            + [ChunkInput(c.request.slot, c.request.prompt_token_ids[c.start:c.end], c.start,  # type: ignore[arg-type]
-                          _logit_rows(c)) for c in out.prefill],
+            chunks=[
+                ChunkInput(_slot(r), [r.token_at(r.num_computed_tokens), *d], r.num_computed_tokens, "all")
+                for r, d in drafts.items()
+            ]
+            + [
+                ChunkInput(
+                    _slot(c.request),
+                    c.request.prompt_token_ids[c.start : c.end],
+                    c.start,
+                    _logit_rows(c),
+                )
+                for c in out.prefill
+            ],
         )
         logits = self.model.forward(step, self.cache)
         self._after_forward(out, logits, plain, drafts)
@@ -237,15 +257,18 @@ class EngineCore:
             return {}
         drafts = {}
         for req in out.decode:
-            room = min(k, req.params.max_tokens - len(req.output_token_ids) - 1, self.max_model_len - req.num_tokens - 1)
+            room = min(
+                k, req.params.max_tokens - len(req.output_token_ids) - 1, self.max_model_len - req.num_tokens - 1
+            )
             if room > 0 and can_speculate(req.params):
                 proposal = propose(req.prompt_token_ids + req.output_token_ids, room)
                 if proposal:
                     drafts[req] = proposal
         return drafts
 
-    def _after_forward(self, out: Any, logits: torch.Tensor, plain: list[EngineRequest],
-                       drafts: dict[EngineRequest, list[int]]) -> None:
+    def _after_forward(
+        self, out: Any, logits: torch.Tensor, plain: list[EngineRequest], drafts: dict[EngineRequest, list[int]]
+    ) -> None:
         rows: list[EngineRequest] = []
         row_index: list[int] = []
         r = 0
@@ -285,8 +308,9 @@ class EngineCore:
         if not rows:
             return
         sel = logits if len(row_index) == logits.shape[0] else logits[torch.tensor(row_index)]
-        result = self.sampler.sample(sel, [q.request_id for q in rows], [q.params for q in rows],
-                                     [q.output_token_ids for q in rows])
+        result = self.sampler.sample(
+            sel, [q.request_id for q in rows], [q.params for q in rows], [q.output_token_ids for q in rows]
+        )
         now = time.monotonic()
         for i, req in enumerate(rows):
             tracked = self._tracked.get(req.request_id)
@@ -294,8 +318,12 @@ class EngineCore:
                 continue
             lp = None
             if result.logprobs is not None and req.params.logprobs is not None:
-                lp = TokenLogprob(result.token_ids[i], self._piece(result.token_ids[i]), result.logprobs[i],
-                                  [(t, self._piece(t), v) for t, v in (result.top or [[]] * len(rows))[i]])
+                lp = TokenLogprob(
+                    result.token_ids[i],
+                    self._piece(result.token_ids[i]),
+                    result.logprobs[i],
+                    [(t, self._piece(t), v) for t, v in (result.top or [[]] * len(rows))[i]],
+                )
             self._accept_token(tracked, result.token_ids[i], lp, now)
 
     def _accept_token(self, t: _Tracked, token_id: int, lp: TokenLogprob | None, now: float) -> None:
@@ -329,26 +357,33 @@ class EngineCore:
         else:
             self._emit_delta(t, final=False)
 
-    def _emit_delta(self, t: _Tracked, final: bool, finish_reason: str | None = None,
-                    error: BaseException | None = None) -> None:
+    def _emit_delta(
+        self, t: _Tracked, final: bool, finish_reason: str | None = None, error: BaseException | None = None
+    ) -> None:
         # Text that may be the start of a stop string waits until we know.
         upto = len(t.text) if final else len(t.text) - t.stop.holdback(t.text)
-        delta = t.text[t.sent_chars:upto] if upto > t.sent_chars else ""
+        delta = t.text[t.sent_chars : upto] if upto > t.sent_chars else ""
         if not final and not delta and not t.pending_ids:
             return
         t.sent_chars = max(t.sent_chars, upto)
         req = t.request
         out = RequestOutput(
-            request_id=req.request_id, text=delta, token_ids=t.pending_ids,
-            num_prompt_tokens=req.num_prompt_tokens, num_output_tokens=len(req.output_token_ids),
-            finish_reason=finish_reason, logprobs=t.pending_logprobs if req.params.logprobs is not None else None,
+            request_id=req.request_id,
+            text=delta,
+            token_ids=t.pending_ids,
+            num_prompt_tokens=req.num_prompt_tokens,
+            num_output_tokens=len(req.output_token_ids),
+            finish_reason=finish_reason,
+            logprobs=t.pending_logprobs if req.params.logprobs is not None else None,
             prompt_logprobs=t.prompt_logprobs or None,  # complete once the first token is sampled
             error=error,
         )
         t.pending_ids, t.pending_logprobs, t.prompt_logprobs = [], [], []
         t.emit(out)
 
-    def _finish(self, t: _Tracked, status: RequestStatus, notify: bool = True, error: BaseException | None = None) -> None:
+    def _finish(
+        self, t: _Tracked, status: RequestStatus, notify: bool = True, error: BaseException | None = None
+    ) -> None:
         req = t.request
         self.scheduler.finish(req, status)
         self._tracked.pop(req.request_id, None)
@@ -382,6 +417,11 @@ class EngineCore:
 
     def _piece(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id], skip_special_tokens=False)
+
+
+def _slot(req: EngineRequest) -> int:
+    assert req.slot is not None, "a scheduled request holds a slot"
+    return req.slot
 
 
 def _logit_rows(chunk: PrefillChunk) -> str:

@@ -18,8 +18,9 @@ class KVCacheFull(Exception):
 
 
 class KVCache:
-    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, max_slots: int,
-                 dtype: torch.dtype, budget_bytes: int) -> None:
+    def __init__(
+        self, num_layers: int, num_kv_heads: int, head_dim: int, max_slots: int, dtype: torch.dtype, budget_bytes: int
+    ) -> None:
         self.num_layers = num_layers
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim

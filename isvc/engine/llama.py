@@ -57,8 +57,9 @@ class _Layer:
 
 
 class LlamaModel:
-    def __init__(self, model_dir: Path, dtype: torch.dtype, max_model_len: int | None,
-                 kv_cache_dtype: str = "auto") -> None:
+    def __init__(
+        self, model_dir: Path, dtype: torch.dtype, max_model_len: int | None, kv_cache_dtype: str = "auto"
+    ) -> None:
         self.config = json.loads((model_dir / "config.json").read_text())
         arch = (self.config.get("architectures") or ["?"])[0]
         if arch not in SUPPORTED_ARCHITECTURES:
@@ -116,20 +117,22 @@ class LlamaModel:
             if p + "self_attn.q_proj.bias" in w:
                 bias = torch.cat([take(p + f"self_attn.{n}_proj.bias") for n in "qkv"])
             gate, up = take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")
-            self.layers.append(_Layer(
-                ln1=take(p + "input_layernorm.weight"),
-                wqkv=torch.cat([q, k, v]).contiguous(),
-                bqkv=bias,
-                wo=take(p + "self_attn.o_proj.weight"),
-                ln2=take(p + "post_attention_layernorm.weight"),
-                wgu=torch.cat([gate, up]).contiguous(),
-                wd=take(p + "mlp.down_proj.weight"),
-            ))
+            self.layers.append(
+                _Layer(
+                    ln1=take(p + "input_layernorm.weight"),
+                    wqkv=torch.cat([q, k, v]).contiguous(),
+                    bqkv=bias,
+                    wo=take(p + "self_attn.o_proj.weight"),
+                    ln2=take(p + "post_attention_layernorm.weight"),
+                    wgu=torch.cat([gate, up]).contiguous(),
+                    wd=take(p + "mlp.down_proj.weight"),
+                )
+            )
 
     def _build_rope(self, length: int) -> None:
         rope = dict(self.config.get("rope_parameters") or self.config.get("rope_scaling") or {})
         theta = rope.get("rope_theta", self.config.get("rope_theta", 10000.0))
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        rope_type = str(rope.get("rope_type", rope.get("type", "default")))
         scaling = 1.0
         if rope_type == "default":
             inv_freq = 1.0 / (theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float) / self.head_dim))
@@ -151,8 +154,10 @@ class LlamaModel:
             return torch.float16 if native and self.dtype == torch.float32 else self.dtype
         wanted = torch_dtype(name)
         if wanted != self.dtype and not native:
-            raise UnsupportedModel(f"a {name} KV cache needs the native attention kernel, which is not "
-                                   f"available here; use --kv_cache_dtype auto")
+            raise UnsupportedModel(
+                f"a {name} KV cache needs the native attention kernel, which is not "
+                f"available here; use --kv_cache_dtype auto"
+            )
         return wanted
 
     def new_cache(self, max_slots: int, budget_bytes: int) -> KVCache:
@@ -175,8 +180,9 @@ class LlamaModel:
         x = F.embedding(ids, self.embed)  # [N, hidden]
         ops = self.ops
         if ops.native_attention:
-            row_slots = torch.tensor(step.decode_slots + [ch.slot for ch in step.chunks for _ in ch.token_ids],
-                                     dtype=torch.long)
+            row_slots = torch.tensor(
+                step.decode_slots + [ch.slot for ch in step.chunks for _ in ch.token_ids], dtype=torch.long
+            )
         else:
             decode = _DecodeAttention(step, cache) if D else None
             chunk_masks = [_chunk_mask(ch, self.group) for ch in step.chunks]
@@ -199,8 +205,11 @@ class LlamaModel:
                 row = D
                 for ch, mask in zip(step.chunks, chunk_masks):
                     T = len(ch.token_ids)
-                    outs.append(_chunk_attention(q[row:row + T], k[row:row + T], v[row:row + T],
-                                                 kc, vc, ch, mask, self.group))
+                    outs.append(
+                        _chunk_attention(
+                            q[row : row + T], k[row : row + T], v[row : row + T], kc, vc, ch, mask, self.group
+                        )
+                    )
                     row += T
                 attn = outs[0] if len(outs) == 1 else torch.cat(outs)  # [N, H * Dh]
             ops.linear_add_(x, attn, layer.wo)
@@ -243,14 +252,16 @@ class _DecodeAttention:
         # Row of (slot, kv head, position) in the cache viewed as [slots * KVH * cap, Dh]:
         # index_copy_ on one dim is far cheaper than an advanced-indexing write.
         heads = torch.arange(cache.num_kv_heads)
-        self.flat_rows = ((self.slots[:, None] * cache.num_kv_heads + heads[None, :]) * cache.capacity
-                          + self.pos[:, None]).reshape(-1)  # [D * KVH]
+        self.flat_rows = (
+            (self.slots[:, None] * cache.num_kv_heads + heads[None, :]) * cache.capacity + self.pos[:, None]
+        ).reshape(-1)  # [D * KVH]
         lengths = torch.ones(n, dtype=torch.long)
         lengths[self.slots] = self.pos + 1
         self.mask = (torch.arange(self.max_len)[None, :] < lengths[:, None]).view(n, 1, 1, self.max_len)
 
-    def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-            kc: torch.Tensor, vc: torch.Tensor) -> torch.Tensor:
+    def run(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor
+    ) -> torch.Tensor:
         D, H, Dh = q.shape
         KVH = k.shape[1]
         kc.view(-1, Dh).index_copy_(0, self.flat_rows, k.reshape(-1, Dh))  # this step's K/V at each slot's position
@@ -276,24 +287,38 @@ def _chunk_mask(ch: ChunkInput, group: int) -> torch.Tensor:
     return allowed.repeat(group, 1)
 
 
-def _chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kc: torch.Tensor,
-                     vc: torch.Tensor, ch: ChunkInput, mask: torch.Tensor, group: int) -> torch.Tensor:
+def _chunk_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kc: torch.Tensor,
+    vc: torch.Tensor,
+    ch: ChunkInput,
+    mask: torch.Tensor,
+    group: int,
+) -> torch.Tensor:
     T, H, Dh = q.shape
     KVH = k.shape[1]
     end = ch.start + T
-    kc[ch.slot, :, ch.start:end] = k.transpose(0, 1)
-    vc[ch.slot, :, ch.start:end] = v.transpose(0, 1)
+    kc[ch.slot, :, ch.start : end] = k.transpose(0, 1)
+    vc[ch.slot, :, ch.start : end] = v.transpose(0, 1)
     qg = q.view(T, KVH, group, Dh).permute(1, 2, 0, 3).reshape(KVH, group * T, Dh)
     out = F.scaled_dot_product_attention(qg, kc[ch.slot, :, :end], vc[ch.slot, :, :end], attn_mask=mask)
     return out.view(KVH, group, T, Dh).permute(2, 0, 1, 3).reshape(T, H * Dh)
 
 
 def torch_dtype(name: str) -> torch.dtype:
-    table = {"float32": torch.float32, "float": torch.float32, "fp32": torch.float32, "auto": torch.float32,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "half": torch.float16,
-             "fp16": torch.float16}
+    table = {
+        "float32": torch.float32,
+        "float": torch.float32,
+        "fp32": torch.float32,
+        "auto": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "half": torch.float16,
+        "fp16": torch.float16,
+    }
     if name not in table:
         raise UnsupportedModel(f"unknown dtype {name!r}; use one of {', '.join(table)}")
     return table[name]
-
-

@@ -70,8 +70,9 @@ class PrefixCache:
             if len(entry.tokens) >= len(tokens) and entry.tokens[: len(tokens)] == tokens:
                 return
         n = len(tokens)
-        entry = PrefixEntry(tokens, [layer[slot, :, :n].clone() for layer in cache.k],
-                            [layer[slot, :, :n].clone() for layer in cache.v])
+        entry = PrefixEntry(
+            tokens, [layer[slot, :, :n].clone() for layer in cache.k], [layer[slot, :, :n].clone() for layer in cache.v]
+        )
         if entry.nbytes > self.budget_bytes:
             return
         while self._entries and self.nbytes + entry.nbytes > self.budget_bytes:

@@ -35,8 +35,9 @@ class Sampler:
             gen = self.request_generators[request_id] = torch.Generator().manual_seed(seed)
         return gen
 
-    def sample(self, logits: torch.Tensor, request_ids: list[str], params: list[SamplingParams],
-               output_ids: list[list[int]]) -> SampleResult:
+    def sample(
+        self, logits: torch.Tensor, request_ids: list[str], params: list[SamplingParams], output_ids: list[list[int]]
+    ) -> SampleResult:
         """logits [R, V] float32; one row per request in ``request_ids``."""
         R = logits.shape[0]
         want_logprobs = any(p.logprobs is not None for p in params)

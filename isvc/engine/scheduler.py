@@ -54,8 +54,9 @@ class SlotMove:
 
 
 class Scheduler:
-    def __init__(self, max_num_seqs: int, max_num_batched_tokens: int,
-                 on_admit: Callable[[EngineRequest], None] | None = None) -> None:
+    def __init__(
+        self, max_num_seqs: int, max_num_batched_tokens: int, on_admit: Callable[[EngineRequest], None] | None = None
+    ) -> None:
         """``on_admit`` runs when a request gets its slot, before its first chunk is cut; it
         may advance ``num_computed_tokens`` (a reused prompt prefix)."""
         self.on_admit = on_admit

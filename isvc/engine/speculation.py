@@ -36,8 +36,8 @@ def propose(tokens: list[int], k: int) -> list[int]:
             continue
         pattern = tokens[-n:]
         for s in range(len(tokens) - n - 1, start - 1, -1):
-            if tokens[s:s + n] == pattern:
-                return tokens[s + n:s + n + k]
+            if tokens[s : s + n] == pattern:
+                return tokens[s + n : s + n + k]
     return []
 
 

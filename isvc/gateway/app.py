@@ -22,9 +22,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as StarletteRoute
 
-from isvc.gateway.settings import GatewaySettings
 from isvc.errors import GatewayTimeout, InvalidRequest, IsvcError, NotFound, Unauthorized, Unavailable
 from isvc.gateway.routing import Pick, Route, RouteTable
+from isvc.gateway.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +137,9 @@ def create_app(settings: GatewaySettings, source: RouteSource) -> Starlette:
             except Unauthorized:
                 continue
             for m in route.model_names or (route.name,):
-                data.append({"id": m, "object": "model", "owned_by": f"{route.namespace}/{route.name}", "ready": route.ready})
+                data.append(
+                    {"id": m, "object": "model", "owned_by": f"{route.namespace}/{route.name}", "ready": route.ready}
+                )
         return JSONResponse({"object": "list", "data": data})
 
     async def forward(request: Request, pick: Pick, path: str, body: bytes | None) -> httpx.Response:
@@ -160,7 +162,11 @@ def create_app(settings: GatewaySettings, source: RouteSource) -> Starlette:
                 return JSONResponse({"status": "ok", "routes": routes.get().known()})
             if path in ("/v1/models", "/openai/v1/models") and not routes.get().is_our_host(_host(request)):
                 return await list_models(request)
-            needs_body = request.method == "POST" and not routes.get().is_our_host(_host(request)) and not path.startswith("/serving/")
+            needs_body = (
+                request.method == "POST"
+                and not routes.get().is_our_host(_host(request))
+                and not path.startswith("/serving/")
+            )
             body = await request.body() if needs_body else None
             route, upstream_path = await resolve(request, body)
             check_key(request, route.namespace)
@@ -172,7 +178,9 @@ def create_app(settings: GatewaySettings, source: RouteSource) -> Starlette:
                     break
                 except httpx.ConnectError as exc:
                     if body is None and request.method not in ("GET", "HEAD"):
-                        raise Unavailable(f"predictor {pick.revision} at {pick.endpoint} refused the connection") from exc
+                        raise Unavailable(
+                            f"predictor {pick.revision} at {pick.endpoint} refused the connection"
+                        ) from exc
                     exclude = exclude | {pick.endpoint}
                     routes.get(force=True)
                     logger.warning("predictor %s at %s refused; trying another", pick.revision, pick.endpoint)

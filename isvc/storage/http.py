@@ -63,17 +63,19 @@ def _headers(uri: ModelUri, settings: StorageSettings) -> dict[str, str]:
 
 def _get(uri: ModelUri, target: Path, headers: dict[str, str], settings: StorageSettings) -> None:
     timeout = httpx.Timeout(settings.timeout_s)
-    with httpx.Client(timeout=timeout, follow_redirects=True, headers=headers) as client:
-        with client.stream("GET", uri.url) as response:
-            if response.status_code >= 400:
-                raise _BadStatus(response.status_code, response.reason_phrase)
-            length = response.headers.get("content-length")
-            total = int(length) if length and length.isdigit() else None
-            with Progress(uri.raw, total_bytes=total, total_files=1) as progress, open(target, "wb") as out:
-                for chunk in response.iter_bytes(_CHUNK):
-                    out.write(chunk)
-                    progress.advance(len(chunk))
-                progress.file_done(target.name)
+    with (
+        httpx.Client(timeout=timeout, follow_redirects=True, headers=headers) as client,
+        client.stream("GET", uri.url) as response,
+    ):
+        if response.status_code >= 400:
+            raise _BadStatus(response.status_code, response.reason_phrase)
+        length = response.headers.get("content-length")
+        total = int(length) if length and length.isdigit() else None
+        with Progress(uri.raw, total_bytes=total, total_files=1) as progress, open(target, "wb") as out:
+            for chunk in response.iter_bytes(_CHUNK):
+                out.write(chunk)
+                progress.advance(len(chunk))
+            progress.file_done(target.name)
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -94,7 +96,9 @@ def _translate(exc: Exception, uri: ModelUri, settings: StorageSettings) -> Stor
                 hint=f"Pass credentials as headers in the env var '{host}-headers' (JSON), e.g. an Authorization header.",
             )
         if _is_transient(exc):
-            return StorageUnavailable(f"{uri.url} answered {exc} {attempts}", hint="The server is failing; try again later.")
+            return StorageUnavailable(
+                f"{uri.url} answered {exc} {attempts}", hint="The server is failing; try again later."
+            )
         return StorageError(f"{uri.url} answered {exc}", hint="Check the URL.")
     if isinstance(exc, httpx.TimeoutException):
         return StorageUnavailable(

@@ -77,7 +77,9 @@ def fetch(
     path, cached = cache.get_or_fill(parsed.cache_key(settings.file_filter.fingerprint()), fill, label=parsed.raw)
     if cached and check is not None:
         check(path)
-    logger.info("%s ready at %s (%s, %.2fs)", parsed.raw, path, "cached" if cached else "fetched", time.monotonic() - started)
+    logger.info(
+        "%s ready at %s (%s, %.2fs)", parsed.raw, path, "cached" if cached else "fetched", time.monotonic() - started
+    )
     return path
 
 
@@ -150,7 +152,7 @@ def map_mount_path(model_dir: str, storage_root: Path, mount_root: str | None = 
     if normal == mount:
         return storage_root
     if _under(normal, mount):
-        return storage_root.joinpath(*normal[len(mount):].strip("/").split("/"))
+        return storage_root.joinpath(*normal[len(mount) :].strip("/").split("/"))
     return Path(model_dir)
 
 

@@ -39,9 +39,7 @@ def _resolve_pvc(uri: ModelUri, settings: StorageSettings) -> Path:
         )
     path = root / uri.path if uri.path else root
     if not path.exists():
-        raise StorageNotFound(
-            f"{uri.raw!r} resolves to {str(path)!r}, which does not exist", hint=_nearby(path)
-        )
+        raise StorageNotFound(f"{uri.raw!r} resolves to {str(path)!r}, which does not exist", hint=_nearby(path))
     return path
 
 

@@ -28,7 +28,15 @@ logger = logging.getLogger(__name__)
 
 _CHUNK = 1024 * 1024
 _AUTH_CODES = frozenset(
-    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "AllAccessDisabled", "403"}
+    {
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "AllAccessDisabled",
+        "403",
+    }
 )
 _CREDENTIALS_HINT = (
     "Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for this endpoint, "
@@ -132,7 +140,7 @@ def _list(client: Any, uri: ModelUri, settings: StorageSettings) -> list[tuple[s
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=folder):
         for obj in page.get("Contents", []):
             key = obj["Key"]
-            rel = key[len(folder):].lstrip("/")
+            rel = key[len(folder) :].lstrip("/")
             if key.endswith("/") or not rel:  # "folder" marker objects
                 continue
             if settings.file_filter.accepts(rel):

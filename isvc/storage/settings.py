@@ -146,7 +146,9 @@ def _patterns(env: Mapping[str, str], name: str) -> tuple[str, ...]:
         try:
             items = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"{name}={text!r} is not a JSON list ({exc}); write e.g. '[\"*.json\"]'.", param=name) from exc
+            raise ConfigError(
+                f"{name}={text!r} is not a JSON list ({exc}); write e.g. '[\"*.json\"]'.", param=name
+            ) from exc
         if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
             raise ConfigError(f"{name}={text!r} must be a JSON list of strings.", param=name)
     else:
@@ -157,7 +159,9 @@ def _patterns(env: Mapping[str, str], name: str) -> tuple[str, ...]:
 def _read_pvc_claims(path: Path, *, explicit: bool) -> dict[str, Path]:
     if not path.is_file():
         if explicit:
-            raise ConfigError(f"ISVC_CONFIG={str(path)!r} does not exist; create it or unset ISVC_CONFIG.", param="ISVC_CONFIG")
+            raise ConfigError(
+                f"ISVC_CONFIG={str(path)!r} does not exist; create it or unset ISVC_CONFIG.", param="ISVC_CONFIG"
+            )
         return {}
     import yaml
 

@@ -72,13 +72,17 @@ def parse_uri(raw: str) -> ModelUri:
     """Parse ``raw``; a string without ``scheme://`` is a local path."""
     text = raw.strip()
     if not text:
-        raise InvalidUri("storageUri is empty", hint="Write e.g. pvc://models/llama, s3://bucket/prefix or hf://org/model.")
+        raise InvalidUri(
+            "storageUri is empty", hint="Write e.g. pvc://models/llama, s3://bucket/prefix or hf://org/model."
+        )
     match = _SCHEME_RE.match(text)
     if match is None:
         return ModelUri(raw=text, scheme="file", authority="", path=os.path.expanduser(text))
     scheme, rest = match.group(1).lower(), match.group(2)
     if scheme not in SCHEMES:
-        raise UnsupportedScheme(f"storageUri {text!r} uses the unsupported scheme '{scheme}://'", hint=_scheme_hint(scheme))
+        raise UnsupportedScheme(
+            f"storageUri {text!r} uses the unsupported scheme '{scheme}://'", hint=_scheme_hint(scheme)
+        )
     if scheme == "file":
         if not rest:
             raise InvalidUri(f"storageUri {text!r} names no path", hint="Write file:///absolute/path/to/model.")
@@ -93,7 +97,9 @@ def parse_uri(raw: str) -> ModelUri:
         raise InvalidUri(f"storageUri {text!r} names no {what}", hint=f"Write {scheme}://<{what}>/<path>.")
     path = path.strip("/")
     if scheme == "pvc" and ".." in path.split("/"):
-        raise InvalidUri(f"storageUri {text!r} climbs out of its claim with '..'", hint="Name a folder inside the claim.")
+        raise InvalidUri(
+            f"storageUri {text!r} climbs out of its claim with '..'", hint="Name a folder inside the claim."
+        )
     return ModelUri(raw=text, scheme=scheme, authority=authority, path=path)
 
 
@@ -119,7 +125,8 @@ def _parse_http(text: str, scheme: str) -> ModelUri:
     name = parts.path.rstrip("/").rsplit("/", 1)[-1]
     if not name:
         raise InvalidUri(
-            f"storageUri {text!r} names no file", hint="Point at one file or archive (.tar, .tar.gz, .tgz, .zip), not a folder."
+            f"storageUri {text!r} names no file",
+            hint="Point at one file or archive (.tar, .tar.gz, .tgz, .zip), not a folder.",
         )
     return ModelUri(raw=text, scheme=scheme, authority=parts.netloc, path=parts.path.strip("/"))
 

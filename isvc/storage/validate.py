@@ -82,13 +82,17 @@ def _check_readable(root: Path, shown: str) -> None:
             wanted = stat.S_IRUSR | (stat.S_IXUSR if stat.S_ISDIR(st.st_mode) else 0)
             if _bits_for_me(st) & wanted != wanted:
                 kind = "folder" if stat.S_ISDIR(st.st_mode) else "file"
-                bad.append(f"{full.relative_to(root)} ({kind}, mode {stat.S_IMODE(st.st_mode):03o}, owner uid {st.st_uid})")
+                bad.append(
+                    f"{full.relative_to(root)} ({kind}, mode {stat.S_IMODE(st.st_mode):03o}, owner uid {st.st_uid})"
+                )
         dirnames[:] = [d for d in dirnames if _walkable(Path(dirpath, d))]
     root_mode = root.stat()
     if _bits_for_me(root_mode) & (stat.S_IRUSR | stat.S_IXUSR) != (stat.S_IRUSR | stat.S_IXUSR):
         bad.insert(0, f". (the folder itself, mode {stat.S_IMODE(root_mode.st_mode):03o})")
     if bad:
-        listed = "; ".join(bad[:_MAX_LISTED]) + (f"; ... ({len(bad) - _MAX_LISTED} more)" if len(bad) > _MAX_LISTED else "")
+        listed = "; ".join(bad[:_MAX_LISTED]) + (
+            f"; ... ({len(bad) - _MAX_LISTED} more)" if len(bad) > _MAX_LISTED else ""
+        )
         raise UnreadableFiles(
             f"{len(bad)} entries in model folder {shown!r} are not readable by uid {os.getuid()}: {listed}",
             hint=f"Make the folder readable as KServe expects: chmod -R a+rX {str(root)!r} (files 644, folders 755).",
@@ -126,11 +130,13 @@ def _check_config(root: Path, shown: str) -> None:
         data = json.loads(config.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MissingConfig(
-            f"config.json in {shown!r} is not valid JSON ({exc})", hint="Re-save it with model.config.save_pretrained(<folder>)."
+            f"config.json in {shown!r} is not valid JSON ({exc})",
+            hint="Re-save it with model.config.save_pretrained(<folder>).",
         ) from exc
     if not isinstance(data, dict):
         raise MissingConfig(
-            f"config.json in {shown!r} is not a JSON object", hint="Re-save it with model.config.save_pretrained(<folder>)."
+            f"config.json in {shown!r} is not a JSON object",
+            hint="Re-save it with model.config.save_pretrained(<folder>).",
         )
 
 
@@ -177,9 +183,11 @@ def _check_weights(root: Path, shown: str) -> tuple[str, ...]:
 def _check_index(root: Path, index: Path, shown: str) -> tuple[str, ...]:
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
-        shards = sorted(set(str(v) for v in weight_map.values()))
+        shards = sorted({str(v) for v in weight_map.values()})
     except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
-        raise MissingWeights(f"{index.name} in {shown!r} is not a valid index ({exc})", hint="Re-save the model.") from exc
+        raise MissingWeights(
+            f"{index.name} in {shown!r} is not a valid index ({exc})", hint="Re-save the model."
+        ) from exc
     missing = [s for s in shards if not (root / s).is_file()]
     if missing:
         raise MissingWeights(
@@ -202,7 +210,9 @@ def _listing(root: Path) -> str:
     names = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())
     if not names:
         return "(nothing: the folder is empty)"
-    return ", ".join(names[:_MAX_LISTED]) + (f", ... ({len(names) - _MAX_LISTED} more)" if len(names) > _MAX_LISTED else "")
+    return ", ".join(names[:_MAX_LISTED]) + (
+        f", ... ({len(names) - _MAX_LISTED} more)" if len(names) > _MAX_LISTED else ""
+    )
 
 
 def _parent(shown: str) -> str:

@@ -108,7 +108,7 @@ spec:
 def start(tmp: Path, *extra: str) -> ControlPlane:
     state = tmp / "state"
     port = free_port()
-    log = open(tmp / "up.log", "ab")
+    log = open(tmp / "up.log", "ab")  # noqa: SIM115 (the server process owns it)
     proc = subprocess.Popen(
         [sys.executable, "-m", "isvc", "up", "--port", str(port), "--state-dir", str(state), *extra],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
@@ -140,5 +140,3 @@ def stop(cp: ControlPlane) -> None:
     for pid in alive:
         process.kill_group(pid, signal.SIGKILL)
     assert not alive, f"predictors survived isvc down: {alive}"
-
-

@@ -33,7 +33,9 @@ def main() -> int:
         print(f"fake predictor: model_dir {args.model_dir!r} does not exist", flush=True)
         return 2
     started = time.monotonic()
-    print(f"fake predictor {args.model_name} on port {args.port}; model_dir={args.model_dir}; extra={unknown}", flush=True)
+    print(
+        f"fake predictor {args.model_name} on port {args.port}; model_dir={args.model_dir}; extra={unknown}", flush=True
+    )
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -54,9 +56,18 @@ def main() -> int:
                 ok = time.monotonic() - started >= args.ready_after
                 self._json(200 if ok else 503, {"ready": ok, "model_dir": args.model_dir, "pid": os.getpid()})
             elif self.path == "/info":
-                self._json(200, {"model_name": args.model_name, "model_dir": args.model_dir, "pid": os.getpid(),
-                                 "port": args.port, "env_threads": os.environ.get("OMP_NUM_THREADS"),
-                                 "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "extra": unknown})
+                self._json(
+                    200,
+                    {
+                        "model_name": args.model_name,
+                        "model_dir": args.model_dir,
+                        "pid": os.getpid(),
+                        "port": args.port,
+                        "env_threads": os.environ.get("OMP_NUM_THREADS"),
+                        "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                        "extra": unknown,
+                    },
+                )
             else:
                 self._json(404, {"error": f"no route {self.path}"})
 
@@ -68,8 +79,14 @@ def main() -> int:
                 return
             words = [f" w{i}" for i in range(int(body.get("max_tokens", args.tokens)))]
             if not body.get("stream"):
-                self._json(200, {"object": "text_completion", "model": args.model_name,
-                                 "choices": [{"index": 0, "text": "".join(words), "finish_reason": "length"}]})
+                self._json(
+                    200,
+                    {
+                        "object": "text_completion",
+                        "model": args.model_name,
+                        "choices": [{"index": 0, "text": "".join(words), "finish_reason": "length"}],
+                    },
+                )
                 return
             self.send_response(200)
             self.send_header("content-type", "text/event-stream")
@@ -87,6 +104,7 @@ def main() -> int:
 
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     if args.exit_after is not None:
+
         def die() -> None:
             time.sleep(args.exit_after)
             print(f"fake predictor: exiting with {args.exit_code}", flush=True)

@@ -16,10 +16,15 @@ from cp_helpers import FAKE, ControlPlane, fake_container
 from isvc.controlplane import cli, process
 
 
-def test_apply_to_ready_then_routed_by_host_path_and_model(control_plane: ControlPlane, capsys: pytest.CaptureFixture[str]) -> None:
+def test_apply_to_ready_then_routed_by_host_path_and_model(
+    control_plane: ControlPlane, capsys: pytest.CaptureFixture[str]
+) -> None:
     cp = control_plane
     t0 = time.monotonic()
-    assert cp.apply(fake_container("fake1", "--model_name", "fakemodel", "--ready-after", "0.7", "--token-delay", "0.25")) == 0
+    assert (
+        cp.apply(fake_container("fake1", "--model_name", "fakemodel", "--ready-after", "0.7", "--token-delay", "0.25"))
+        == 0
+    )
     # Not ready yet: 503 with Retry-After, naming why.
     cp.wait(lambda: cp.replicas("fake1"), what="a replica")
     r = httpx.post(f"{cp.url}/v1/completions", headers={"Host": "fake1.default.example.com"}, json={"prompt": "x"})
@@ -43,7 +48,9 @@ def test_apply_to_ready_then_routed_by_host_path_and_model(control_plane: Contro
 
     # SSE is streamed through chunk by chunk, not buffered: events arrive ~0.25 s apart.
     arrivals = []
-    with httpx.stream("POST", f"{cp.url}/v1/completions", json={**body, "stream": True, "max_tokens": 4}, timeout=10) as s:
+    with httpx.stream(
+        "POST", f"{cp.url}/v1/completions", json={**body, "stream": True, "max_tokens": 4}, timeout=10
+    ) as s:
         assert s.headers["content-type"].startswith("text/event-stream")
         for line in s.iter_lines():
             if line.startswith("data: "):
@@ -135,7 +142,13 @@ def test_missing_gpus_leave_the_predictor_pending_with_a_condition(control_plane
         "image: fake:latest", 'image: fake:latest\n        resources: {limits: {nvidia.com/gpu: "2"}}'
     )
     assert cp.apply(text) == 0
-    cond = cp.wait(lambda: cp.condition("needs-gpu", ns="demo").get("reason") == "Unschedulable" and cp.condition("needs-gpu", ns="demo"), 10)
+    cond = cp.wait(
+        lambda: (
+            cp.condition("needs-gpu", ns="demo").get("reason") == "Unschedulable"
+            and cp.condition("needs-gpu", ns="demo")
+        ),
+        10,
+    )
     assert cond["status"] == "False" and cond["message"] == "needs 2 GPUs, 0 present"
     assert all(r["pid"] is None for r in cp.replicas("needs-gpu", "demo"))
     r = httpx.get(f"{cp.url}/info", headers={"Host": "needs-gpu.demo.example.com"})
@@ -144,7 +157,9 @@ def test_missing_gpus_leave_the_predictor_pending_with_a_condition(control_plane
 
 def test_cpu_fallback_runs_gpu_predictors_on_cpu_with_a_warning(start_control_plane) -> None:  # type: ignore[no-untyped-def]
     cp = start_control_plane("--cpu-fallback")
-    text = fake_container("fallback").replace("image: fake:latest", 'image: fake:latest\n        resources: {limits: {nvidia.com/gpu: "1"}}')
+    text = fake_container("fallback").replace(
+        "image: fake:latest", 'image: fake:latest\n        resources: {limits: {nvidia.com/gpu: "1"}}'
+    )
     assert cp.apply(text) == 0
     cp.wait_ready("fallback")
     warn = cp.condition("fallback", "CPUFallback")
@@ -167,7 +182,8 @@ def test_canary_splits_traffic_and_promotion_moves_it_all(control_plane: Control
     cp.wait(split, 20, "a 70/30 split")
     time.sleep(0.3)  # the gateway refreshes routes every 0.1 s
     counts = Counter(
-        httpx.get(f"{cp.url}/info", headers={"Host": "can.default.example.com"}).headers["x-isvc-revision"] for _ in range(100)
+        httpx.get(f"{cp.url}/info", headers={"Host": "can.default.example.com"}).headers["x-isvc-revision"]
+        for _ in range(100)
     )
     assert set(counts) == {"can-predictor-00001", "can-predictor-00002"}
     assert 10 <= counts["can-predictor-00002"] <= 50, counts
@@ -175,7 +191,10 @@ def test_canary_splits_traffic_and_promotion_moves_it_all(control_plane: Control
 
     assert cp.apply(fake_container("can", "--model_name", "v2")) == 0  # promote: no canary percent
     cp.wait(lambda: process.start_ticks(old_pid) is None, 15, "the old revision to stop")
-    heads = {httpx.get(f"{cp.url}/info", headers={"Host": "can.default.example.com"}).headers["x-isvc-revision"] for _ in range(10)}
+    heads = {
+        httpx.get(f"{cp.url}/info", headers={"Host": "can.default.example.com"}).headers["x-isvc-revision"]
+        for _ in range(10)
+    }
     assert heads == {"can-predictor-00002"}
 
 
@@ -203,7 +222,11 @@ def test_kill_9_of_a_predictor_and_of_the_controller_are_survived(control_plane:
     host = {"Host": "tough.default.example.com"}
     (rep,) = cp.replicas("tough")
     os.kill(rep["pid"], signal.SIGKILL)
-    cp.wait(lambda: (r := cp.replicas("tough")) and r[0]["pid"] not in (None, rep["pid"]) and r[0]["ready"], 20, "a restarted predictor")
+    cp.wait(
+        lambda: (r := cp.replicas("tough")) and r[0]["pid"] not in (None, rep["pid"]) and r[0]["ready"],
+        20,
+        "a restarted predictor",
+    )
     assert httpx.get(f"{cp.url}/info", headers=host).status_code == 200
 
     (rep,) = cp.replicas("tough")
@@ -255,7 +278,9 @@ def test_invalid_manifest_is_refused_by_apply(tmp_path: Path, capsys: pytest.Cap
     assert json.loads(json.dumps(err))  # printable
 
 
-def test_dash_n_fills_a_placeholder_namespace_but_not_a_real_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_dash_n_fills_a_placeholder_namespace_but_not_a_real_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     f = tmp_path / "m.yaml"
     f.write_text(fake_container("ph", ns='"${YOUR-NS}"'))
     state = ["--state-dir", str(tmp_path / "s")]

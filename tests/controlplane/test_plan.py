@@ -83,7 +83,11 @@ def test_an_explicit_runtime_must_support_the_format() -> None:
 
 def test_later_flags_win_like_argparse() -> None:
     notes: list[str] = []
-    assert merge_args(["--model_dir=/mnt/models", "--x=1"], ["--model-dir=/m/a", "--y"], notes) == ["--x=1", "--model-dir=/m/a", "--y"]
+    assert merge_args(["--model_dir=/mnt/models", "--x=1"], ["--model-dir=/m/a", "--y"], notes) == [
+        "--x=1",
+        "--model-dir=/m/a",
+        "--y",
+    ]
 
 
 def test_custom_container_port_8080_is_rewritten_and_storage_uri_env_is_taken() -> None:

@@ -122,7 +122,10 @@ def test_gpus_are_allocated_without_overlap_and_cpu_fallback_runs_without_them()
     other = ServiceView(NS, "other", (RevisionView("other-predictor-00001", 1, "x", (ReplicaView(0, Phase.RUNNING, True, gpus=(0,)),)),),
                         "other-predictor-00001", {"other-predictor-00001": 100})  # fmt: skip
     actions = reconcile(
-        [want(gpus=1), DesiredService(NS, "other", "x", gpus=1)], [view(rev(R1, "h1")), other], Cluster(gpus_total=2), 0.0
+        [want(gpus=1), DesiredService(NS, "other", "x", gpus=1)],
+        [view(rev(R1, "h1")), other],
+        Cluster(gpus_total=2),
+        0.0,
     )
     assert StartReplica(NS, "svc", R1, 0, (1,)) in actions
     actions = reconcile([want(gpus=1)], [view(rev(R1, "h1"))], Cluster(gpus_total=0, cpu_fallback=True), 0.0)
@@ -131,7 +134,11 @@ def test_gpus_are_allocated_without_overlap_and_cpu_fallback_runs_without_them()
 
 def test_a_deleted_service_is_torn_down() -> None:
     v = view(rev(R1, "h1", READY), rolled=R1, traffic={R1: 100})
-    assert reconcile([], [v], Cluster(), 0.0) == [StopReplica(NS, R1, 0), DeleteRevision(NS, "svc", R1), DeleteService(NS, "svc")]
+    assert reconcile([], [v], Cluster(), 0.0) == [
+        StopReplica(NS, R1, 0),
+        DeleteRevision(NS, "svc", R1),
+        DeleteService(NS, "svc"),
+    ]
 
 
 def test_scaling_down_stops_the_extra_replicas() -> None:

@@ -33,7 +33,7 @@ def stock_pvc(pvc_root: Path, model_dir: Path) -> None:
 def manifest_2_runnable_here(initial_delay_s: int) -> str:
     """Manifest 2 with only its vLLM command swapped for `isvc serve`, still on --port 8080 and the tcp probe."""
     text = seed(2)
-    cmd = (f"{sys.executable} -m isvc serve --http_port 8080 --model_name qwen --model_dir /mnt/models/Qwen1.5-14B-Chat")
+    cmd = f"{sys.executable} -m isvc serve --http_port 8080 --model_name qwen --model_dir /mnt/models/Qwen1.5-14B-Chat"
     text = re.sub(r'args: \["python3 -m vllm[^\]]*\]', f'args: ["{cmd}"]', text)
     return text.replace("initialDelaySeconds: 30", f"initialDelaySeconds: {initial_delay_s}")
 
@@ -43,7 +43,9 @@ def chat(cp: ControlPlane, host: str, model: str, **extra: object) -> httpx.Resp
     return httpx.post(f"{cp.url}/openai/v1/completions", headers={"Host": host}, json=body, timeout=60)
 
 
-def test_gpu_manifests_wait_for_gpus_that_are_not_there(control_plane: ControlPlane, pvc_root: Path, tiny_model_dir: Path) -> None:
+def test_gpu_manifests_wait_for_gpus_that_are_not_there(
+    control_plane: ControlPlane, pvc_root: Path, tiny_model_dir: Path
+) -> None:
     cp = control_plane
     stock_pvc(pvc_root, tiny_model_dir)
     assert cp.apply(seed(1)) == 0 and cp.apply(seed(3)) == 0
@@ -54,7 +56,9 @@ def test_gpu_manifests_wait_for_gpus_that_are_not_there(control_plane: ControlPl
     assert r.status_code == 503 and "needs 2 GPUs, 0 present" in r.text and "retry-after" in r.headers
 
 
-def test_seed_1_without_its_gpu_line_serves_the_seed_curl(control_plane: ControlPlane, pvc_root: Path, tiny_model_dir: Path) -> None:
+def test_seed_1_without_its_gpu_line_serves_the_seed_curl(
+    control_plane: ControlPlane, pvc_root: Path, tiny_model_dir: Path
+) -> None:
     cp = control_plane
     stock_pvc(pvc_root, tiny_model_dir)
     text = seed(1).replace('nvidia.com/gpu: "1"', "").replace("\n\n", "\n")
@@ -62,7 +66,9 @@ def test_seed_1_without_its_gpu_line_serves_the_seed_curl(control_plane: Control
     cp.wait_ready("llama2-7b-chat", NS, timeout_s=120)
     r = chat(cp, f"llama2-7b-chat.{NS}.example.com", "llama2")
     assert r.status_code == 200, r.text
-    assert r.json()["usage"]["completion_tokens"] == 8 and r.headers["x-isvc-revision"] == "llama2-7b-chat-predictor-00001"
+    assert (
+        r.json()["usage"]["completion_tokens"] == 8 and r.headers["x-isvc-revision"] == "llama2-7b-chat-predictor-00001"
+    )
     # streamed through the gateway
     with httpx.stream("POST", f"{cp.url}/openai/v1/completions", headers={"Host": f"llama2-7b-chat.{NS}.example.com"},
                       json={"model": "llama2", "prompt": "Hi", "max_tokens": 4, "stream": True}, timeout=60) as s:  # fmt: skip
@@ -70,7 +76,9 @@ def test_seed_1_without_its_gpu_line_serves_the_seed_curl(control_plane: Control
     assert events[-1] == "data: [DONE]" and len(events) >= 2
 
 
-def test_seed_2_custom_container_on_port_8080_is_remapped_and_ready_by_tcp(start_control_plane, pvc_root: Path, tiny_model_dir: Path) -> None:  # type: ignore[no-untyped-def]
+def test_seed_2_custom_container_on_port_8080_is_remapped_and_ready_by_tcp(
+    start_control_plane, pvc_root: Path, tiny_model_dir: Path
+) -> None:  # type: ignore[no-untyped-def]
     cp = start_control_plane("--cpu-fallback")
     stock_pvc(pvc_root, tiny_model_dir)
     assert cp.apply(manifest_2_runnable_here(initial_delay_s=1)) == 0
@@ -106,8 +114,12 @@ def test_seed_1_on_smollm2_with_cpu_fallback_timed(start_control_plane, pvc_root
             c.get(direct), c.get(via, headers={"Host": host})
         d, g = [], []
         for _ in range(100):
-            t = time.perf_counter(); c.get(direct); d.append(time.perf_counter() - t)  # noqa: E702
-            t = time.perf_counter(); c.get(via, headers={"Host": host}); g.append(time.perf_counter() - t)  # noqa: E702
+            t = time.perf_counter()
+            c.get(direct)
+            d.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            c.get(via, headers={"Host": host})
+            g.append(time.perf_counter() - t)
     added_ms = (statistics.median(g) - statistics.median(d)) * 1000
     print(f"\nSmolLM2 apply→Ready {ready_s:.1f}s; median direct {statistics.median(d)*1000:.2f} ms, "
           f"via gateway {statistics.median(g)*1000:.2f} ms, added {added_ms:.2f} ms")  # fmt: skip

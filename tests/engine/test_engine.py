@@ -18,8 +18,11 @@ from tests.conftest import counter_value
 # float16 cache of the native kernels, held to transformers' tokens and to batch invariance.
 @pytest.fixture(scope="module", params=["float32", "auto"])
 def engine(tiny_model_dir: Path, request: pytest.FixtureRequest):
-    eng = AsyncEngine(EngineConfig(model_dir=str(tiny_model_dir), max_num_batched_tokens=64, num_threads=2,
-                                   kv_cache_dtype=request.param))
+    eng = AsyncEngine(
+        EngineConfig(
+            model_dir=str(tiny_model_dir), max_num_batched_tokens=64, num_threads=2, kv_cache_dtype=request.param
+        )
+    )
     eng.load()
     yield eng
     eng.shutdown()
@@ -47,7 +50,9 @@ def test_greedy_matches_transformers_generate(engine: AsyncEngine, tiny_model_di
 
     hf = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
     ids = prompts(engine, 1)[0]
-    expected = hf.generate(torch.tensor([ids]), max_new_tokens=12, min_new_tokens=12, do_sample=False)[0, len(ids):].tolist()
+    expected = hf.generate(torch.tensor([ids]), max_new_tokens=12, min_new_tokens=12, do_sample=False)[
+        0, len(ids) :
+    ].tolist()
     got, _, reason = asyncio.run(run(engine, "hf", ids, SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)))
     assert got == expected and reason == "length"
 
@@ -75,9 +80,17 @@ def test_seeded_sampling_is_reproducible_in_any_batch(engine: AsyncEngine) -> No
 
     async def go() -> tuple[list[int], list[list[int]]]:
         first = (await run(engine, "s0", ids, params))[0]
-        crowd = await asyncio.gather(*[run(engine, f"s{i}", ids, params if i % 2 else
-                                           SamplingParams(max_tokens=16, temperature=1.0, ignore_eos=True))
-                                       for i in range(1, 7)])
+        crowd = await asyncio.gather(
+            *[
+                run(
+                    engine,
+                    f"s{i}",
+                    ids,
+                    params if i % 2 else SamplingParams(max_tokens=16, temperature=1.0, ignore_eos=True),
+                )
+                for i in range(1, 7)
+            ]
+        )
         return first, [c[0] for c in crowd[::2]]
 
     first, seeded = asyncio.run(go())
@@ -89,8 +102,9 @@ def test_stop_string_is_trimmed_and_finishes_with_stop(engine: AsyncEngine) -> N
     _, text, _ = asyncio.run(run(engine, "free", ids, SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)))
     assert len(text) > 6
     stop = text[3:6]
-    _, stopped, reason = asyncio.run(run(engine, "stop", ids, SamplingParams(max_tokens=20, temperature=0,
-                                                                           ignore_eos=True, stop=(stop,))))
+    _, stopped, reason = asyncio.run(
+        run(engine, "stop", ids, SamplingParams(max_tokens=20, temperature=0, ignore_eos=True, stop=(stop,)))
+    )
     assert reason == "stop"
     assert stopped == text[: text.index(stop)]
 
@@ -133,8 +147,9 @@ def test_prompt_logprobs_across_prefill_chunks_match_transformers(engine: AsyncE
     expected = expected[:-1].gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
 
     async def go() -> list:
-        async for out in engine.generate("echo", ids, SamplingParams(max_tokens=1, temperature=0, logprobs=0,
-                                                                     prompt_logprobs=0)):
+        async for out in engine.generate(
+            "echo", ids, SamplingParams(max_tokens=1, temperature=0, logprobs=0, prompt_logprobs=0)
+        ):
             if out.prompt_logprobs:
                 return out.prompt_logprobs
         return []
@@ -155,14 +170,19 @@ def test_prefix_reuse_gives_the_same_tokens_as_computing_the_prompt(tiny_model_d
         pytest.skip("prefix reuse runs on the native kernels only (exact K/V)")
 
     def answers(enable: bool) -> list[list[int]]:
-        eng = AsyncEngine(EngineConfig(model_dir=str(tiny_model_dir), max_num_batched_tokens=64, num_threads=2,
-                                       enable_prefix_caching=enable))
+        eng = AsyncEngine(
+            EngineConfig(
+                model_dir=str(tiny_model_dir), max_num_batched_tokens=64, num_threads=2, enable_prefix_caching=enable
+            )
+        )
         eng.load()
         try:
             shared = (prompts(eng, 1)[0] * 10)[:40]
             params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
-            return [asyncio.run(run(eng, f"p{enable}{i}", shared + tail, params))[0]
-                    for i, tail in enumerate([[5, 6, 7], [9, 10], [5, 6, 7, 8, 9]])]
+            return [
+                asyncio.run(run(eng, f"p{enable}{i}", shared + tail, params))[0]
+                for i, tail in enumerate([[5, 6, 7], [9, 10], [5, 6, 7, 8, 9]])
+            ]
         finally:
             eng.shutdown()
 
@@ -186,9 +206,12 @@ def test_speculation_gives_the_same_tokens_as_plain_greedy_decoding(tiny_model_d
         eng.load()
         try:
             repetitive = (prompts(eng, 1)[0] * 6)[:36]
-            return [asyncio.run(run(eng, f"spec{k}-{i}", ids, SamplingParams(max_tokens=40, temperature=0,
-                                                                            ignore_eos=True)))[0]
-                    for i, ids in enumerate([repetitive, *prompts(eng, 3)])]
+            return [
+                asyncio.run(
+                    run(eng, f"spec{k}-{i}", ids, SamplingParams(max_tokens=40, temperature=0, ignore_eos=True))
+                )[0]
+                for i, ids in enumerate([repetitive, *prompts(eng, 3)])
+            ]
         finally:
             eng.shutdown()
 

@@ -93,13 +93,16 @@ def test_attention_matches_sdpa_for_decode_and_prompt_rows(native, decode_slots,
     kc, vc = randn(S, KVH, cap, Dh, seed=8).to(cache_dtype), randn(S, KVH, cap, Dh, seed=9).to(cache_dtype)
     kc_ref, vc_ref = kc.float(), vc.float()
 
-    step = StepInput(num_slots=S, decode_slots=decode_slots, decode_tokens=[0] * D,
-                     decode_positions=decode_positions, chunks=[chunk])
+    step = StepInput(
+        num_slots=S, decode_slots=decode_slots, decode_tokens=[0] * D, decode_positions=decode_positions, chunks=[chunk]
+    )
     cache = type("Cache", (), {"num_kv_heads": KVH, "capacity": cap})()
-    expected = torch.cat([
-        _DecodeAttention(step, cache).run(q[:D], k[:D], v[:D], kc_ref, vc_ref),
-        _chunk_attention(q[D:], k[D:], v[D:], kc_ref, vc_ref, chunk, _chunk_mask(chunk, G), G),
-    ])
+    expected = torch.cat(
+        [
+            _DecodeAttention(step, cache).run(q[:D], k[:D], v[:D], kc_ref, vc_ref),
+            _chunk_attention(q[D:], k[D:], v[D:], kc_ref, vc_ref, chunk, _chunk_mask(chunk, G), G),
+        ]
+    )
     got = native.attention(q, k, v, kc, vc, torch.tensor(slots), torch.tensor(positions))
     # the reference ran on a float32 copy: same inputs, except this step's K/V, which the
     # float16 cache rounds when it stores them
@@ -122,8 +125,11 @@ def test_attention_row_is_the_same_in_one_chunk_or_many(native):
         outs, start = [], 0
         for end in [*splits, T]:
             rows = torch.arange(start, end)
-            outs.append(native.attention(q[start:end], k[start:end], v[start:end], kc, vc,
-                                         torch.ones(end - start, dtype=torch.long), rows))
+            outs.append(
+                native.attention(
+                    q[start:end], k[start:end], v[start:end], kc, vc, torch.ones(end - start, dtype=torch.long), rows
+                )
+            )
             start = end
         return torch.cat(outs)
 

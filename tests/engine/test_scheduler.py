@@ -29,7 +29,10 @@ def test_max_num_seqs_bounds_the_batch() -> None:
 
 def test_long_prompt_is_chunked_and_decodes_keep_running() -> None:
     sched = Scheduler(max_num_seqs=4, max_num_batched_tokens=10)
-    short, long = EngineRequest("s", [1, 2], SamplingParams(max_tokens=8)), EngineRequest("l", list(range(25)), SamplingParams(max_tokens=8))
+    short, long = (
+        EngineRequest("s", [1, 2], SamplingParams(max_tokens=8)),
+        EngineRequest("l", list(range(25)), SamplingParams(max_tokens=8)),
+    )
     sched.add(short)
     complete_prefill(sched)
     short.output_token_ids.append(5)  # sampled at the end of its prefill

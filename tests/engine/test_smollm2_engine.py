@@ -20,15 +20,21 @@ def greedy_answers(model_dir: Path, num_speculative_tokens: int) -> list[list[in
     eng = AsyncEngine(EngineConfig(model_dir=str(model_dir), num_speculative_tokens=num_speculative_tokens))
     eng.load()
     tok = eng.tokenizer
-    questions = ["Repeat this sentence three times: the quick brown fox jumps over the lazy dog.",
-                 "What is the capital of France?"]
+    questions = [
+        "Repeat this sentence three times: the quick brown fox jumps over the lazy dog.",
+        "What is the capital of France?",
+    ]
 
     async def answer(i: int, question: str) -> list[int]:
-        text = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                       tokenize=False)
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
+        )
         ids: list[int] = []
-        async for out in eng.generate(f"q{num_speculative_tokens}-{i}", tok.encode(text, add_special_tokens=False),
-                                      SamplingParams(max_tokens=64, temperature=0)):
+        async for out in eng.generate(
+            f"q{num_speculative_tokens}-{i}",
+            tok.encode(text, add_special_tokens=False),
+            SamplingParams(max_tokens=64, temperature=0),
+        ):
             ids += out.token_ids
         return ids
 

@@ -45,7 +45,9 @@ def test_traffic_is_split_by_percent_and_round_robin_inside_a_revision() -> None
     share = Counter(p.revision for p in picks)["llama-predictor-00002"] / len(picks)
     assert 0.16 < share < 0.24
     eps = Counter(p.endpoint for p in picks if p.revision == "llama-predictor-00002")
-    assert set(eps) == {"http://127.0.0.1:2", "http://127.0.0.1:3"} and abs(eps["http://127.0.0.1:2"] - eps["http://127.0.0.1:3"]) < 0.2 * sum(eps.values())
+    assert set(eps) == {"http://127.0.0.1:2", "http://127.0.0.1:3"} and abs(
+        eps["http://127.0.0.1:2"] - eps["http://127.0.0.1:3"]
+    ) < 0.2 * sum(eps.values())
 
 
 def test_no_ready_revision_is_not_ready_with_the_reason() -> None:
@@ -73,6 +75,8 @@ async def test_api_keys_are_per_namespace(tmp_path) -> None:  # type: ignore[no-
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
         r = await c.post("/serving/demo/cold/v1/completions", json={"prompt": "x"})
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
-        r = await c.post("/serving/demo/cold/v1/completions", json={"prompt": "x"}, headers={"Authorization": "Bearer k1"})
+        r = await c.post(
+            "/serving/demo/cold/v1/completions", json={"prompt": "x"}, headers={"Authorization": "Bearer k1"}
+        )
         assert r.status_code == 503  # past auth; the service itself is not ready
         assert (await c.get("/v1/models")).json()["data"] == []  # hidden without a key

@@ -130,8 +130,12 @@ def test_broken_yaml_names_line_and_column(tmp_path: Path) -> None:
 
 
 def test_directories_and_stdin_are_loaded_in_order(tmp_path: Path) -> None:
-    (tmp_path / "b.yaml").write_text(isvc("model:\n  modelFormat: {name: huggingface}").replace("name: demo", "name: bee"))
-    (tmp_path / "a.yml").write_text(isvc("model:\n  modelFormat: {name: huggingface}").replace("name: demo", "name: ay"))
+    (tmp_path / "b.yaml").write_text(
+        isvc("model:\n  modelFormat: {name: huggingface}").replace("name: demo", "name: bee")
+    )
+    (tmp_path / "a.yml").write_text(
+        isvc("model:\n  modelFormat: {name: huggingface}").replace("name: demo", "name: ay")
+    )
     (tmp_path / "notes.txt").write_text("not a manifest")
     docs = load_paths([str(tmp_path)])
     assert [d.body["metadata"]["name"] for d in docs] == ["ay", "bee"]

@@ -7,7 +7,6 @@ import concurrent.futures
 
 import httpx
 import openai
-import pytest
 
 from isvc.engine.async_engine import AsyncEngine
 from isvc.engine.config import EngineConfig
@@ -19,8 +18,11 @@ def test_v1_model_status_and_predict(tiny_server) -> None:
     status = httpx.get(f"{base}/v1/models/tiny").json()
     assert status["name"] == "tiny" and status["ready"] is True
     assert httpx.get(f"{base}/v1/models").json()["models"] == ["tiny"]
-    r = httpx.post(f"{base}/v1/models/tiny:predict", json={"instances": ["Hello", "The capital"],
-                                                            "parameters": {"max_tokens": 4}}, timeout=30)
+    r = httpx.post(
+        f"{base}/v1/models/tiny:predict",
+        json={"instances": ["Hello", "The capital"], "parameters": {"max_tokens": 4}},
+        timeout=30,
+    )
     assert r.status_code == 200
     predictions = r.json()["predictions"]
     assert len(predictions) == 2 and all(isinstance(p, str) and p for p in predictions)
@@ -42,9 +44,14 @@ def test_v2_health_metadata_and_infer(tiny_server) -> None:
     assert httpx.get(f"{base}/v2/models/tiny/ready").status_code == 200
     meta = httpx.get(f"{base}/v2/models/tiny").json()
     assert meta["inputs"][0]["datatype"] == "BYTES"
-    r = httpx.post(f"{base}/v2/models/tiny/infer", json={
-        "inputs": [{"name": "text_input", "shape": [1], "datatype": "BYTES", "data": ["Hello world"]}],
-        "parameters": {"max_tokens": 5}}, timeout=30)
+    r = httpx.post(
+        f"{base}/v2/models/tiny/infer",
+        json={
+            "inputs": [{"name": "text_input", "shape": [1], "datatype": "BYTES", "data": ["Hello world"]}],
+            "parameters": {"max_tokens": 5},
+        },
+        timeout=30,
+    )
     assert r.status_code == 200
     out = r.json()["outputs"][0]
     assert out["name"] == "text_output" and out["datatype"] == "BYTES" and out["data"][0]
@@ -54,8 +61,10 @@ def test_v2_errors_use_kserve_body(tiny_server) -> None:
     base = tiny_server.base_url
     r = httpx.get(f"{base}/v2/models/nope")
     assert r.status_code == 404 and "nope" in r.json()["error"]
-    r = httpx.post(f"{base}/v2/models/tiny/infer", json={"inputs": [
-        {"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]})
+    r = httpx.post(
+        f"{base}/v2/models/tiny/infer",
+        json={"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]},
+    )
     assert r.status_code == 400 and "BYTES" in r.json()["error"]
 
 
@@ -72,8 +81,9 @@ async def test_not_ready_is_503_in_each_protocol(tiny_model_dir) -> None:
 
 
 def test_overload_is_429_on_openai_and_503_on_kserve(start_server, tiny_model_dir) -> None:
-    server = start_server(["--model_dir", str(tiny_model_dir), "--model_name", "tiny",
-                           "--max_num_seqs", "1", "--max_queue", "1"])
+    server = start_server(
+        ["--model_dir", str(tiny_model_dir), "--model_name", "tiny", "--max_num_seqs", "1", "--max_queue", "1"]
+    )
     client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0)
 
     def long(i: int) -> str:
@@ -90,8 +100,10 @@ def test_overload_is_429_on_openai_and_503_on_kserve(start_server, tiny_model_di
 
     async def v2_burst() -> list[int]:
         async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as http:
-            body = {"inputs": [{"name": "text_input", "shape": [1], "datatype": "BYTES", "data": ["Hi"]}],
-                    "parameters": {"max_tokens": 200}}
+            body = {
+                "inputs": [{"name": "text_input", "shape": [1], "datatype": "BYTES", "data": ["Hi"]}],
+                "parameters": {"max_tokens": 200},
+            }
             rs = await asyncio.gather(*[http.post("/v2/models/tiny/infer", json=body) for _ in range(6)])
             return [r.status_code for r in rs]
 

@@ -23,8 +23,9 @@ def test_models_lists_the_served_name(client: openai.OpenAI) -> None:
 
 
 def test_completion_has_text_usage_and_length_finish(client: openai.OpenAI) -> None:
-    out = client.completions.create(model="tiny", prompt="The capital of France is", max_tokens=7, temperature=0,
-                                    extra_body={"ignore_eos": True})
+    out = client.completions.create(
+        model="tiny", prompt="The capital of France is", max_tokens=7, temperature=0, extra_body={"ignore_eos": True}
+    )
     choice = out.choices[0]
     assert out.object == "text_completion" and choice.text
     assert choice.finish_reason == "length"
@@ -33,8 +34,9 @@ def test_completion_has_text_usage_and_length_finish(client: openai.OpenAI) -> N
 
 
 def test_chat_completion_uses_the_chat_template(client: openai.OpenAI) -> None:
-    out = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hello world!"}],
-                                         max_tokens=5, temperature=0)
+    out = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "Hello world!"}], max_tokens=5, temperature=0
+    )
     assert out.object == "chat.completion"
     assert out.choices[0].message.role == "assistant"
     # the ChatML template wraps the message: far more tokens than the raw text
@@ -45,8 +47,14 @@ def test_chat_completion_uses_the_chat_template(client: openai.OpenAI) -> None:
 def test_streaming_chat_matches_non_streaming_and_reports_usage(client: openai.OpenAI) -> None:
     messages = [{"role": "user", "content": "Once upon a time"}]
     whole = client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0)
-    stream = client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0,
-                                            stream=True, stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model="tiny",
+        messages=messages,
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content
@@ -56,8 +64,11 @@ def test_streaming_chat_matches_non_streaming_and_reports_usage(client: openai.O
 
 
 def test_streaming_completion_ends_with_done(tiny_server) -> None:
-    with httpx.stream("POST", f"{tiny_server.base_url}/v1/completions", json={
-            "model": "tiny", "prompt": "Hello", "max_tokens": 5, "stream": True}) as r:
+    with httpx.stream(
+        "POST",
+        f"{tiny_server.base_url}/v1/completions",
+        json={"model": "tiny", "prompt": "Hello", "max_tokens": 5, "stream": True},
+    ) as r:
         lines = [line for line in r.iter_lines() if line]
     assert r.headers["content-type"].startswith("text/event-stream")
     assert lines[-1] == "data: [DONE]" and all(line.startswith("data: ") for line in lines)
@@ -66,22 +77,42 @@ def test_streaming_completion_ends_with_done(tiny_server) -> None:
 def test_n_choices_and_stop_list(client: openai.OpenAI) -> None:
     out = client.completions.create(model="tiny", prompt="Hello", n=3, max_tokens=6, temperature=1.0, seed=7)
     assert sorted(c.index for c in out.choices) == [0, 1, 2]
-    free = client.completions.create(model="tiny", prompt="Hello", max_tokens=20, temperature=0,
-                                     extra_body={"ignore_eos": True}).choices[0].text
+    free = (
+        client.completions.create(
+            model="tiny", prompt="Hello", max_tokens=20, temperature=0, extra_body={"ignore_eos": True}
+        )
+        .choices[0]
+        .text
+    )
     stop = free[4:7]
-    stopped = client.completions.create(model="tiny", prompt="Hello", max_tokens=20, temperature=0,
-                                        stop=["@@never@@", stop], extra_body={"ignore_eos": True}).choices[0]
+    stopped = client.completions.create(
+        model="tiny",
+        prompt="Hello",
+        max_tokens=20,
+        temperature=0,
+        stop=["@@never@@", stop],
+        extra_body={"ignore_eos": True},
+    ).choices[0]
     assert stopped.finish_reason == "stop" and stopped.text == free[: free.index(stop)]
 
 
 def test_seed_reproduces_sampled_text(client: openai.OpenAI) -> None:
-    kw = dict(model="tiny", prompt="Once upon", max_tokens=12, temperature=1.0, seed=42, extra_body={"ignore_eos": True})
+    kw = dict(
+        model="tiny", prompt="Once upon", max_tokens=12, temperature=1.0, seed=42, extra_body={"ignore_eos": True}
+    )
     assert client.completions.create(**kw).choices[0].text == client.completions.create(**kw).choices[0].text
 
 
 def test_chat_logprobs(client: openai.OpenAI) -> None:
-    out = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
-                                         temperature=0, logprobs=True, top_logprobs=3, extra_body={"ignore_eos": True})
+    out = client.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=4,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,
+        extra_body={"ignore_eos": True},
+    )
     content = out.choices[0].logprobs.content
     assert len(content) == 4
     for entry in content:
@@ -128,8 +159,11 @@ def test_unknown_model_is_a_404(client: openai.OpenAI) -> None:
 
 
 def test_invalid_json_is_a_400(tiny_server) -> None:
-    r = httpx.post(f"{tiny_server.base_url}/openai/v1/completions", content=b"{not json",
-                   headers={"content-type": "application/json"})
+    r = httpx.post(
+        f"{tiny_server.base_url}/openai/v1/completions",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 400 and "error" in r.json() and "message" in r.json()["error"]
 
 
@@ -137,9 +171,16 @@ def test_eight_concurrent_streams_share_decode_steps(tiny_server) -> None:
     client = openai.OpenAI(base_url=tiny_server.base_url + "/v1", api_key="unused", max_retries=0)
 
     def one(i: int) -> int:
-        stream = client.completions.create(model="tiny", prompt=f"Hello {i}", max_tokens=64, temperature=0, stream=True,
-                                           extra_body={"ignore_eos": True}, stream_options={"include_usage": True})
-        return [c for c in stream][-1].usage.completion_tokens
+        stream = client.completions.create(
+            model="tiny",
+            prompt=f"Hello {i}",
+            max_tokens=64,
+            temperature=0,
+            stream=True,
+            extra_body={"ignore_eos": True},
+            stream_options={"include_usage": True},
+        )
+        return list(stream)[-1].usage.completion_tokens
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         assert list(pool.map(one, range(8))) == [64] * 8
@@ -148,8 +189,11 @@ def test_eight_concurrent_streams_share_decode_steps(tiny_server) -> None:
 
 def test_client_disconnect_frees_the_slot(tiny_server) -> None:
     aborted = metric(tiny_server.base_url, "isvc_requests_aborted_total")
-    with httpx.stream("POST", f"{tiny_server.base_url}/v1/completions", json={
-            "model": "tiny", "prompt": "Hello", "max_tokens": 250, "stream": True, "ignore_eos": True}) as r:
+    with httpx.stream(
+        "POST",
+        f"{tiny_server.base_url}/v1/completions",
+        json={"model": "tiny", "prompt": "Hello", "max_tokens": 250, "stream": True, "ignore_eos": True},
+    ) as r:
         for i, _ in enumerate(r.iter_lines()):
             if i >= 3:
                 break
@@ -162,6 +206,10 @@ def test_client_disconnect_frees_the_slot(tiny_server) -> None:
 
 def test_metrics_are_prometheus_text(tiny_server) -> None:
     text = httpx.get(f"{tiny_server.base_url}/metrics").text
-    for name in ("isvc_generation_tokens_total", "isvc_time_to_first_token_seconds_bucket",
-                 "isvc_num_requests_waiting", "isvc_e2e_request_latency_seconds_bucket"):
+    for name in (
+        "isvc_generation_tokens_total",
+        "isvc_time_to_first_token_seconds_bucket",
+        "isvc_num_requests_waiting",
+        "isvc_e2e_request_latency_seconds_bucket",
+    ):
         assert name in text

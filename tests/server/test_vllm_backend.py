@@ -17,17 +17,34 @@ import pytest
 
 from tests.conftest import free_port
 
-pytestmark = [pytest.mark.vllm, pytest.mark.slow,
-              pytest.mark.skipif(os.environ.get("ISVC_TEST_VLLM") != "1", reason="opt-in: set ISVC_TEST_VLLM=1")]
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.slow,
+    pytest.mark.skipif(os.environ.get("ISVC_TEST_VLLM") != "1", reason="opt-in: set ISVC_TEST_VLLM=1"),
+]
 
 
 @pytest.mark.timeout(900)
 def test_vllm_backend_serves_the_openai_routes(smollm2_dir) -> None:
     python = os.environ["ISVC_VLLM_PYTHON"]
     port = free_port()
-    proc = subprocess.Popen([python, "-m", "isvc", "serve", "--backend", "vllm", f"--model_dir={smollm2_dir}",
-                             "--model_name=llama2", "--host=127.0.0.1", f"--http_port={port}", "--max_length=2048",
-                             "--dtype=float32"], env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2"})
+    proc = subprocess.Popen(
+        [
+            python,
+            "-m",
+            "isvc",
+            "serve",
+            "--backend",
+            "vllm",
+            f"--model_dir={smollm2_dir}",
+            "--model_name=llama2",
+            "--host=127.0.0.1",
+            f"--http_port={port}",
+            "--max_length=2048",
+            "--dtype=float32",
+        ],
+        env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2"},
+    )
     try:
         deadline = time.monotonic() + 800
         while time.monotonic() < deadline:
@@ -38,8 +55,12 @@ def test_vllm_backend_serves_the_openai_routes(smollm2_dir) -> None:
             except httpx.HTTPError:
                 time.sleep(2)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
-        out = client.chat.completions.create(model="llama2", temperature=0, max_tokens=20,
-                                             messages=[{"role": "user", "content": "What is the capital of France?"}])
+        out = client.chat.completions.create(
+            model="llama2",
+            temperature=0,
+            max_tokens=20,
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+        )
         assert "Paris" in out.choices[0].message.content
     finally:
         proc.terminate()

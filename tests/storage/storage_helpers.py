@@ -222,7 +222,8 @@ class FakeHub:
             return 200, {"Content-Type": "application/json"}, json.dumps(info).encode()
         if parts[:2] == ["api", "models"] and rest[:1] == ["tree"]:
             tree = [
-                {"type": "file", "path": f, "size": len(d), "oid": hashlib.sha1(d).hexdigest()} for f, d in files.items()
+                {"type": "file", "path": f, "size": len(d), "oid": hashlib.sha1(d).hexdigest()}
+                for f, d in files.items()
             ]
             return 200, {"Content-Type": "application/json"}, json.dumps(tree).encode()
         if rest[:1] == ["resolve"]:

@@ -32,7 +32,9 @@ def symlink(name: str, target: str) -> tarfile.TarInfo:
 
 
 def test_tar_gz_unpacks_with_its_layout(tmp_path: Path) -> None:
-    archive = make_tar(tmp_path / "m.tar.gz", [("config.json", b"{}"), ("sub/w.safetensors", b"x"), symlink("ln", "config.json")])
+    archive = make_tar(
+        tmp_path / "m.tar.gz", [("config.json", b"{}"), ("sub/w.safetensors", b"x"), symlink("ln", "config.json")]
+    )
     dest = tmp_path / "out"
     dest.mkdir()
     unpack(archive, dest, shown_as="m.tar.gz")
@@ -85,7 +87,7 @@ def test_zip_symlink_is_refused(tmp_path: Path) -> None:
     archive = tmp_path / "link.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         info = zipfile.ZipInfo("ln")
-        info.external_attr = (0o120777 << 16)
+        info.external_attr = 0o120777 << 16
         zf.writestr(info, "/etc/passwd")
     dest = tmp_path / "out"
     dest.mkdir()

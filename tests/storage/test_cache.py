@@ -60,7 +60,9 @@ def test_concurrent_callers_fill_once(tmp_path: Path) -> None:
         (folder / "w").write_text("1")
 
     results: list[tuple[Path, bool]] = []
-    threads = [threading.Thread(target=lambda: results.append(cache.get_or_fill("k", slow_fill, label="x"))) for _ in range(3)]
+    threads = [
+        threading.Thread(target=lambda: results.append(cache.get_or_fill("k", slow_fill, label="x"))) for _ in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads:

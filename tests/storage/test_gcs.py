@@ -27,13 +27,17 @@ def gcs_settings(settings: StorageSettings, gcs_server: GcsServer) -> StorageSet
     return with_env(settings, STORAGE_EMULATOR_HOST=gcs_server.host)
 
 
-def test_folder_is_fetched_and_validated(gcs_server: GcsServer, bucket: str, gcs_settings: StorageSettings, model_dir: Path) -> None:
+def test_folder_is_fetched_and_validated(
+    gcs_server: GcsServer, bucket: str, gcs_settings: StorageSettings, model_dir: Path
+) -> None:
     gcs_server.upload_folder(bucket, "llama/tiny", model_dir)
     path = resolve_model_dir(f"gs://{bucket}/llama/tiny", settings=gcs_settings)
     assert model_files(path) == model_files(model_dir)
 
 
-def test_single_archive_blob_is_unpacked(gcs_server: GcsServer, bucket: str, gcs_settings: StorageSettings, model_dir: Path) -> None:
+def test_single_archive_blob_is_unpacked(
+    gcs_server: GcsServer, bucket: str, gcs_settings: StorageSettings, model_dir: Path
+) -> None:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         tar.add(model_dir, arcname="tiny")
@@ -48,7 +52,9 @@ def test_missing_bucket(gcs_settings: StorageSettings) -> None:
     assert cache_entries(gcs_settings) == []
 
 
-def test_missing_prefix_lists_what_is_there(gcs_server: GcsServer, bucket: str, gcs_settings: StorageSettings, model_dir: Path) -> None:
+def test_missing_prefix_lists_what_is_there(
+    gcs_server: GcsServer, bucket: str, gcs_settings: StorageSettings, model_dir: Path
+) -> None:
     gcs_server.upload_folder(bucket, "models/Llama-2-7b-chat-hf", model_dir)
     with pytest.raises(StorageNotFound) as info:
         fetch(f"gs://{bucket}/models/llama", settings=gcs_settings)

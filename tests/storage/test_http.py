@@ -10,12 +10,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from storage_helpers import FileServer, Route, cache_entries, model_files, with_env
 
 from isvc.storage.errors import ArchiveError, StorageAuthError, StorageNotFound, StorageUnavailable, UnsafeArchive
 from isvc.storage.initializer import fetch
 from isvc.storage.settings import StorageSettings
-
-from storage_helpers import FileServer, Route, cache_entries, model_files, with_env
 
 
 def tar_gz(folder: Path) -> bytes:
@@ -26,7 +25,9 @@ def tar_gz(folder: Path) -> bytes:
     return buffer.getvalue()
 
 
-def test_tar_gz_is_fetched_unpacked_and_cached(http_server: FileServer, settings: StorageSettings, model_dir: Path) -> None:
+def test_tar_gz_is_fetched_unpacked_and_cached(
+    http_server: FileServer, settings: StorageSettings, model_dir: Path
+) -> None:
     http_server.routes["/models/tiny.tar.gz"] = Route(tar_gz(model_dir))
     uri = f"{http_server.url}/models/tiny.tar.gz"
     path = fetch(uri, settings=settings)
@@ -52,7 +53,10 @@ def test_single_file_lands_under_its_name(http_server: FileServer, settings: Sto
 
 def test_host_headers_env_is_sent(http_server: FileServer, settings: StorageSettings) -> None:
     http_server.routes["/w.bin"] = Route(b"x")
-    fetch(f"{http_server.url}/w.bin", settings=with_env(settings, **{"127.0.0.1-headers": '{"Authorization": "Bearer s3cret"}'}))
+    fetch(
+        f"{http_server.url}/w.bin",
+        settings=with_env(settings, **{"127.0.0.1-headers": '{"Authorization": "Bearer s3cret"}'}),
+    )
     assert http_server.seen_headers[-1]["Authorization"] == "Bearer s3cret"
 
 
@@ -87,7 +91,9 @@ def test_corrupt_archive_is_refused_and_not_cached(http_server: FileServer, sett
     assert cache_entries(settings) == []
 
 
-@pytest.mark.parametrize(("status", "error"), [(404, StorageNotFound), (403, StorageAuthError), (401, StorageAuthError)])
+@pytest.mark.parametrize(
+    ("status", "error"), [(404, StorageNotFound), (403, StorageAuthError), (401, StorageAuthError)]
+)
 def test_http_status_becomes_a_specific_error(
     http_server: FileServer, settings: StorageSettings, status: int, error: type[Exception]
 ) -> None:
@@ -116,7 +122,9 @@ def test_stalled_download_times_out_and_the_retry_succeeds(http_server: FileServ
     assert time.monotonic() - started < 10
 
 
-def test_download_that_always_stalls_fails_with_a_timeout_message(http_server: FileServer, settings: StorageSettings) -> None:
+def test_download_that_always_stalls_fails_with_a_timeout_message(
+    http_server: FileServer, settings: StorageSettings
+) -> None:
     http_server.routes["/w.safetensors"] = Route(b"x" * 4096, stall_first=99)
     fast = replace(settings, timeout_s=0.2, max_attempts=2)
     with pytest.raises(StorageUnavailable) as info:

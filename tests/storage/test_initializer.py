@@ -63,7 +63,10 @@ def test_manifest_model_dir_resolves_into_the_pvc_claim(settings: StorageSetting
 
 def test_storage_uri_env_is_used_like_kserve_custom_containers(settings: StorageSettings, shared_claim: Path) -> None:
     env_settings = with_env(settings, STORAGE_URI="pvc://global-shared/models")
-    assert resolve_model_dir("/mnt/models/Llama-2-7b-chat-hf", settings=env_settings) == shared_claim / "Llama-2-7b-chat-hf"
+    assert (
+        resolve_model_dir("/mnt/models/Llama-2-7b-chat-hf", settings=env_settings)
+        == shared_claim / "Llama-2-7b-chat-hf"
+    )
 
 
 def test_configurable_mount_root(settings: StorageSettings, shared_claim: Path) -> None:
@@ -118,7 +121,9 @@ def test_download_links_dest_to_the_fetched_folder(
     assert download(f"{http_server.url}/w.gguf", dest, settings=settings) == dest  # idempotent
 
 
-def test_download_of_a_pvc_claim_is_a_link_not_a_copy(settings: StorageSettings, shared_claim: Path, tmp_path: Path) -> None:
+def test_download_of_a_pvc_claim_is_a_link_not_a_copy(
+    settings: StorageSettings, shared_claim: Path, tmp_path: Path
+) -> None:
     dest = tmp_path / "dest"
     dest.mkdir()  # an empty folder is fine
     download("pvc://global-shared/models", dest, settings=settings)
@@ -126,7 +131,9 @@ def test_download_of_a_pvc_claim_is_a_link_not_a_copy(settings: StorageSettings,
     assert (dest / "Llama-2-7b-chat-hf" / "config.json").is_file()
 
 
-def test_download_refuses_a_non_empty_destination(settings: StorageSettings, shared_claim: Path, tmp_path: Path) -> None:
+def test_download_refuses_a_non_empty_destination(
+    settings: StorageSettings, shared_claim: Path, tmp_path: Path
+) -> None:
     dest = tmp_path / "busy"
     dest.mkdir()
     (dest / "keep.txt").write_text("mine")
@@ -156,7 +163,12 @@ def test_fetch_of_a_local_path_needs_no_cache(model_dir: Path, settings: Storage
     ],
 )
 def test_incomplete_remote_model_is_reported_and_not_cached(
-    http_server: FileServer, settings: StorageSettings, model_dir: Path, remove: str, error: type[Exception], needle: str
+    http_server: FileServer,
+    settings: StorageSettings,
+    model_dir: Path,
+    remove: str,
+    error: type[Exception],
+    needle: str,
 ) -> None:
     import io
     import tarfile
@@ -171,7 +183,9 @@ def test_incomplete_remote_model_is_reported_and_not_cached(
     assert cache_entries(settings) == []
 
 
-def test_replicas_racing_on_one_destination_all_succeed(settings: StorageSettings, shared_claim: Path, tmp_path: Path) -> None:
+def test_replicas_racing_on_one_destination_all_succeed(
+    settings: StorageSettings, shared_claim: Path, tmp_path: Path
+) -> None:
     import threading
 
     dest = tmp_path / "models" / "rev1"

@@ -38,7 +38,11 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 def storage_init(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "isvc.storage", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "isvc.storage", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -49,7 +53,9 @@ def run(args: list[str], env: dict[str, str]) -> tuple[int, str, str, float]:
     return proc.returncode, out, err, time.monotonic() - started
 
 
-def test_fetch_validate_and_cache_hit(http_server: FileServer, model_dir: Path, env: dict[str, str], tmp_path: Path) -> None:
+def test_fetch_validate_and_cache_hit(
+    http_server: FileServer, model_dir: Path, env: dict[str, str], tmp_path: Path
+) -> None:
     http_server.routes["/tiny.tar.gz"] = Route(tar_gz(model_dir))
     uri = f"{http_server.url}/tiny.tar.gz"
     code, out, err, _ = run([uri, str(tmp_path / "dest1"), "--validate"], env)

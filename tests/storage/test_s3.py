@@ -35,7 +35,9 @@ def test_folder_prefix_is_fetched_with_its_layout(
     s3_server: S3Server, bucket: str, s3_settings: StorageSettings, model_dir: Path
 ) -> None:
     s3_server.upload_folder(bucket, "llama/tiny", model_dir)
-    s3_server.client.put_object(Bucket=bucket, Key="llama/tiny-other/config.json", Body=b"{}")  # same prefix, other folder
+    s3_server.client.put_object(
+        Bucket=bucket, Key="llama/tiny-other/config.json", Body=b"{}"
+    )  # same prefix, other folder
     path = fetch(f"s3://{bucket}/llama/tiny", settings=s3_settings)
     assert model_files(path) == model_files(model_dir)
 
@@ -52,7 +54,9 @@ def test_mount_path_maps_into_the_fetched_bucket_prefix(
     s3_server: S3Server, bucket: str, s3_settings: StorageSettings, model_dir: Path
 ) -> None:
     s3_server.upload_folder(bucket, "models/Llama-2-7b-chat-hf", model_dir)
-    path = resolve_model_dir("/mnt/models/Llama-2-7b-chat-hf", storage_uri=f"s3://{bucket}/models", settings=s3_settings)
+    path = resolve_model_dir(
+        "/mnt/models/Llama-2-7b-chat-hf", storage_uri=f"s3://{bucket}/models", settings=s3_settings
+    )
     assert path.name == "Llama-2-7b-chat-hf" and (path / "model.safetensors").is_file()
 
 
@@ -67,7 +71,9 @@ def test_single_archive_object_is_unpacked(
     assert model_files(path) == model_files(model_dir)
 
 
-def test_allow_and_ignore_patterns(s3_server: S3Server, bucket: str, s3_settings: StorageSettings, model_dir: Path) -> None:
+def test_allow_and_ignore_patterns(
+    s3_server: S3Server, bucket: str, s3_settings: StorageSettings, model_dir: Path
+) -> None:
     s3_server.upload_folder(bucket, "tiny", model_dir)
     filtered = replace(s3_settings, file_filter=FileFilter(allow=("*.json",), ignore=("tokenizer_config.json",)))
     path = fetch(f"s3://{bucket}/tiny", settings=filtered)
@@ -104,7 +110,9 @@ def test_missing_config_in_fetched_folder_is_reported_and_not_cached(
     assert cache_entries(s3_settings) == []
 
 
-def test_zip_slip_and_corrupt_archives_are_not_cached(s3_server: S3Server, bucket: str, s3_settings: StorageSettings) -> None:
+def test_zip_slip_and_corrupt_archives_are_not_cached(
+    s3_server: S3Server, bucket: str, s3_settings: StorageSettings
+) -> None:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         info = tarfile.TarInfo("../../escape.txt")
@@ -133,7 +141,11 @@ def s3_auth(s3_server: S3Server) -> Iterator[dict[str, str]]:
     import boto3
 
     iam = boto3.client(
-        "iam", endpoint_url=s3_server.endpoint, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
+        "iam",
+        endpoint_url=s3_server.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
     )
     user = f"reader-{uuid.uuid4().hex[:6]}"
     iam.create_user(UserName=user)
@@ -192,7 +204,11 @@ def test_legacy_s3_endpoint_env(s3_server: S3Server, bucket: str, settings: Stor
     s3_server.client.put_object(Bucket=bucket, Key="m/config.json", Body=b"{}")
     host = s3_server.endpoint.removeprefix("http://")
     legacy = with_env(
-        settings, S3_ENDPOINT=host, S3_USE_HTTPS="0", AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+        settings,
+        S3_ENDPOINT=host,
+        S3_USE_HTTPS="0",
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
         AWS_DEFAULT_REGION="us-east-1",
     )
     assert model_files(fetch(f"s3://{bucket}/m", settings=legacy)) == {"config.json": b"{}"}

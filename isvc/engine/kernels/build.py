@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from isvc.models.prepare import cache_root
+from isvc.paths import cache_root
 
 logger = logging.getLogger(__name__)
 

@@ -33,8 +33,15 @@ class TorchOps:
     def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
         return F.rms_norm(x, (x.shape[-1],), w, eps)
 
-    def rope_(self, qkv: torch.Tensor, heads: int, head_dim: int, positions: torch.Tensor,
-              cos: torch.Tensor, sin: torch.Tensor) -> None:
+    def rope_(
+        self,
+        qkv: torch.Tensor,
+        heads: int,
+        head_dim: int,
+        positions: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+    ) -> None:
         """Rotary embedding in place on the first ``heads`` heads of each row of ``qkv``."""
         qk = qkv[:, : heads * head_dim].view(qkv.shape[0], heads, head_dim)
         half = head_dim // 2
@@ -46,8 +53,16 @@ class TorchOps:
         inter = gu.shape[1] // 2
         return F.silu(gu[:, :inter]) * gu[:, inter:]
 
-    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kc: torch.Tensor,
-                  vc: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def attention(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        kc: torch.Tensor,
+        vc: torch.Tensor,
+        slots: torch.Tensor,
+        positions: torch.Tensor,
+    ) -> torch.Tensor:
         raise NotImplementedError("the model runs its torch attention path when native_attention is False")
 
 
@@ -61,15 +76,23 @@ class NativeOps(TorchOps):
         self._rope = _bind(lib.isvc_rope, [_p, _l, _p, _p, _p, _l, _l, _l, _i])
         self._silu_mul = _bind(lib.isvc_silu_mul, [_p, _p, _l, _l, _i])
         attention_args = [_p, _l, _p, _l, _p, _l, _p, _p, _p, _p, _p, _l, _l, _l, _l, _l, _f, _i]
-        self._attention = {torch.float32: _bind(lib.isvc_attention_f32, attention_args),
-                           torch.float16: _bind(lib.isvc_attention_f16, attention_args)}
+        self._attention = {
+            torch.float32: _bind(lib.isvc_attention_f32, attention_args),
+            torch.float16: _bind(lib.isvc_attention_f16, attention_args),
+        }
         self.native_attention = head_dim % 8 == 0 and head_dim <= 256 and group <= 16
-        self.scale = head_dim ** -0.5
+        self.scale = head_dim**-0.5
         self.group = group
 
     def _covers(self, x: torch.Tensor, w: torch.Tensor) -> bool:
-        return (x.dim() == 2 and x.shape[0] > 0 and x.dtype == w.dtype == torch.float32
-                and x.shape[1] % 8 == 0 and w.shape[0] % 4 == 0 and w.is_contiguous())
+        return (
+            x.dim() == 2
+            and x.shape[0] > 0
+            and x.dtype == w.dtype == torch.float32
+            and x.shape[1] % 8 == 0
+            and w.shape[0] % 4 == 0
+            and w.is_contiguous()
+        )
 
     def linear(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         if not self._covers(x, w):
@@ -95,13 +118,33 @@ class NativeOps(TorchOps):
         self._rms_norm(x.data_ptr(), w.data_ptr(), out.data_ptr(), x.shape[0], x.shape[1], eps, self.threads)
         return out
 
-    def rope_(self, qkv: torch.Tensor, heads: int, head_dim: int, positions: torch.Tensor,
-              cos: torch.Tensor, sin: torch.Tensor) -> None:
-        if (head_dim % 16 or qkv.dtype != torch.float32 or qkv.stride(1) != 1
-                or not (cos.is_contiguous() and sin.is_contiguous())):
+    def rope_(
+        self,
+        qkv: torch.Tensor,
+        heads: int,
+        head_dim: int,
+        positions: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+    ) -> None:
+        if (
+            head_dim % 16
+            or qkv.dtype != torch.float32
+            or qkv.stride(1) != 1
+            or not (cos.is_contiguous() and sin.is_contiguous())
+        ):
             return super().rope_(qkv, heads, head_dim, positions, cos, sin)
-        self._rope(qkv.data_ptr(), qkv.stride(0), positions.data_ptr(), cos.data_ptr(), sin.data_ptr(),
-                   qkv.shape[0], heads, head_dim, self.threads)
+        self._rope(
+            qkv.data_ptr(),
+            qkv.stride(0),
+            positions.data_ptr(),
+            cos.data_ptr(),
+            sin.data_ptr(),
+            qkv.shape[0],
+            heads,
+            head_dim,
+            self.threads,
+        )
 
     def silu_mul(self, gu: torch.Tensor) -> torch.Tensor:
         inter = gu.shape[1] // 2
@@ -111,8 +154,16 @@ class NativeOps(TorchOps):
         self._silu_mul(gu.data_ptr(), out.data_ptr(), gu.shape[0], inter, self.threads)
         return out
 
-    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kc: torch.Tensor,
-                  vc: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def attention(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        kc: torch.Tensor,
+        vc: torch.Tensor,
+        slots: torch.Tensor,
+        positions: torch.Tensor,
+    ) -> torch.Tensor:
         """Causal attention for every row of a step (decode tokens and prompt chunks alike).
 
         Writes each row's K/V into its slot at its position, then attends over positions
@@ -123,9 +174,26 @@ class NativeOps(TorchOps):
         D, H, Dh = q.shape
         KVH = k.shape[1]
         out = torch.empty(D, H * Dh, dtype=torch.float32)
-        self._attention[kc.dtype](q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0),
-                        kc.data_ptr(), vc.data_ptr(), slots.data_ptr(), positions.data_ptr(), out.data_ptr(),
-                        D, KVH, self.group, Dh, kc.shape[2], self.scale, self.threads)
+        self._attention[kc.dtype](
+            q.data_ptr(),
+            q.stride(0),
+            k.data_ptr(),
+            k.stride(0),
+            v.data_ptr(),
+            v.stride(0),
+            kc.data_ptr(),
+            vc.data_ptr(),
+            slots.data_ptr(),
+            positions.data_ptr(),
+            out.data_ptr(),
+            D,
+            KVH,
+            self.group,
+            Dh,
+            kc.shape[2],
+            self.scale,
+            self.threads,
+        )
         return out
 
 

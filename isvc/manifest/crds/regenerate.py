@@ -27,9 +27,7 @@ def main(argv: list[str]) -> int:
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     for kind, name in _FILES.items():
         crd = yaml.load((src / name).read_text(), Loader=loader)
-        versions = {
-            v["name"]: v["schema"]["openAPIV3Schema"] for v in crd["spec"]["versions"] if v.get("served", True)
-        }
+        versions = {v["name"]: v["schema"]["openAPIV3Schema"] for v in crd["spec"]["versions"] if v.get("served", True)}
         doc = {"group": crd["spec"]["group"], "kind": kind, "source": name, "versions": versions}
         (out / f"{kind}.json").write_text(json.dumps(doc, separators=(",", ":"), sort_keys=True))
         print(f"{kind}: {', '.join(versions)}")

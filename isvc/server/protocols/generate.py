@@ -31,10 +31,20 @@ async def generate_texts(engine: AsyncEngine, prompts: list[str], parameters: di
     for i, prompt in enumerate(prompts):
         ids = tokenizer.encode(prompt)
         n = engine.check_request(ids, int(max_tokens))
-        jobs.append(Job(i, ids, SamplingParams(
-            max_tokens=n, temperature=float(parameters.get("temperature", 0.0)),
-            top_p=float(parameters.get("top_p", 1.0)), top_k=int(parameters.get("top_k", 0)),
-            seed=parameters.get("seed"), stop=(stop,) if isinstance(stop, str) else tuple(stop))))
+        jobs.append(
+            Job(
+                i,
+                ids,
+                SamplingParams(
+                    max_tokens=n,
+                    temperature=float(parameters.get("temperature", 0.0)),
+                    top_p=float(parameters.get("top_p", 1.0)),
+                    top_k=int(parameters.get("top_k", 0)),
+                    seed=parameters.get("seed"),
+                    stop=(stop,) if isinstance(stop, str) else tuple(stop),
+                ),
+            )
+        )
     engine.check_capacity(len(jobs))
     texts = [""] * len(prompts)
     async for index, out in run_jobs(engine, f"gen-{uuid.uuid4().hex}", jobs):

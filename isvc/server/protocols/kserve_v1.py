@@ -41,7 +41,7 @@ def _instance_text(x: Any) -> str:
         for key in ("text", "prompt", "text_input"):
             if isinstance(x.get(key), str):
                 return x[key]
-    raise InvalidRequest("each instance must be a string or {\"text\": ...}", param="instances")
+    raise InvalidRequest('each instance must be a string or {"text": ...}', param="instances")
 
 
 async def _json(request: Request) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -52,7 +52,9 @@ def build_router(engine: AsyncEngine, model_name: str) -> APIRouter:
     async def model_metadata(name: str) -> dict[str, Any]:
         check(name)
         return {
-            "name": name, "versions": [], "platform": "isvc-huggingface",
+            "name": name,
+            "versions": [],
+            "platform": "isvc-huggingface",
             "inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [-1]}],
             "outputs": [{"name": "text_output", "datatype": "BYTES", "shape": [-1]}],
         }
@@ -69,12 +71,18 @@ def build_router(engine: AsyncEngine, model_name: str) -> APIRouter:
             raise NotReady("the model is still loading", retry_after_s=5)
         text_inputs = [i for i in body.inputs if i.datatype == "BYTES"]
         if not text_inputs:
-            raise InvalidRequest("expected a BYTES input holding the prompt text (e.g. name text_input)", param="inputs")
+            raise InvalidRequest(
+                "expected a BYTES input holding the prompt text (e.g. name text_input)", param="inputs"
+            )
         prompts = [str(x) for x in text_inputs[0].data]
-        texts = await generate_texts(engine, prompts, params_from({**(body.parameters or {}),
-                                                                   **(text_inputs[0].parameters or {})}))
+        texts = await generate_texts(
+            engine, prompts, params_from({**(body.parameters or {}), **(text_inputs[0].parameters or {})})
+        )
         return {
-            "model_name": name, "model_version": None, "id": body.id or str(uuid.uuid4()), "parameters": {},
+            "model_name": name,
+            "model_version": None,
+            "id": body.id or str(uuid.uuid4()),
+            "parameters": {},
             "outputs": [{"name": "text_output", "datatype": "BYTES", "shape": [len(texts)], "data": texts}],
         }
 

@@ -10,8 +10,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
 from isvc.engine import metrics
-from isvc.server.protocols.openai.schema import ChatCompletionRequest, CompletionRequest
 from isvc.server.errors import guarded_stream
+from isvc.server.protocols.openai.schema import ChatCompletionRequest, CompletionRequest
 from isvc.server.protocols.openai.serving import OpenAIServing
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -44,8 +44,12 @@ def build_router(serving: OpenAIServing) -> APIRouter:
     return router
 
 
-async def _respond(route: str, body: Any, stream: Callable[[Any], Awaitable[AsyncIterator[str]]],
-                   unary: Callable[[Any], Awaitable[BaseModel]]) -> Response:
+async def _respond(
+    route: str,
+    body: Any,
+    stream: Callable[[Any], Awaitable[AsyncIterator[str]]],
+    unary: Callable[[Any], Awaitable[BaseModel]],
+) -> Response:
     """SSE when the request asks for a stream, else one JSON body."""
     if body.stream:
         events = await stream(body)  # validation errors surface here, before the first byte

@@ -67,7 +67,7 @@ class OpenAIServing:
         elif p and all(isinstance(x, int) for x in p):
             prompts = [list(p)]  # type: ignore[arg-type]
         elif p and all(isinstance(x, str) for x in p):
-            prompts = [tokenizer.encode(x) for x in p]  # type: ignore[arg-type]
+            prompts = [tokenizer.encode(x) for x in p]
         elif p and all(isinstance(x, list) for x in p):
             prompts = [list(x) for x in p]  # type: ignore[arg-type]
         else:
@@ -78,8 +78,13 @@ class OpenAIServing:
             # max_tokens=0 (lm-eval's echo scoring): one token is generated and dropped
             max_tokens = self.engine.check_request(ids, 1 if wanted == 0 else wanted)
             for j in range(req.n):
-                params = _params(req, max_tokens, logprobs=req.logprobs, choice=j,
-                                 prompt_logprobs=req.logprobs if req.echo and req.logprobs is not None else None)
+                params = _params(
+                    req,
+                    max_tokens,
+                    logprobs=req.logprobs,
+                    choice=j,
+                    prompt_logprobs=req.logprobs if req.echo and req.logprobs is not None else None,
+                )
                 jobs.append(Job(pi * req.n + j, ids, params))
         self.engine.check_capacity(len(jobs))
         return jobs, prompts, wanted if wanted is not None else -1
@@ -98,11 +103,13 @@ class OpenAIServing:
             usage.completion_tokens += 0 if wanted == 0 else outs[-1].num_output_tokens
         usage.prompt_tokens = sum(len(x) for x in prompts)
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
-        return CompletionResponse(id=request_id, created=int(time.time()), model=self.model_name,
-                                  choices=choices, usage=usage)
+        return CompletionResponse(
+            id=request_id, created=int(time.time()), model=self.model_name, choices=choices, usage=usage
+        )
 
-    def _completion_text(self, req: CompletionRequest, prompt_ids: list[int], outs: list[RequestOutput],
-                         drop_generated: bool) -> tuple[str, CompletionLogprobs | None, str | None]:
+    def _completion_text(
+        self, req: CompletionRequest, prompt_ids: list[int], outs: list[RequestOutput], drop_generated: bool
+    ) -> tuple[str, CompletionLogprobs | None, str | None]:
         text = "" if drop_generated else "".join(o.text for o in outs)
         finish = outs[-1].finish_reason if outs else None
         if drop_generated:
@@ -125,7 +132,9 @@ class OpenAIServing:
         jobs, prompts, wanted = self.completion_jobs(req)
         return self._completion_events(req, jobs, prompts)
 
-    async def _completion_events(self, req: CompletionRequest, jobs: list[Job], prompts: list[list[int]]) -> AsyncIterator[str]:
+    async def _completion_events(
+        self, req: CompletionRequest, jobs: list[Job], prompts: list[list[int]]
+    ) -> AsyncIterator[str]:
         request_id = f"cmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         completion_tokens: dict[int, int] = {}
@@ -141,15 +150,27 @@ class OpenAIServing:
             completion_tokens[index] = out.num_output_tokens
             if not text and not out.finished and logprobs is None:
                 continue
-            chunk = CompletionChunk(id=request_id, created=created, model=self.model_name, choices=[
-                CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=out.finish_reason)])
+            chunk = CompletionChunk(
+                id=request_id,
+                created=created,
+                model=self.model_name,
+                choices=[CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=out.finish_reason)],
+            )
             yield event(chunk)
         if req.stream_options and req.stream_options.include_usage:
             prompt_tokens = sum(len(x) for x in prompts)
             done = sum(completion_tokens.values())
-            yield event(CompletionChunk(id=request_id, created=created, model=self.model_name, choices=[],
-                                        usage=UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=done,
-                                                        total_tokens=prompt_tokens + done)))
+            yield event(
+                CompletionChunk(
+                    id=request_id,
+                    created=created,
+                    model=self.model_name,
+                    choices=[],
+                    usage=UsageInfo(
+                        prompt_tokens=prompt_tokens, completion_tokens=done, total_tokens=prompt_tokens + done
+                    ),
+                )
+            )
         yield DONE
 
     # -- chat ------------------------------------------------------------------------------
@@ -162,7 +183,9 @@ class OpenAIServing:
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         try:
             rendered = tokenizer.apply_chat_template(
-                messages, add_generation_prompt=req.add_generation_prompt, tokenize=False,
+                messages,
+                add_generation_prompt=req.add_generation_prompt,
+                tokenize=False,
                 **(req.chat_template_kwargs or {}),
             )
         except Exception as exc:  # jinja raises its own errors for unsupported roles/orders
@@ -172,8 +195,10 @@ class OpenAIServing:
         top = req.top_logprobs if req.logprobs else None
         if req.top_logprobs and not req.logprobs:
             raise InvalidRequest("top_logprobs requires logprobs=true", param="top_logprobs")
-        jobs = [Job(j, ids, _params(req, max_tokens, logprobs=(top or 0) if req.logprobs else None, choice=j))
-                for j in range(req.n)]
+        jobs = [
+            Job(j, ids, _params(req, max_tokens, logprobs=(top or 0) if req.logprobs else None, choice=j))
+            for j in range(req.n)
+        ]
         self.engine.check_capacity(len(jobs))
         return jobs, ids
 
@@ -188,13 +213,21 @@ class OpenAIServing:
             logprobs = None
             if req.logprobs:
                 logprobs = ChatLogprobs(content=[_chat_logprob(lp) for o in outs for lp in (o.logprobs or [])])
-            choices.append(ChatChoice(index=job.index, message=AssistantMessage(content="".join(o.text for o in outs)),
-                                      logprobs=logprobs, finish_reason=outs[-1].finish_reason))
+            choices.append(
+                ChatChoice(
+                    index=job.index,
+                    message=AssistantMessage(content="".join(o.text for o in outs)),
+                    logprobs=logprobs,
+                    finish_reason=outs[-1].finish_reason,
+                )
+            )
             completion_tokens += outs[-1].num_output_tokens
-        usage = UsageInfo(prompt_tokens=len(ids), completion_tokens=completion_tokens,
-                          total_tokens=len(ids) + completion_tokens)
-        return ChatCompletionResponse(id=request_id, created=int(time.time()), model=self.model_name,
-                                      choices=choices, usage=usage)
+        usage = UsageInfo(
+            prompt_tokens=len(ids), completion_tokens=completion_tokens, total_tokens=len(ids) + completion_tokens
+        )
+        return ChatCompletionResponse(
+            id=request_id, created=int(time.time()), model=self.model_name, choices=choices, usage=usage
+        )
 
     async def chat_stream(self, req: ChatCompletionRequest) -> AsyncIterator[str]:
         jobs, ids = self.chat_jobs(req)
@@ -205,8 +238,9 @@ class OpenAIServing:
         created = int(time.time())
 
         def chunk(choices: list[ChatChunkChoice], usage: UsageInfo | None = None) -> str:
-            return event(ChatCompletionChunk(id=request_id, created=created, model=self.model_name,
-                                             choices=choices, usage=usage))
+            return event(
+                ChatCompletionChunk(id=request_id, created=created, model=self.model_name, choices=choices, usage=usage)
+            )
 
         for job in jobs:
             yield chunk([ChatChunkChoice(index=job.index, delta=DeltaMessage(role="assistant", content=""))])
@@ -233,8 +267,9 @@ async def _collect(engine: AsyncEngine, request_id: str, jobs: list[Job]) -> dic
     return collected
 
 
-def _params(req: Any, max_tokens: int, *, logprobs: int | None, choice: int,
-            prompt_logprobs: int | None = None) -> SamplingParams:
+def _params(
+    req: Any, max_tokens: int, *, logprobs: int | None, choice: int, prompt_logprobs: int | None = None
+) -> SamplingParams:
     temperature = 1.0 if req.temperature is None else req.temperature
     seed = None if req.seed is None else req.seed + choice
     return SamplingParams(
@@ -275,5 +310,9 @@ def _completion_logprobs(entries: list[TokenLogprob | None], first_token: str = 
 
 
 def _chat_logprob(lp: TokenLogprob) -> ChatTokenLogprob:
-    return ChatTokenLogprob(token=lp.token, logprob=lp.logprob, bytes=list(lp.token.encode()),
-                            top_logprobs=[TopLogprob(token=t, logprob=v, bytes=list(t.encode())) for _, t, v in lp.top])
+    return ChatTokenLogprob(
+        token=lp.token,
+        logprob=lp.logprob,
+        bytes=list(lp.token.encode()),
+        top_logprobs=[TopLogprob(token=t, logprob=v, bytes=list(t.encode())) for _, t, v in lp.top],
+    )

@@ -1,5 +1,9 @@
 """The command line of KServe's huggingfaceserver and model server, made forgiving where users slip.
 
+The contract between a manifest's runtime ``args`` and ``isvc serve``: the server parses its
+argv with it, and the control plane checks a manifest's args with it at apply time. A leaf
+module (argparse only), so both can import it.
+
 Accepted as KServe users write them in manifests:
 - both spellings of a flag: ``--trust-remote-code`` and ``--trust_remote_code``;
 - one list item holding flag and value: ``"--quantization gptq"``;
@@ -27,7 +31,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser("isvc serve", allow_abbrev=False, description="Serve a HuggingFace LLM (a drop-in for KServe's huggingfaceserver).")
+    p = _Parser(
+        "isvc serve",
+        allow_abbrev=False,
+        description="Serve a HuggingFace LLM (a drop-in for KServe's huggingfaceserver).",
+    )
     add = p.add_argument
     # kserve model_server
     add("--http_port", type=int, default=8080, help="HTTP port (KServe default 8080)")
@@ -52,8 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--model_id", default=None, help="HuggingFace model id (served from the local hub cache; no network)")
     add("--model_revision", default=None, help="HuggingFace model revision")
     add("--tokenizer_revision", default=None, help="HuggingFace tokenizer revision")
-    add("--max_model_len", "--max_length", dest="max_model_len", type=int, default=None,
-        help="prompt + output tokens; defaults to the model's max_position_embeddings")
+    add(
+        "--max_model_len",
+        "--max_length",
+        dest="max_model_len",
+        type=int,
+        default=None,
+        help="prompt + output tokens; defaults to the model's max_position_embeddings",
+    )
     add("--disable_lower_case", action="store_true", help="accepted for compatibility")
     add("--disable_special_tokens", action="store_true", help="accepted for compatibility")
     add("--trust_remote_code", action="store_true", help="allow custom model code from the model folder")
@@ -73,17 +87,37 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max_num_seqs", type=int, default=32, help="requests decoded together per step")
     add("--max_num_batched_tokens", type=int, default=256, help="token budget per step (prefill chunks + decode)")
     add("--max_queue", type=int, default=256, help="requests that may wait for a slot before 429/503")
-    add("--kv_cache_dtype", default="auto",
+    add(
+        "--kv_cache_dtype",
+        default="auto",
         help="KV cache type: auto (float16 on the native CPU kernels, else the model dtype), float32, float16; "
-             "passed to vLLM as-is")
-    add("--enable_prefix_caching", dest="enable_prefix_caching", action="store_true", default=True,
-        help="reuse the KV of earlier prompts that start the same way (default: on)")
-    add("--no_enable_prefix_caching", dest="enable_prefix_caching", action="store_false",
-        help="compute every prompt in full")
-    add("--num_speculative_tokens", type=int, default=3,
-        help="isvc engine: tokens drafted by prompt lookup and verified per step for greedy requests (0: off)")
-    add("--speculative_max_batch", type=int, default=1,
-        help="isvc engine: speculate only while at most this many requests decode")
+        "passed to vLLM as-is",
+    )
+    add(
+        "--enable_prefix_caching",
+        dest="enable_prefix_caching",
+        action="store_true",
+        default=True,
+        help="reuse the KV of earlier prompts that start the same way (default: on)",
+    )
+    add(
+        "--no_enable_prefix_caching",
+        dest="enable_prefix_caching",
+        action="store_false",
+        help="compute every prompt in full",
+    )
+    add(
+        "--num_speculative_tokens",
+        type=int,
+        default=3,
+        help="isvc engine: tokens drafted by prompt lookup and verified per step for greedy requests (0: off)",
+    )
+    add(
+        "--speculative_max_batch",
+        type=int,
+        default=1,
+        help="isvc engine: speculate only while at most this many requests decode",
+    )
     add("--kv_cache_space", type=float, default=4.0, help="KV cache budget in GiB")
     add("--num_threads", type=int, default=None, help="torch threads (default: the cores this process may use)")
     add("--seed", type=int, default=0, help="seed for requests that give none")
