@@ -1,4 +1,4 @@
-"""kubectl-style commands: up, down, apply, get, describe, delete, logs.
+"""kubectl-style commands: apply, get, describe, delete, logs (``up``/``down`` are in ``isvc.node``).
 
 Every command finds the control plane through the state dir (``--state-dir``, else
 ``$ISVC_STATE_DIR``, else ``~/.isvc``): desired state is written to its SQLite file and
@@ -9,24 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
-import signal
-import subprocess
 import sys
 import time
-import urllib.request
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from isvc.controlplane import process
 from isvc.controlplane.output import describe_text, isvc_table, runtime_table
 from isvc.controlplane.plan import build_plan
-from isvc.controlplane.settings import CPU_FALLBACK_ENV, GPUS_ENV, detect_gpus, env_flag
+from isvc.controlplane.process import running_pid
 from isvc.controlplane.store import Store, state_dir
-from isvc.controlplane.supervisor import running_pid, serve
 from isvc.errors import IsvcError
 from isvc.manifest import SHORT_NAMES, ManifestError, Resource, ServingRuntime, load_paths, parse_documents
 from isvc.manifest.models import InferenceService
@@ -39,12 +31,12 @@ _PLURAL = {
 }
 
 
-def _fail(exc: Exception) -> int:
+def fail(exc: Exception) -> int:
     print(f"error: {exc.message if isinstance(exc, IsvcError) else exc}", file=sys.stderr)
     return 1
 
 
-def _common(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--state-dir", default=None, help="control plane state (default $ISVC_STATE_DIR or ~/.isvc)")
     return parser
 
@@ -58,107 +50,6 @@ def _kind(word: str) -> str:
     if kind is None:
         raise IsvcError(f"unknown resource type {word!r}; use one of: {', '.join(sorted(SHORT_NAMES))}")
     return kind
-
-
-# ---- up / down ------------------------------------------------------------------------
-def up(argv: list[str]) -> int:
-    p = _common(argparse.ArgumentParser(prog="isvc up", description="start the controller and the gateway"))
-    p.add_argument("--port", type=int, default=int(os.environ.get("ISVC_PORT", "8080")), help="gateway port (8080)")
-    p.add_argument("--host", default="127.0.0.1", help="gateway interface (127.0.0.1; 0.0.0.0 for all)")
-    p.add_argument("--domain", default="example.com", help="Host routing domain: {name}.{namespace}.{domain}")
-    p.add_argument("--cpu-fallback", action="store_true", default=env_flag(CPU_FALLBACK_ENV),
-                   help=f"run predictors that ask for GPUs on CPU, with a warning condition (env {CPU_FALLBACK_ENV}=1)")  # fmt: skip
-    p.add_argument("--gpus", type=int, default=None, help=f"GPUs to offer (default: detected, or ${GPUS_ENV})")
-    p.add_argument("--api-key", action="append", default=[], metavar="NS=KEY",
-                   help="require 'Authorization: Bearer KEY' for namespace NS ('*' for all); repeatable")  # fmt: skip
-    p.add_argument("-d", "--detach", action="store_true", help="run in the background")
-    p.add_argument("--wait-timeout", type=float, default=60.0, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    from isvc.gateway.settings import GatewaySettings
-
-    keys: dict[str, list[str]] = {}
-    for item in args.api_key + [k for k in os.environ.get("ISVC_API_KEYS", "").split(",") if k.strip()]:
-        ns, sep, key = item.partition("=")
-        if not sep or not key:
-            return _fail(IsvcError(f"--api-key wants NS=KEY, got {item!r}"))
-        keys.setdefault(ns.strip(), []).append(key.strip())
-    root = state_dir(args.state_dir)
-    if args.detach:
-        return _detach(root, argv, args)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    settings = GatewaySettings(state_dir=root, host=args.host, port=args.port, domain=args.domain, api_keys=keys)
-    gpus = detect_gpus() if args.gpus is None else args.gpus
-    try:
-        return serve(settings, cpu_fallback=args.cpu_fallback, gpus=gpus)
-    except IsvcError as exc:
-        return _fail(exc)
-
-
-def _detach(root: Path, argv: list[str], args: argparse.Namespace) -> int:
-    if (pid := running_pid(root)) is not None:
-        return _fail(IsvcError(f"isvc is already running for {root} (pid {pid}); `isvc down` first"))
-    rest = [a for a in argv if a not in ("-d", "--detach")]
-    if "--state-dir" not in rest:
-        rest += ["--state-dir", str(root)]
-    log = root / "logs" / "controlplane.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "isvc", "up", *rest], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    url = f"http://{host}:{args.port}/_isvc/healthz"
-    deadline = time.monotonic() + args.wait_timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = "\n".join(process.tail(log, 5))
-            return _fail(IsvcError(f"isvc up exited with {proc.returncode}:\n{tail}"))
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
-                    print(f"isvc up: gateway on http://{host}:{args.port} (pid {proc.pid}), state in {root}, log {log}")
-                    return 0
-        except OSError:
-            time.sleep(0.1)
-    return _fail(IsvcError(f"isvc up did not answer on {url} within {args.wait_timeout:.0f}s; see {log}"))
-
-
-def down(argv: list[str]) -> int:
-    p = _common(argparse.ArgumentParser(prog="isvc down", description="stop the control plane and its predictors"))
-    p.add_argument("--timeout", type=float, default=40.0)
-    args = p.parse_args(argv)
-    root = state_dir(args.state_dir)
-    pid = running_pid(root)
-    if pid is not None:
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + args.timeout
-        while running_pid(root) is not None and time.monotonic() < deadline:
-            time.sleep(0.1)
-    store = Store(root)
-    store.set_meta("shutdown", "1")
-    cpid = int(store.get_meta("controller_pid") or 0)
-    if cpid and _is_controller(cpid):  # the supervisor died without stopping it
-        os.kill(cpid, signal.SIGTERM)
-        deadline = time.monotonic() + args.timeout
-        while _is_controller(cpid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-    leftovers = 0
-    for r in store.replicas():  # belt and braces: predictors of a controller that died with the supervisor
-        if r["pid"] and process.is_same_process(r["pid"], r["start_ticks"]):
-            process.kill_group(r["pid"], signal.SIGKILL)
-            leftovers += 1
-    store.db.execute("DELETE FROM replicas")  # the next `isvc up` starts them afresh
-    store.db.execute("UPDATE services SET route=NULL, status=NULL")
-    print("isvc down: stopped" if pid is not None else "isvc down: control plane was not running", end="")
-    print(f" ({leftovers} leftover predictor(s) killed)" if leftovers else "")
-    return 0
-
-
-def _is_controller(pid: int) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"isvc.controlplane.controller" in cmdline and process.is_same_process(pid, None)
 
 
 # ---- apply / delete -------------------------------------------------------------------
@@ -187,7 +78,7 @@ def _load(files: list[str], namespace: str | None, store: Store) -> list[Resourc
 
 
 def apply(argv: list[str]) -> int:
-    p = _common(argparse.ArgumentParser(prog="isvc apply", description="create or update resources"))
+    p = common_args(argparse.ArgumentParser(prog="isvc apply", description="create or update resources"))
     p.add_argument("-f", "--filename", action="append", required=True, help="FILE, DIR or - (stdin); repeatable")
     p.add_argument("-n", "--namespace", default=None)
     p.add_argument("--dry-run", action="store_true", help="validate and print what would run, change nothing")
@@ -215,7 +106,7 @@ def apply(argv: list[str]) -> int:
             verb = store.upsert_resource(res.kind, res.namespace, res.name, res.body, res.warnings)
             print(f"{_PLURAL[res.kind]}.{_GROUP}/{res.name} {verb}")
     except IsvcError as exc:
-        return _fail(exc)
+        return fail(exc)
     if not args.dry_run and running_pid(store.root) is None:
         print(f"note: the control plane is not running for {store.root}; `isvc up` to run these", file=sys.stderr)
     return 0
@@ -242,7 +133,7 @@ def _print_dry_run(res: Resource, runtimes: list[ServingRuntime]) -> None:
 
 
 def delete(argv: list[str]) -> int:
-    p = _common(argparse.ArgumentParser(prog="isvc delete", description="delete resources"))
+    p = common_args(argparse.ArgumentParser(prog="isvc delete", description="delete resources"))
     p.add_argument("what", nargs="*", help="TYPE NAME... or TYPE/NAME")
     p.add_argument("-f", "--filename", action="append", default=[])
     p.add_argument("-n", "--namespace", default=None)
@@ -274,7 +165,7 @@ def delete(argv: list[str]) -> int:
                 missing += 1
         return 1 if missing else 0
     except IsvcError as exc:
-        return _fail(exc)
+        return fail(exc)
 
 
 def _ns(args: argparse.Namespace, kind: str) -> str:
@@ -297,7 +188,7 @@ def _isvc_objects(store: Store, ns: str | None, name: str | None) -> list[dict[s
 
 
 def get(argv: list[str]) -> int:
-    p = _common(argparse.ArgumentParser(prog="isvc get", description="list resources"))
+    p = common_args(argparse.ArgumentParser(prog="isvc get", description="list resources"))
     p.add_argument("type")
     p.add_argument("name", nargs="?")
     p.add_argument("-n", "--namespace", default=None)
@@ -342,11 +233,11 @@ def get(argv: list[str]) -> int:
             print(table)
         return 0
     except IsvcError as exc:
-        return _fail(exc)
+        return fail(exc)
 
 
 def describe(argv: list[str]) -> int:
-    p = _common(argparse.ArgumentParser(prog="isvc describe", description="show one InferenceService in detail"))
+    p = common_args(argparse.ArgumentParser(prog="isvc describe", description="show one InferenceService in detail"))
     p.add_argument("type")
     p.add_argument("name", nargs="?")
     p.add_argument("-n", "--namespace", default="default")
@@ -373,11 +264,11 @@ def describe(argv: list[str]) -> int:
         print(describe_text(objs[0], warnings, events, revisions, gateway, running_pid(store.root) is not None))
         return 0
     except IsvcError as exc:
-        return _fail(exc)
+        return fail(exc)
 
 
 def logs(argv: list[str]) -> int:
-    p = _common(argparse.ArgumentParser(prog="isvc logs", description="print a predictor's log"))
+    p = common_args(argparse.ArgumentParser(prog="isvc logs", description="print a predictor's log"))
     p.add_argument("name", help="InferenceService name (or isvc/NAME)")
     p.add_argument("-n", "--namespace", default="default")
     p.add_argument("-f", "--follow", action="store_true")
@@ -389,11 +280,11 @@ def logs(argv: list[str]) -> int:
     store = _store(args)
     revisions = store.revisions(args.namespace, name)
     if not revisions and args.revision is None:
-        return _fail(IsvcError(f'inferenceservice "{name}" has no revision in namespace {args.namespace}'))
+        return fail(IsvcError(f'inferenceservice "{name}" has no revision in namespace {args.namespace}'))
     rev = args.revision or revisions[-1]["name"]
     path = store.root / "logs" / args.namespace / f"{rev}-{args.replica}.log"
     if not path.exists():
-        return _fail(IsvcError(f"no log yet for {rev} replica {args.replica} ({path})"))
+        return fail(IsvcError(f"no log yet for {rev} replica {args.replica} ({path})"))
     with open(path, "rb") as f:
         lines = f.read().decode("utf-8", "replace").splitlines(keepends=True)
         sys.stdout.write("".join(lines if args.tail < 0 else lines[-args.tail :]))
@@ -411,4 +302,4 @@ def logs(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["apply", "delete", "describe", "down", "get", "logs", "up"]
+__all__ = ["apply", "common_args", "delete", "describe", "fail", "get", "logs"]

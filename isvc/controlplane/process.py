@@ -42,6 +42,20 @@ def is_same_process(pid: int | None, ticks: int | None) -> bool:
     return now is not None and (ticks is None or now == ticks)
 
 
+UP_PID_FILE = "up.pid"
+"""``{state_dir}/up.pid``: "PID START_TICKS" of the live ``isvc up``."""
+
+
+def running_pid(root: Path) -> int | None:
+    """The pid of the live ``isvc up`` for this state dir, or None."""
+    try:
+        pid_s, ticks_s = (root / UP_PID_FILE).read_text().split()
+    except (OSError, ValueError):
+        return None
+    pid, ticks = int(pid_s), int(ticks_s)
+    return pid if is_same_process(pid, ticks) else None
+
+
 def resolve_command(command: list[str]) -> list[str]:
     """``isvc ...`` → this interpreter's ``-m isvc``; ``python``/``python3`` → this interpreter."""
     if command and command[0] == "isvc":

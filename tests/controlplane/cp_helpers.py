@@ -18,6 +18,7 @@ import httpx
 
 from isvc.controlplane import cli, process
 from isvc.controlplane.store import Store
+from isvc.node import cli as node_cli
 
 FAKE = Path(__file__).with_name("fake_predictor.py")
 
@@ -129,7 +130,7 @@ def start(tmp: Path, *extra: str) -> ControlPlane:
 def stop(cp: ControlPlane) -> None:
     rows = cp.store().replicas()
     cp.pids_seen |= {r["pid"] for r in rows if r["pid"]}
-    assert cli.down(cp.args("--timeout", "20")) == 0
+    assert node_cli.down(cp.args("--timeout", "20")) == 0
     try:
         cp.proc.wait(timeout=20)
     finally:

@@ -25,17 +25,6 @@ from isvc.gateway.app import create_app
 from isvc.gateway.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
-PID_FILE = "up.pid"
-
-
-def running_pid(root: Path) -> int | None:
-    """The pid of the live ``isvc up`` for this state dir, or None."""
-    try:
-        pid_s, ticks_s = (root / PID_FILE).read_text().split()
-    except (OSError, ValueError):
-        return None
-    pid, ticks = int(pid_s), int(ticks_s)
-    return pid if process.is_same_process(pid, ticks) else None
 
 
 class ControllerChild:
@@ -102,7 +91,7 @@ def _check_port(host: str, port: int) -> None:
 def serve(settings: GatewaySettings, *, cpu_fallback: bool, gpus: int) -> int:
     """Run until SIGINT/SIGTERM; then stop the controller, which stops the predictors."""
     root = settings.state_dir
-    if (pid := running_pid(root)) is not None:
+    if (pid := process.running_pid(root)) is not None:
         raise ConfigError(f"isvc is already running for {root} (pid {pid}); `isvc down` first")
     _check_port(settings.host, settings.port)
     store = Store(root)
@@ -115,7 +104,7 @@ def serve(settings: GatewaySettings, *, cpu_fallback: bool, gpus: int) -> int:
         "shutdown": "0",
     }.items():
         store.set_meta(key, value)
-    (root / PID_FILE).write_text(f"{os.getpid()} {process.start_ticks(os.getpid())}")
+    (root / process.UP_PID_FILE).write_text(f"{os.getpid()} {process.start_ticks(os.getpid())}")
     child = ControllerChild(root, cpu_fallback, gpus)
     child.start()
     routes_store = Store(root)
@@ -136,5 +125,5 @@ def serve(settings: GatewaySettings, *, cpu_fallback: bool, gpus: int) -> int:
     finally:
         store.set_meta("shutdown", "1")
         child.stop(timeout_s=30.0)
-        (root / PID_FILE).unlink(missing_ok=True)
+        (root / process.UP_PID_FILE).unlink(missing_ok=True)
     return 0

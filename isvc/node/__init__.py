@@ -1,0 +1,1 @@
+"""One machine: the ``isvc up`` process, which composes the gateway and the control plane's controller."""
