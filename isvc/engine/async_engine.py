@@ -2,14 +2,17 @@
 
 The core runs on its own thread; outputs cross back to the event loop with
 ``call_soon_threadsafe``. A consumer that stops (client disconnect, cancellation)
-aborts its request, which frees the batch slot at the next step.
+aborts its request, which frees the batch slot at the next step. If the core's loop
+dies, every request fails with EngineDeadError (503), and ``on_dead`` is called once
+so the server can exit for its controller to restart it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from isvc.engine.config import EngineConfig
@@ -18,15 +21,19 @@ from isvc.engine.errors import ContextLengthExceeded, EngineDeadError, EngineOve
 from isvc.engine.outputs import RequestOutput
 from isvc.engine.params import SamplingParams
 from isvc.engine.request import EngineRequest
-from isvc.errors import InvalidRequest, NotReady
+from isvc.errors import InvalidRequest, IsvcError, NotReady
+
+logger = logging.getLogger(__name__)
 
 
 class AsyncEngine:
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, on_dead: Callable[[BaseException], None] | None = None) -> None:
         self.config = config
         self.core: EngineCore | None = None
         self.ready = False
         self.load_error: BaseException | None = None
+        self.on_dead = on_dead
+        """Called once, from the engine thread, when the engine dies (may be set after load)."""
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -34,6 +41,7 @@ class AsyncEngine:
         """Load weights and run the warm-up step (blocking; call from a worker thread)."""
         core = EngineCore(self.config)
         core.warm_up()
+        core.on_dead = self._died
         core.start()
         self.core = core
         self.ready = True
@@ -41,6 +49,19 @@ class AsyncEngine:
     def shutdown(self) -> None:
         if self.core:
             self.core.shutdown()
+
+    @property
+    def dead(self) -> bool:
+        """The engine loop failed: nothing will be served again (liveness answers 503)."""
+        return self.core is not None and self.core.dead is not None
+
+    def _died(self, exc: BaseException) -> None:
+        self.ready = False
+        if self.on_dead is not None:
+            try:
+                self.on_dead(exc)
+            except Exception:
+                logger.exception("on_dead failed")
 
     @property
     def tokenizer(self) -> Any:
@@ -51,10 +72,10 @@ class AsyncEngine:
         return self._core().max_model_len
 
     def _core(self) -> EngineCore:
+        if self.core is not None and self.core.dead is not None:
+            raise EngineDeadError(f"the engine stopped: {self.core.dead}")
         if self.core is None or not self.ready:
             raise NotReady("the model is still loading; retry when /v2/health/ready returns 200", retry_after_s=5)
-        if self.core.dead is not None:
-            raise EngineDeadError(f"the engine stopped: {self.core.dead}")
         return self.core
 
     # -- requests --------------------------------------------------------------------------
@@ -99,7 +120,10 @@ class AsyncEngine:
         queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
 
         def emit(out: RequestOutput) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, out)
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, out)
+            except RuntimeError:  # the consumer's event loop is closed: nobody is listening
+                core.abort(request_id)
 
         request = EngineRequest(request_id, list(prompt_ids), params, arrival_s=time.monotonic())
         core.submit(request, emit)
@@ -109,6 +133,8 @@ class AsyncEngine:
                 out = await queue.get()
                 if out.error is not None:
                     finished = True
+                    if isinstance(out.error, IsvcError):  # a refusal (400) or a dead engine (503)
+                        raise out.error
                     raise GenerationFailed(f"generation failed: {out.error}") from out.error
                 yield out
                 if out.finished:

@@ -61,3 +61,7 @@ class EngineConfig(BaseModel):
 
     seed: int = 0
     """Seed for requests that give none."""
+
+    served_model_name: str | None = None
+    """The name clients use for the model: the ``model_name`` label of the vllm:* metrics
+    (vLLM's flag name); defaults to the model folder's name."""

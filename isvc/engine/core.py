@@ -1,8 +1,15 @@
 """EngineCore: the busy loop `schedule -> model step -> sample -> outputs` on its own thread.
 
-The loop never dies on one request's error: a failed step fails the requests in it
-and the loop goes on. The event loop talks to it only through ``submit``/``abort``
-(thread-safe) and the ``emit`` callback it was given.
+Failures are contained at three depths:
+- one request's own work (admission, sampling, stop checks, detokenizing, emitting) is
+  guarded per request: an error fails that request alone, and the rest of the batch goes
+  on with the tokens it would have had anyway;
+- a fault in the shared step (the forward pass, the KV cache) fails the step's requests,
+  and the loop goes on;
+- a fault in the loop itself (the inbox, idling) marks the engine dead: every request gets
+  EngineDeadError, new ones fail at once, and ``on_dead`` tells the server to exit.
+The event loop talks to it only through ``submit``/``abort`` (thread-safe) and the
+``emit`` callback it was given.
 """
 
 from __future__ import annotations
@@ -23,13 +30,14 @@ import torch
 from isvc.engine import metrics
 from isvc.engine.config import EngineConfig
 from isvc.engine.detokenizer import IncrementalDetokenizer
+from isvc.engine.errors import EngineDeadError
 from isvc.engine.kv_cache import KVCacheFull
 from isvc.engine.llama import ChunkInput, LlamaModel, StepInput, torch_dtype
 from isvc.engine.outputs import RequestOutput, TokenLogprob
 from isvc.engine.params import SamplingParams
 from isvc.engine.prefix_cache import PrefixCache, PrefixHit
 from isvc.engine.request import EngineRequest, RequestStatus
-from isvc.engine.sampler import Sampler
+from isvc.engine.sampler import Sampler, SampleResult
 from isvc.engine.scheduler import PrefillChunk, Scheduler
 from isvc.engine.speculation import accepted, can_speculate, propose
 from isvc.engine.stop import StopChecker
@@ -99,19 +107,28 @@ class EngineCore:
         )
         self.sampler = Sampler(config.seed)
         self.eos_ids = _eos_ids(model_dir, self.tokenizer)
+        self.metrics = metrics.EngineMetrics(config.served_model_name or model_dir.name)
         self._tracked: dict[str, _Tracked] = {}
         self._inbox: deque[tuple[str, Any]] = deque()
+        self._inbox_lock = threading.Lock()  # orders submit() against the engine's death
         self._wake = threading.Event()
         self._stopped = False
         self._thread: threading.Thread | None = None
+        self._step_tokens = 0  # tokens accepted in the current step (counted once per step)
         self.max_batch_seen = 0
         self.dead: BaseException | None = None
+        self.on_dead: Callable[[BaseException], None] | None = None
+        """Called once, on the engine thread, when the loop fails (the process should exit)."""
 
     # -- thread-safe API -------------------------------------------------------------------
 
     def submit(self, request: EngineRequest, emit: Emit) -> None:
-        self._inbox.append(("add", (request, emit)))
-        self._wake.set()
+        with self._inbox_lock:
+            if self.dead is None:
+                self._inbox.append(("add", (request, emit)))
+                self._wake.set()
+                return
+        emit(_failed(request, EngineDeadError(f"the engine stopped: {self.dead}")))
 
     def abort(self, request_id: str) -> None:
         self._inbox.append(("abort", request_id))
@@ -139,30 +156,54 @@ class EngineCore:
             self.tokenizer.encode("Hello, world")[:8] or [0],
             SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True),
         )
-        self._add(req, done.append)
-        while self.scheduler.has_work():
-            self.step()
-        metrics.MAX_BATCH_SIZE.set(0)
+        with self.metrics.mute():  # not traffic: no latency, token or batch samples
+            self._add(req, done.append)
+            while self.scheduler.has_work():
+                self.step()
         self.max_batch_seen = 0
+        if done and done[-1].error is not None:
+            raise done[-1].error
 
     # -- the loop --------------------------------------------------------------------------
 
     def _run(self) -> None:
-        while not self._stopped:
-            self._drain_inbox()
-            if not self.scheduler.has_work():
-                metrics.NUM_RUNNING.set(0)
-                metrics.NUM_WAITING.set(0)
-                self.cache.shrink()
-                metrics.KV_CACHE_BYTES.set(self.cache.nbytes)
-                self._wake.wait(timeout=0.5)
-                self._wake.clear()
-                continue
+        try:
+            while not self._stopped:
+                self._drain_inbox()
+                if not self.scheduler.has_work():
+                    self._idle()
+                    continue
+                try:
+                    self.step()
+                except Exception as exc:  # a shared fault (the forward pass): fails the step's requests
+                    logger.exception("engine step failed; failing the requests in it")
+                    self._fail_running(exc)
+        except BaseException as exc:  # the loop's own fault: nothing it tracks can be trusted
+            self._die(exc)
+
+    def _idle(self) -> None:
+        self.cache.shrink()
+        self.metrics.load(0, 0, 0.0, self.cache.nbytes)
+        self._wake.wait(timeout=0.5)
+        self._wake.clear()
+
+    def _die(self, exc: BaseException) -> None:
+        """Mark the engine dead, fail every request it holds or was sent, and tell ``on_dead``."""
+        logger.critical("the engine loop failed; the engine is dead", exc_info=exc)
+        with self._inbox_lock:
+            self.dead = exc
+            sent = [payload for kind, payload in self._inbox if kind == "add"]
+            self._inbox.clear()
+        error = EngineDeadError(f"the engine stopped: {type(exc).__name__}: {exc}")
+        held = [(t.request, t.emit) for t in self._tracked.values()]
+        self._tracked.clear()
+        for request, emit in held + sent:
             try:
-                self.step()
-            except Exception as exc:  # one bad step fails its requests, never the loop
-                logger.exception("engine step failed; failing the requests in it")
-                self._fail_running(exc)
+                emit(_failed(request, error))
+            except Exception:
+                logger.exception("could not fail request %s", request.request_id)
+        if self.on_dead is not None:
+            self.on_dead(exc)
 
     def _drain_inbox(self) -> None:
         while self._inbox:
@@ -177,12 +218,20 @@ class EngineCore:
 
     def _add(self, request: EngineRequest, emit: Emit) -> None:
         p = request.params
-        self._tracked[request.request_id] = _Tracked(
-            request=request,
-            emit=emit,
-            detok=IncrementalDetokenizer(self.tokenizer, request.prompt_token_ids, p.skip_special_tokens),
-            stop=StopChecker(p.stop),
-        )
+        try:  # this request's own setup: a failure here is its alone
+            tracked = _Tracked(
+                request=request,
+                emit=emit,
+                detok=IncrementalDetokenizer(self.tokenizer, request.prompt_token_ids, p.skip_special_tokens),
+                stop=StopChecker(p.stop),
+            )
+            self.sampler.add(request.request_id, p)
+        except Exception as exc:
+            logger.warning("request %s refused at admission: %r", request.request_id, exc)
+            metrics.FAILED.inc()
+            emit(_failed(request, exc))
+            return
+        self._tracked[request.request_id] = tracked
         self.scheduler.add(request)
 
     def _reuse_prefix(self, req: EngineRequest) -> None:
@@ -190,10 +239,10 @@ class EngineCore:
         if self.prefix_cache is None or req.params.prompt_logprobs is not None:
             return  # scoring every prompt token needs every row computed
         hit = self.prefix_cache.lookup(req.prompt_token_ids)
+        self.metrics.prefix_lookup(req.num_prompt_tokens, hit.num_tokens if hit is not None else 0)
         if hit is not None:
             req.num_computed_tokens = hit.num_tokens
             self._prefix_loads.append((req, hit))
-            metrics.PREFIX_CACHE_HIT_TOKENS.inc(hit.num_tokens)
 
     def step(self) -> None:
         for move in self.scheduler.take_moves():
@@ -239,16 +288,20 @@ class EngineCore:
             ],
         )
         logits = self.model.forward(step, self.cache)
+        self._step_tokens = 0
         self._after_forward(out, logits, plain, drafts)
-        metrics.STEP_SECONDS.observe(time.perf_counter() - started)
-        if out.decode:
-            metrics.BATCH_SIZE.observe(len(out.decode))
-            if len(out.decode) > self.max_batch_seen:
-                self.max_batch_seen = len(out.decode)
-                metrics.MAX_BATCH_SIZE.set(self.max_batch_seen)
-        metrics.NUM_RUNNING.set(self.scheduler.num_running)
-        metrics.NUM_WAITING.set(self.scheduler.num_waiting)
-        metrics.KV_CACHE_BYTES.set(self.cache.nbytes)
+        self.max_batch_seen = max(self.max_batch_seen, len(out.decode))
+        self.metrics.step(
+            time.perf_counter() - started,
+            computed_prompt=sum(c.end - c.start for c in out.prefill),
+            prompts_done=sum(c.request.num_prompt_tokens for c in out.prefill if c.completes_prompt),
+            generated=self._step_tokens,
+            batch=len(out.decode),
+            max_batch=self.max_batch_seen,
+        )
+        # The share of the KV budget this batch needs: dense slots x the longest request.
+        kv_usage = self.scheduler.num_running * need * self.cache.bytes_per_slot_token / self.cache.budget_bytes
+        self.metrics.load(self.scheduler.num_running, self.scheduler.num_waiting, min(kv_usage, 1.0), self.cache.nbytes)
 
     def _drafts(self, out: Any) -> dict[EngineRequest, list[int]]:
         """Prompt-lookup drafts for the greedy requests of a small decode-only step."""
@@ -260,10 +313,13 @@ class EngineCore:
             room = min(
                 k, req.params.max_tokens - len(req.output_token_ids) - 1, self.max_model_len - req.num_tokens - 1
             )
-            if room > 0 and can_speculate(req.params):
-                proposal = propose(req.prompt_token_ids + req.output_token_ids, room)
-                if proposal:
-                    drafts[req] = proposal
+            try:
+                if room > 0 and can_speculate(req.params):
+                    proposal = propose(req.prompt_token_ids + req.output_token_ids, room)
+                    if proposal:
+                        drafts[req] = proposal
+            except Exception:  # drafting only saves time: this request decodes plainly
+                logger.exception("no drafts for request %s", req.request_id)
         return drafts
 
     def _after_forward(
@@ -288,52 +344,82 @@ class EngineCore:
         for chunk in out.prefill:
             req = chunk.request
             n_rows = _num_logit_rows(chunk)
-            if n_rows > 1:  # echo + logprobs: score each prompt token
-                self._record_prompt_logprobs(chunk, logits[r : r + n_rows])
             req.num_computed_tokens = chunk.end
-            metrics.PROMPT_TOKENS.inc(chunk.end - chunk.start)
-            if chunk.completes_prompt:
-                if self.prefix_cache is not None and req.slot is not None:
-                    self.prefix_cache.store(req.prompt_token_ids, self.cache, req.slot)
-                rows.append(req)
-                row_index.append(r + n_rows - 1)
+            try:
+                if n_rows > 1:  # echo + logprobs: score each prompt token
+                    self._record_prompt_logprobs(chunk, logits[r : r + n_rows])
+                if chunk.completes_prompt:
+                    if self.prefix_cache is not None and req.slot is not None:
+                        self.prefix_cache.store(req.prompt_token_ids, self.cache, req.slot)
+                    rows.append(req)
+                    row_index.append(r + n_rows - 1)
+            except Exception as exc:
+                self._fail(req, exc)
             r += n_rows
         now = time.monotonic()
         for req, tokens in verified:
-            tracked = self._tracked.get(req.request_id)
             for token in tokens:
+                tracked = self._tracked.get(req.request_id)
                 if tracked is None or req.status.finished:
                     break  # a stop, EOS or max_tokens among them ends the request there
-                self._accept_token(tracked, token, None, now)
-        if not rows:
+                self._accept_row(tracked, token, None, now)
+        if rows:
+            sel = logits if len(row_index) == logits.shape[0] else logits[torch.tensor(row_index)]
+            self._sample_and_accept(sel, rows)
+
+    def _sample_and_accept(self, logits: torch.Tensor, rows: list[EngineRequest]) -> None:
+        """One batched sample for all rows; if it raises, row by row, failing only the rows that raise.
+
+        Row by row gives greedy rows the very same tokens (an argmax per row) and seeded
+        rows the same draws (their generators are their own).
+        """
+        try:
+            result = self.sampler.sample(
+                logits, [q.request_id for q in rows], [q.params for q in rows], [q.output_token_ids for q in rows]
+            )
+        except Exception:
+            logger.exception("batched sampling failed; sampling its %d rows one by one", len(rows))
+            for i, req in enumerate(rows):
+                try:
+                    one = self.sampler.sample(logits[i : i + 1], [req.request_id], [req.params], [req.output_token_ids])
+                except Exception as exc:
+                    self._fail(req, exc)
+                    continue
+                tracked = self._tracked.get(req.request_id)
+                if tracked is not None:
+                    self._accept_row(tracked, one.token_ids[0], self._logprob(req, one, 0), time.monotonic())
             return
-        sel = logits if len(row_index) == logits.shape[0] else logits[torch.tensor(row_index)]
-        result = self.sampler.sample(
-            sel, [q.request_id for q in rows], [q.params for q in rows], [q.output_token_ids for q in rows]
-        )
         now = time.monotonic()
         for i, req in enumerate(rows):
             tracked = self._tracked.get(req.request_id)
-            if tracked is None:
-                continue
-            lp = None
-            if result.logprobs is not None and req.params.logprobs is not None:
-                lp = TokenLogprob(
-                    result.token_ids[i],
-                    self._piece(result.token_ids[i]),
-                    result.logprobs[i],
-                    [(t, self._piece(t), v) for t, v in (result.top or [[]] * len(rows))[i]],
-                )
-            self._accept_token(tracked, result.token_ids[i], lp, now)
+            if tracked is not None:
+                lp = self._logprob(req, result, i) if result.logprobs is not None else None
+                self._accept_row(tracked, result.token_ids[i], lp, now)
+
+    def _logprob(self, req: EngineRequest, result: SampleResult, i: int) -> TokenLogprob | None:
+        if result.logprobs is None or req.params.logprobs is None:
+            return None
+        token_id = result.token_ids[i]
+        top = result.top[i] if result.top else []
+        return TokenLogprob(
+            token_id, self._piece(token_id), result.logprobs[i], [(t, self._piece(t), v) for t, v in top]
+        )
+
+    def _accept_row(self, t: _Tracked, token_id: int, lp: TokenLogprob | None, now: float) -> None:
+        """Stop checks, detokenizing and emitting for one request: a failure fails it alone."""
+        try:
+            self._accept_token(t, token_id, lp, now)
+        except Exception as exc:
+            self._fail(t.request, exc)
 
     def _accept_token(self, t: _Tracked, token_id: int, lp: TokenLogprob | None, now: float) -> None:
         req = t.request
         p = req.params
         if t.first_token_s is None:
             t.first_token_s = now
-            metrics.TTFT_SECONDS.observe(now - req.arrival_s)
+            self.metrics.first_token(now - req.arrival_s)
         req.output_token_ids.append(token_id)
-        metrics.GENERATION_TOKENS.inc()
+        self._step_tokens += 1
         t.pending_ids.append(token_id)
         if lp is not None:
             t.pending_logprobs.append(lp)
@@ -388,19 +474,32 @@ class EngineCore:
         self.scheduler.finish(req, status)
         self._tracked.pop(req.request_id, None)
         self.sampler.forget(req.request_id)
-        metrics.E2E_SECONDS.observe(time.monotonic() - req.arrival_s)
+        self.metrics.finished(time.monotonic() - req.arrival_s)
         if notify:
             self._emit_delta(t, final=True, finish_reason=status.finish_reason, error=error)
+
+    def _fail(self, req: EngineRequest, exc: BaseException) -> None:
+        """An unexpected error in one request's own work: that request ends with it, alone."""
+        logger.warning("request %s failed: %r", req.request_id, exc, exc_info=exc)
+        metrics.FAILED.inc()
+        t = self._tracked.get(req.request_id)
+        if t is None:
+            return  # already finished (the error came from its final emit): nothing left to free
+        try:
+            self._finish(t, RequestStatus.FINISHED_ERROR, error=exc)
+        except Exception:
+            logger.exception("could not report the failure of request %s", req.request_id)
 
     def _fail_running(self, exc: BaseException) -> None:
         for t in list(self._tracked.values()):
             if t.request.status == RequestStatus.RUNNING:
+                metrics.FAILED.inc()
                 self._finish(t, RequestStatus.FINISHED_ERROR, error=exc)
 
     def _record_prompt_logprobs(self, chunk: PrefillChunk, logits: torch.Tensor) -> None:
         t = self._tracked[chunk.request.request_id]
         prompt = chunk.request.prompt_token_ids
-        k = chunk.request.params.prompt_logprobs or 0
+        k = min(chunk.request.params.prompt_logprobs or 0, logits.shape[-1])
         logprobs = torch.log_softmax(logits, dim=-1)  # row j predicts token start + j + 1
         if chunk.start == 0:
             t.prompt_logprobs.append(None)  # the first prompt token has no logprob
@@ -417,6 +516,19 @@ class EngineCore:
 
     def _piece(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id], skip_special_tokens=False)
+
+
+def _failed(request: EngineRequest, error: BaseException) -> RequestOutput:
+    """The last output of a request that ends in ``error`` (it may never have run)."""
+    return RequestOutput(
+        request_id=request.request_id,
+        text="",
+        token_ids=[],
+        num_prompt_tokens=request.num_prompt_tokens,
+        num_output_tokens=len(request.output_token_ids),
+        finish_reason=RequestStatus.FINISHED_ERROR.finish_reason,
+        error=error,
+    )
 
 
 def _slot(req: EngineRequest) -> int:

@@ -1,8 +1,20 @@
-"""SamplingParams: what one request asks of the sampler and the stop logic."""
+"""SamplingParams: what one request asks of the sampler and the stop logic.
+
+Construction refuses (InvalidRequest, naming the field) any value the engine cannot
+represent, so a bad value is a 400 before any work and never reaches the shared step.
+These are the engine's limits (torch's int64 and seed ranges, finite floats); the wire
+schemas apply the narrower API ranges (vLLM's) on top.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+from isvc.errors import InvalidRequest
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+SEED_MIN, SEED_MAX = INT64_MIN, 2**64 - 1  # what torch.Generator.manual_seed accepts
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +34,26 @@ class SamplingParams:
     skip_special_tokens: bool = True
     extra: dict[str, object] = field(default_factory=dict, compare=False)
 
+    def __post_init__(self) -> None:
+        _int("max_tokens", self.max_tokens, 0, INT64_MAX)
+        _float("temperature", self.temperature, 0.0, math.inf)
+        _float("top_p", self.top_p, 0.0, 1.0)  # 0 keeps the most likely token only
+        _int("top_k", self.top_k, -1, INT64_MAX)
+        if self.seed is not None:
+            _int("seed", self.seed, SEED_MIN, SEED_MAX)
+        if not isinstance(self.stop, tuple) or not all(isinstance(s, str) for s in self.stop):
+            raise InvalidRequest("stop must be a string or a list of strings", param="stop")
+        if not isinstance(self.stop_token_ids, tuple):
+            raise InvalidRequest("stop_token_ids must be a list of integers", param="stop_token_ids")
+        for token_id in self.stop_token_ids:
+            _int("stop_token_ids", token_id, INT64_MIN, INT64_MAX)
+        _float("presence_penalty", self.presence_penalty, -math.inf, math.inf)
+        _float("frequency_penalty", self.frequency_penalty, -math.inf, math.inf)
+        if self.logprobs is not None:
+            _int("logprobs", self.logprobs, 0, INT64_MAX)
+        if self.prompt_logprobs is not None:
+            _int("prompt_logprobs", self.prompt_logprobs, 0, INT64_MAX)
+
     @property
     def greedy(self) -> bool:
         return self.temperature <= 1e-5 or self.top_k == 1
@@ -29,3 +61,20 @@ class SamplingParams:
     @property
     def has_penalties(self) -> bool:
         return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+
+def _int(name: str, value: object, lo: int, hi: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidRequest(f"{name} must be an integer, got {value!r}", param=name)
+    if not lo <= value <= hi:
+        raise InvalidRequest(f"{name} must be between {lo} and {hi}, got {value}", param=name)
+    return value
+
+
+def _float(name: str, value: object, lo: float, hi: float) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise InvalidRequest(f"{name} must be a number, got {value!r}", param=name)
+    if not math.isfinite(value) or not lo <= value <= hi:
+        bounds = f">= {lo}" if hi == math.inf else "any finite number" if lo == -math.inf else f"in [{lo}, {hi}]"
+        raise InvalidRequest(f"{name} must be {bounds}, got {value}", param=name)
+    return float(value)

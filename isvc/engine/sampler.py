@@ -26,6 +26,11 @@ class Sampler:
         self.generator = torch.Generator().manual_seed(default_seed)
         self.request_generators: dict[str, torch.Generator] = {}
 
+    def add(self, request_id: str, params: SamplingParams) -> None:
+        """At admission: a seeded request's generator (a seed torch refuses fails that request only)."""
+        if params.seed is not None:
+            self.request_generators[request_id] = torch.Generator().manual_seed(params.seed)
+
     def forget(self, request_id: str) -> None:
         self.request_generators.pop(request_id, None)
 
@@ -68,7 +73,7 @@ class Sampler:
         if raw_logprobs is None:
             return SampleResult(token_ids, None, None)
         picked = raw_logprobs.gather(1, chosen[:, None])[:, 0].tolist()
-        k = max((p.logprobs or 0) for p in params)
+        k = min(max((p.logprobs or 0) for p in params), logits.shape[-1])
         top: list[list[tuple[int, float]]] = [[] for _ in range(R)]
         if k > 0:
             vals, ids = raw_logprobs.topk(k, dim=-1)
@@ -90,11 +95,12 @@ def _top_k_top_p(rows: torch.Tensor, top_ks: list[int], top_ps: list[float]) -> 
         return rows
     sorted_rows, order = rows.sort(dim=-1, descending=True)
     V = rows.shape[-1]
-    ks = torch.tensor([k if k > 0 else V for k in top_ks])[:, None]
+    ks = torch.tensor([min(k, V) if k > 0 else V for k in top_ks])[:, None]
     ranks = torch.arange(V)[None, :]
     drop = ranks >= ks
     ps = torch.tensor(top_ps, dtype=rows.dtype)[:, None]
     cum = torch.softmax(sorted_rows, dim=-1).cumsum(dim=-1)
     drop |= (cum - torch.softmax(sorted_rows, dim=-1)) >= ps  # keep the token that crosses p
+    drop[:, 0] = False  # the most likely token always stays (top_p=0 is greedy)
     sorted_rows = sorted_rows.masked_fill(drop, float("-inf"))
     return torch.empty_like(rows).scatter_(1, order, sorted_rows)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from isvc.engine.async_engine import AsyncEngine
@@ -22,6 +23,9 @@ from isvc.server.protocols.openai.serving import OpenAIServing
 
 logger = logging.getLogger(__name__)
 
+ENGINE_DEATH_EXIT_DELAY_S = 2.0
+"""After the engine dies: time for in-flight requests to get their 503 before the exit."""
+
 
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
@@ -30,6 +34,7 @@ class ServerSettings:
     enable_docs_url: bool = False
     log_requests: bool = True
     exit_on_load_failure: bool = True
+    exit_on_engine_death: bool = True
 
 
 def create_app(settings: ServerSettings, engine: AsyncEngine) -> FastAPI:
@@ -49,6 +54,8 @@ def create_app(settings: ServerSettings, engine: AsyncEngine) -> FastAPI:
         openapi_url="/openapi.json" if docs else None,
     )
     errors.install_handlers(app)
+    if settings.exit_on_engine_death and engine.on_dead is None:
+        engine.on_dead = _exit_soon
 
     serving = OpenAIServing(engine, settings.model_name, settings.model_root)
     openai_router = openai_routes.build_router(serving)
@@ -58,8 +65,10 @@ def create_app(settings: ServerSettings, engine: AsyncEngine) -> FastAPI:
     app.include_router(kserve_v2.build_router(engine, settings.model_name))
 
     @app.get("/")
-    async def root() -> dict[str, str]:
-        return {"status": "alive"}
+    async def root() -> JSONResponse:
+        if engine.dead:
+            return JSONResponse({"status": "dead"}, status_code=503)
+        return JSONResponse({"status": "alive"})
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -81,6 +90,12 @@ def create_app(settings: ServerSettings, engine: AsyncEngine) -> FastAPI:
             return response
 
     return app
+
+
+def _exit_soon(exc: BaseException) -> None:
+    """The engine died: exit non-zero shortly, so the controller restarts the server."""
+    logger.critical("the engine is dead (%s); exiting in %.0fs", exc, ENGINE_DEATH_EXIT_DELAY_S)
+    threading.Timer(ENGINE_DEATH_EXIT_DELAY_S, os._exit, args=(1,)).start()
 
 
 async def _load(engine: AsyncEngine, settings: ServerSettings) -> None:

@@ -75,6 +75,7 @@ def main(argv: list[str]) -> int:
             num_threads=args.num_threads or _threads_from_env(),
             trust_remote_code=args.trust_remote_code,
             seed=args.seed,
+            served_model_name=args.model_name,
         )
     except ValidationError as exc:  # a flag out of its bounds: name the flag, no traceback
         for error in exc.errors():

@@ -41,8 +41,8 @@ def build_router(engine: AsyncEngine, model_name: str) -> APIRouter:
         return {"name": "isvc", "version": __version__, "extensions": []}
 
     @router.get("/health/live")
-    async def live() -> dict[str, bool]:
-        return {"live": True}
+    async def live() -> JSONResponse:
+        return JSONResponse({"live": not engine.dead}, status_code=503 if engine.dead else 200)
 
     @router.get("/health/ready")
     async def ready() -> JSONResponse:
