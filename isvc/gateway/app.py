@@ -1,12 +1,16 @@
-"""The gateway's ASGI app: resolve a route, check the API key, stream the proxied response.
+"""The gateway's ASGI app: resolve a route, check the API key, stream the body both ways.
 
-SSE and every other body is passed through chunk by chunk (``aiter_raw``), never buffered.
-The response names the revision that served it in ``x-isvc-revision``.
+Request bodies are streamed to the predictor, never held: only a request routed by its
+OpenAI ``model`` field has a prefix of at most ``model_scan_bytes`` held while the field
+is found (``model_field.ModelScanner``). Responses are passed through chunk by chunk,
+except small non-streaming answers, which are read whole first so that a predictor dying
+mid-answer becomes a 502 instead of a cut body. A predictor that dies mid-stream ends an
+SSE stream with an error event and ``[DONE]``. The response names the revision that served
+it in ``x-isvc-revision``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -23,7 +27,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as StarletteRoute
 
 from isvc.errors import GatewayTimeout, InvalidRequest, IsvcError, NotFound, Unauthorized, Unavailable
-from isvc.gateway.routing import Pick, Route, RouteTable
+from isvc.gateway.errors import UpstreamFailed, error_response, sse_error
+from isvc.gateway.model_field import ModelScanner, NoModel
+from isvc.gateway.routing import Pick, Route, RouteTable, Visible
 from isvc.gateway.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
@@ -37,6 +43,10 @@ _HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
         "transfer-encoding", "upgrade", "host"}  # fmt: skip
 _HOP_RESPONSE = _HOP | {"content-length"}  # the body is re-streamed (chunked)
 _MODEL_PATHS = ("completions", "chat/completions", "embeddings", "responses")
+_READ_WHOLE_BYTES = 1 << 20
+"""A non-SSE answer up to this size is read whole before its status is sent."""
+_SSE_HOLD_BYTES = 1 << 20
+"""Longest partial SSE event held back (so an error event never lands inside one)."""
 
 
 @dataclass
@@ -60,18 +70,51 @@ class _Routes:
         return self.table
 
 
-def _error(exc: IsvcError, retry_after_s: int | None = None) -> JSONResponse:
-    body = {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
-    headers = {}
-    if exc.http_status == 503:
-        headers["Retry-After"] = str(exc.retry_after_s or retry_after_s or 5)
-    if exc.http_status == 401:
-        headers["WWW-Authenticate"] = "Bearer"
-    return JSONResponse(body, status_code=exc.http_status, headers=headers)
+class _Body:
+    """The request body sent upstream: the prefix already read, then the rest of the client's stream."""
+
+    def __init__(self, prefix: bytes, rest: AsyncIterator[bytes] | None) -> None:
+        self.prefix = prefix
+        self.rest = rest
+        self.started = False
+
+    @property
+    def empty(self) -> bool:
+        return not self.prefix and self.rest is None
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        self.started = True
+        if self.prefix:
+            yield self.prefix
+        if self.rest is not None:
+            async for chunk in self.rest:
+                if chunk:
+                    yield chunk
+
+
+@dataclass
+class _Target:
+    route: Route
+    path: str
+    """The path sent upstream; its protocol decides the error body."""
+    body: _Body
 
 
 def _host(request: Request) -> str:
     return request.headers.get("host", "").split(":")[0].lower()
+
+
+def _token(request: Request) -> str:
+    auth = request.headers.get("authorization", "")
+    return auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
+
+
+def _protocol_path(path: str) -> str:
+    """The path as the predictor sees it (``/serving/{ns}/{name}`` stripped)."""
+    if path.startswith("/serving/"):
+        parts = path.split("/", 4)
+        return "/" + parts[4] if len(parts) > 4 else "/"
+    return path
 
 
 def create_app(settings: GatewaySettings, source: RouteSource) -> Starlette:
@@ -85,38 +128,68 @@ def create_app(settings: GatewaySettings, source: RouteSource) -> Starlette:
             state["client"] = client
             yield
 
+    def keys_for(namespace: str) -> list[str]:
+        return settings.api_keys.get(namespace, []) + settings.api_keys.get("*", [])
+
+    def visible_to(request: Request) -> Visible:
+        token = _token(request)
+
+        def visible(namespace: str) -> bool:
+            keys = keys_for(namespace)
+            return not keys or token in keys
+
+        return visible
+
     def check_key(request: Request, namespace: str) -> None:
-        keys = settings.api_keys.get(namespace, []) + settings.api_keys.get("*", [])
-        if not keys:
-            return
-        auth = request.headers.get("authorization", "")
-        token = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-        if token not in keys:
+        if not visible_to(request)(namespace):
             raise Unauthorized(f"namespace {namespace!r} needs an API key: send 'Authorization: Bearer <key>'")
 
-    async def resolve(request: Request, body: bytes | None) -> tuple[Route, str]:
-        """(route, path to send upstream)."""
-        table = routes.get()
+    async def read_model(stream: AsyncIterator[bytes]) -> tuple[str, bytes, bool]:
+        """(model, the bytes read, whether the stream has more) — holding at most model_scan_bytes."""
+        scanner = ModelScanner()
+        limit = settings.model_scan_bytes
+        try:
+            async for chunk in stream:
+                room = limit - len(scanner.buf)
+                if scanner.feed(chunk[:room]) is not None:
+                    return scanner.finish(), bytes(scanner.buf) + chunk[room:], True
+                if len(chunk) > room:
+                    raise InvalidRequest(
+                        f"the request's 'model' is not within its first {limit} bytes (the gateway reads at "
+                        "most that much of a body to route it; `isvc up --model-scan-bytes`); put 'model' "
+                        "first, or address the service by its Host header or /serving/<namespace>/<name>/",
+                        param="model",
+                    )
+            return scanner.finish(), bytes(scanner.buf), False
+        except NoModel as exc:
+            raise InvalidRequest(
+                f"{exc}, and the request names no InferenceService host; send a JSON object with a "
+                "'model', or address the service by its Host header or /serving/<namespace>/<name>/",
+                param="model",
+            ) from exc
+
+    async def resolve(request: Request, visible: Visible) -> _Target:
         host, path = _host(request), request.url.path
+        stream = request.stream()
+        has_body = "content-length" in request.headers or "transfer-encoding" in request.headers
+        body = _Body(b"", stream if has_body else None)
+        model: str | None = None
         for attempt in (0, 1):
+            table = routes.get(force=attempt == 1)
             try:
                 if table.is_our_host(host):
-                    return table.by_host(host), path
+                    return _Target(table.by_host(host, visible), path, body)
                 if path.startswith("/serving/"):
                     parts = path.split("/", 4)
                     if len(parts) < 4:
                         raise NotFound("use /serving/{namespace}/{name}/<path>", param="path")
-                    rest = "/" + parts[4] if len(parts) > 4 else "/"
-                    return table.by_path(parts[2], parts[3]), rest
-                if request.method == "POST" and path.rstrip("/").endswith(_MODEL_PATHS) and body:
-                    try:
-                        model = json.loads(body).get("model")
-                    except (ValueError, AttributeError):
-                        model = None
-                    if not isinstance(model, str):
-                        raise InvalidRequest("the request names no 'model' and no InferenceService host", param="model")
-                    return table.by_model(model), path
-                known = ", ".join(table.known_hosts()) or "none"
+                    return _Target(table.by_path(parts[2], parts[3], visible), _protocol_path(path), body)
+                if request.method == "POST" and path.rstrip("/").endswith(_MODEL_PATHS):
+                    if model is None:
+                        model, prefix, more = await read_model(stream)
+                        body = _Body(prefix, stream if more else None)
+                    return _Target(table.by_model(model, visible), path, body)
+                known = ", ".join(table.known_hosts(visible)) or "none"
                 raise NotFound(
                     f"no InferenceService matches host {host!r} and path {path!r}; known hosts: {known} "
                     f"(or use /serving/<namespace>/<name>/...)",
@@ -125,79 +198,125 @@ def create_app(settings: GatewaySettings, source: RouteSource) -> Starlette:
             except NotFound:
                 if attempt == 1:
                     raise
-                table = routes.get(force=True)
         raise AssertionError("unreachable")
 
     async def list_models(request: Request) -> Response:
-        table = routes.get()
-        data = []
-        for route in table.routes:
-            try:
-                check_key(request, route.namespace)
-            except Unauthorized:
-                continue
-            for m in route.model_names or (route.name,):
-                data.append(
-                    {"id": m, "object": "model", "owned_by": f"{route.namespace}/{route.name}", "ready": route.ready}
-                )
+        visible = visible_to(request)
+        data = [
+            {"id": m, "object": "model", "owned_by": f"{route.namespace}/{route.name}", "ready": route.ready}
+            for route in routes.get().routes
+            if visible(route.namespace)
+            for m in route.model_names or (route.name,)
+        ]
         return JSONResponse({"object": "list", "data": data})
 
-    async def forward(request: Request, pick: Pick, path: str, body: bytes | None) -> httpx.Response:
-        client = state["client"]
-        skip = _HOP | ({"content-length"} if body is not None else set())
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in skip]
+    async def send(request: Request, target: _Target) -> tuple[httpx.Response, Pick]:
+        """Send to a ready endpoint; another one if it refuses before the body was started."""
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP]
         headers.append(("x-forwarded-host", request.headers.get("host", "")))
         if "x-request-id" not in request.headers:
             headers.append(("x-request-id", uuid.uuid4().hex))
-        url = pick.endpoint + path + (f"?{request.url.query}" if request.url.query else "")
-        timeout = httpx.Timeout(connect=5.0, read=pick.route.timeout_s, write=pick.route.timeout_s, pool=None)
-        content: bytes | AsyncIterator[bytes] = body if body is not None else request.stream()
-        req = client.build_request(request.method, url, headers=headers, content=content, timeout=timeout)
-        return await client.send(req, stream=True)
+        query = f"?{request.url.query}" if request.url.query else ""
+        route = target.route
+        exclude: frozenset[str] = frozenset()
+        while True:
+            pick = routes.get().pick(_fresh(routes.get(), route), exclude)
+            client = state["client"]
+            timeout = httpx.Timeout(connect=5.0, read=route.timeout_s, write=route.timeout_s, pool=None)
+            req = client.build_request(
+                request.method, pick.endpoint + target.path + query, headers=headers,
+                content=None if target.body.empty else target.body,
+                timeout=timeout,
+            )  # fmt: skip
+            try:
+                return await client.send(req, stream=True), pick
+            except httpx.ConnectError as exc:
+                if target.body.started:
+                    raise Unavailable(f"predictor {pick.revision} at {pick.endpoint} refused the connection") from exc
+                exclude = exclude | {pick.endpoint}
+                routes.get(force=True)
+                logger.warning("predictor %s at %s refused; trying another", pick.revision, pick.endpoint)
+            except httpx.TimeoutException as exc:
+                raise GatewayTimeout(f"predictor {pick.revision} did not answer within {route.timeout_s}s") from exc
+            except httpx.TransportError as exc:
+                raise UpstreamFailed(
+                    f"predictor {pick.revision} failed before answering ({_why(exc)}); retry the request"
+                ) from exc
 
     async def proxy(request: Request) -> Response:
+        path = request.url.path
+        protocol_path = _protocol_path(path)
         try:
-            path = request.url.path
-            if path in ("/_isvc/healthz", "/healthz") and not routes.get().is_our_host(_host(request)):
-                return JSONResponse({"status": "ok", "routes": routes.get().known()})
-            if path in ("/v1/models", "/openai/v1/models") and not routes.get().is_our_host(_host(request)):
-                return await list_models(request)
-            needs_body = (
-                request.method == "POST"
-                and not routes.get().is_our_host(_host(request))
-                and not path.startswith("/serving/")
-            )
-            body = await request.body() if needs_body else None
-            route, upstream_path = await resolve(request, body)
-            check_key(request, route.namespace)
-            exclude: frozenset[str] = frozenset()
-            while True:
-                pick = routes.get().pick(_fresh(routes.get(), route), exclude)
-                try:
-                    upstream = await forward(request, pick, upstream_path, body)
-                    break
-                except httpx.ConnectError as exc:
-                    if body is None and request.method not in ("GET", "HEAD"):
-                        raise Unavailable(
-                            f"predictor {pick.revision} at {pick.endpoint} refused the connection"
-                        ) from exc
-                    exclude = exclude | {pick.endpoint}
-                    routes.get(force=True)
-                    logger.warning("predictor %s at %s refused; trying another", pick.revision, pick.endpoint)
-                except httpx.TimeoutException as exc:
-                    raise GatewayTimeout(f"predictor {pick.revision} did not answer within {route.timeout_s}s") from exc
+            if not routes.get().is_our_host(_host(request)):
+                if path in ("/_isvc/healthz", "/healthz"):
+                    return JSONResponse({"status": "ok", "routes": routes.get().known(visible_to(request))})
+                if path in ("/v1/models", "/openai/v1/models"):
+                    return await list_models(request)
+            target = await resolve(request, visible_to(request))
+            protocol_path = target.path
+            check_key(request, target.route.namespace)
+            upstream, pick = await send(request, target)
+            return await _relay(upstream, pick, target.route)
         except IsvcError as exc:
-            return _error(exc, settings.retry_after_s)
-        headers = [(k, v) for k, v in upstream.headers.multi_items() if k.lower() not in _HOP_RESPONSE]
-        headers += [(REVISION_HEADER, pick.revision), (SERVICE_HEADER, f"{route.namespace}/{route.name}")]
-        response = StreamingResponse(
-            upstream.aiter_raw(), status_code=upstream.status_code, background=BackgroundTask(upstream.aclose)
-        )
-        response.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
-        return response
+            if exc.http_status >= 500:
+                logger.warning("%s %s -> %d: %s", request.method, path, exc.http_status, exc.message)
+            return error_response(protocol_path, exc, settings.retry_after_s)
 
     methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
     return Starlette(routes=[StarletteRoute("/{path:path}", proxy, methods=methods)], lifespan=lifespan)
+
+
+async def _relay(upstream: httpx.Response, pick: Pick, route: Route) -> Response:
+    """The predictor's answer as the gateway's response (SSE and large bodies streamed)."""
+    sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
+    length = upstream.headers.get("content-length")
+    read_whole = not sse and length is not None and length.isdigit() and int(length) <= _READ_WHOLE_BYTES
+    skip = _HOP if read_whole else _HOP_RESPONSE  # a streamed body is re-chunked: its length goes
+    headers = [(k, v) for k, v in upstream.headers.multi_items() if k.lower() not in skip]
+    headers += [(REVISION_HEADER, pick.revision), (SERVICE_HEADER, f"{route.namespace}/{route.name}")]
+    raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+    response: Response
+    if read_whole:
+        try:
+            content = await upstream.aread()
+        except httpx.TransportError as exc:
+            raise UpstreamFailed(
+                f"predictor {pick.revision} failed mid-answer ({_why(exc)}); retry the request"
+            ) from exc
+        finally:
+            await upstream.aclose()
+        response = Response(content, status_code=upstream.status_code)
+    else:
+        body = _sse_events(upstream, pick) if sse else upstream.aiter_raw()
+        response = StreamingResponse(body, status_code=upstream.status_code, background=BackgroundTask(upstream.aclose))
+    response.raw_headers = raw_headers
+    return response
+
+
+async def _sse_events(upstream: httpx.Response, pick: Pick) -> AsyncIterator[bytes]:
+    """Whole SSE events; a predictor failing mid-stream ends it with an error event and ``[DONE]``."""
+    held = b""
+    try:
+        async for chunk in upstream.aiter_raw():
+            held += chunk
+            ends = [i + len(sep) for sep in (b"\n\n", b"\r\n\r\n") if (i := held.rfind(sep)) >= 0]
+            cut = max(ends, default=0)
+            if not cut:
+                if len(held) <= _SSE_HOLD_BYTES:
+                    continue
+                cut = len(held)
+            yield held[:cut]
+            held = held[cut:]
+        if held:
+            yield held
+    except httpx.TransportError as exc:
+        kind = GatewayTimeout if isinstance(exc, httpx.TimeoutException) else UpstreamFailed
+        logger.warning("predictor %s failed mid-stream: %s", pick.revision, _why(exc))
+        yield sse_error(kind(f"predictor {pick.revision} failed mid-stream ({_why(exc)}); the stream is incomplete"))
+
+
+def _why(exc: Exception) -> str:
+    return str(exc) or type(exc).__name__
 
 
 def _fresh(table: RouteTable, route: Route) -> Route:

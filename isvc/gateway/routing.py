@@ -2,17 +2,35 @@
 
 A request is matched, in order, by ``Host`` (``{name}.{ns}.{domain}``,
 ``{name}-predictor.{ns}.{domain}``), by path prefix (``/serving/{ns}/{name}/...``), or by
-the OpenAI ``model`` field across all services.
+the OpenAI ``model`` field across all services. A model name that two services serve is
+ambiguous and refused, never routed by chance.
+
+Every listing in an error message is filtered by ``visible`` (the namespaces the caller's API
+key opens), so a caller without a key learns no protected name.
 """
 
 from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from isvc.errors import NotFound, NotReady
+from isvc.errors import InvalidRequest, NotFound, NotReady
+
+Visible = Callable[[str], bool]
+"""namespace -> may this caller see (and use) it."""
+
+
+def everything(namespace: str) -> bool:
+    return True
+
+
+class AmbiguousModel(InvalidRequest):
+    """A ``model`` name served by more than one InferenceService: the caller must pick one."""
+
+    code = "ambiguous_model"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,41 +84,47 @@ class RouteTable:
             for m in r.model_names or (r.name,):
                 self._by_model.setdefault(m, []).append(r)
 
-    def known(self) -> list[str]:
-        return sorted(f"{r.namespace}/{r.name}" for r in self.routes)
+    def known(self, visible: Visible = everything) -> list[str]:
+        return sorted(f"{r.namespace}/{r.name}" for r in self.routes if visible(r.namespace))
 
-    def known_hosts(self) -> list[str]:
-        return sorted(h for h in self._by_host if "-predictor." not in h)
+    def known_hosts(self, visible: Visible = everything) -> list[str]:
+        return sorted(h for h, r in self._by_host.items() if "-predictor." not in h and visible(r.namespace))
 
-    def known_models(self) -> list[str]:
-        return sorted(self._by_model)
+    def known_models(self, visible: Visible = everything) -> list[str]:
+        return sorted(m for m, routes in self._by_model.items() if any(visible(r.namespace) for r in routes))
 
     def is_our_host(self, host: str) -> bool:
         return host.endswith("." + self.domain)
 
-    def by_host(self, host: str) -> Route:
+    def by_host(self, host: str, visible: Visible = everything) -> Route:
         route = self._by_host.get(host.lower())
         if route is None:
-            hosts = ", ".join(self.known_hosts()) or "none"
+            hosts = ", ".join(self.known_hosts(visible)) or "none"
             raise NotFound(f"no InferenceService for host {host!r}; known hosts: {hosts}", param="host")
         return route
 
-    def by_path(self, namespace: str, name: str) -> Route:
+    def by_path(self, namespace: str, name: str, visible: Visible = everything) -> Route:
         for r in self.routes:
             if r.namespace == namespace and r.name == name:
                 return r
-        raise NotFound(
-            f"no InferenceService {namespace}/{name}; known: {', '.join(self.known()) or 'none'}", param="path"
-        )
+        known = ", ".join(self.known(visible)) or "none"
+        raise NotFound(f"no InferenceService {namespace}/{name}; known: {known}", param="path")
 
-    def by_model(self, model: str) -> Route:
+    def by_model(self, model: str, visible: Visible = everything) -> Route:
+        """The one service that serves ``model``; AmbiguousModel if several do, whoever may see them."""
         routes = self._by_model.get(model, [])
-        ready = [r for r in routes if r.ready]
-        if ready:
-            return ready[next(self._counter) % len(ready)]
-        if routes:
+        if len(routes) == 1:
             return routes[0]
-        models = ", ".join(self.known_models()) or "none"
+        if routes:
+            shown = [f"{r.name}.{r.namespace}.{self.domain} (/serving/{r.namespace}/{r.name}/)"
+                     for r in routes if visible(r.namespace)]  # fmt: skip
+            among = f": {', '.join(shown)}" if shown else ""
+            raise AmbiguousModel(
+                f"the model {model!r} is served by {len(routes)} InferenceServices{among}; address one by "
+                "its Host header ({name}.{namespace}." + self.domain + ") or by /serving/{namespace}/{name}/",
+                param="model",
+            )
+        models = ", ".join(self.known_models(visible)) or "none"
         raise NotFound(f"the model {model!r} does not exist; known models: {models}", param="model")
 
     def pick(self, route: Route, exclude: frozenset[str] = frozenset()) -> Pick:

@@ -24,3 +24,5 @@ class GatewaySettings(BaseModel):
     """Longest time a route change takes to reach the gateway."""
     retry_after_s: int = Field(default=5, ge=1)
     """Retry-After sent with 503 while a service has no ready revision."""
+    model_scan_bytes: int = Field(default=1 << 20, ge=1024)
+    """Most bytes of a body held to find its OpenAI ``model`` when neither Host nor path names the service."""

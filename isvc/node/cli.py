@@ -12,6 +12,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from isvc.controlplane import process
 from isvc.controlplane.cli import common_args, fail
 from isvc.controlplane.settings import CPU_FALLBACK_ENV, GPUS_ENV, detect_gpus, env_flag
@@ -31,6 +33,8 @@ def up(argv: list[str]) -> int:
     p.add_argument("--gpus", type=int, default=None, help=f"GPUs to offer (default: detected, or ${GPUS_ENV})")
     p.add_argument("--api-key", action="append", default=[], metavar="NS=KEY",
                    help="require 'Authorization: Bearer KEY' for namespace NS ('*' for all); repeatable")  # fmt: skip
+    p.add_argument("--model-scan-bytes", type=int, default=1 << 20,
+                   help="most bytes of a body read to find its OpenAI 'model' when no Host or path names the service")  # fmt: skip
     p.add_argument("-d", "--detach", action="store_true", help="run in the background")
     p.add_argument("--wait-timeout", type=float, default=60.0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -44,7 +48,14 @@ def up(argv: list[str]) -> int:
     if args.detach:
         return _detach(root, argv, args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    settings = GatewaySettings(state_dir=root, host=args.host, port=args.port, domain=args.domain, api_keys=keys)
+    try:
+        settings = GatewaySettings(
+            state_dir=root, host=args.host, port=args.port, domain=args.domain, api_keys=keys,
+            model_scan_bytes=args.model_scan_bytes,
+        )  # fmt: skip
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        return fail(IsvcError(f"--{'-'.join(str(p) for p in first['loc']).replace('_', '-')}: {first['msg']}"))
     gpus = detect_gpus() if args.gpus is None else args.gpus
     try:
         return serve(settings, cpu_fallback=args.cpu_fallback, gpus=gpus)

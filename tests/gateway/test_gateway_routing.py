@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
+from collections.abc import Callable
 
 import httpx
 import pytest
 
 from isvc.errors import NotFound, NotReady
 from isvc.gateway.app import create_app
-from isvc.gateway.routing import Route, RouteTable
+from isvc.gateway.routing import AmbiguousModel, Route, RouteTable
 from isvc.gateway.settings import GatewaySettings
 
 ROUTES = [
@@ -80,3 +82,91 @@ async def test_api_keys_are_per_namespace(tmp_path) -> None:  # type: ignore[no-
         )
         assert r.status_code == 503  # past auth; the service itself is not ready
         assert (await c.get("/v1/models")).json()["data"] == []  # hidden without a key
+
+
+SHARED = [
+    *ROUTES,
+    {"namespace": "open", "name": "chat", "model_names": ["shared"],
+     "revisions": [{"name": "chat-predictor-00001", "percent": 100, "endpoints": ["http://127.0.0.1:4"]}]},
+    {"namespace": "secret", "name": "chat", "model_names": ["shared"],
+     "revisions": [{"name": "chat-predictor-00001", "percent": 100, "endpoints": ["http://127.0.0.1:5"]}]},
+]  # fmt: skip
+
+
+def only(*namespaces: str) -> Callable[[str], bool]:
+    return lambda ns: ns in namespaces
+
+
+def test_listings_in_errors_show_only_what_the_caller_may_see() -> None:
+    t = RouteTable([Route.from_dict(r) for r in SHARED], "example.com")
+    with pytest.raises(NotFound, match="known hosts: chat.open.example.com$") as info:
+        t.by_host("nope.x.example.com", only("open"))
+    assert "secret" not in info.value.message and "demo" not in info.value.message
+    with pytest.raises(NotFound, match="known hosts: none"):
+        t.by_host("nope.x.example.com", only())
+    with pytest.raises(NotFound, match="known: open/chat$"):
+        t.by_path("x", "y", only("open"))
+    with pytest.raises(NotFound, match="known models: shared$"):
+        t.by_model("gpt-4", only("open"))
+    assert t.known(only()) == []
+
+
+def test_a_model_name_served_twice_is_ambiguous_not_routed_by_chance() -> None:
+    t = RouteTable([Route.from_dict(r) for r in SHARED], "example.com")
+    for _ in range(5):
+        with pytest.raises(AmbiguousModel, match="served by 2 InferenceServices") as info:
+            t.by_model("shared", only("open"))
+        msg = info.value.message
+        assert "chat.open.example.com" in msg and "/serving/open/chat/" in msg and "secret" not in msg
+        assert info.value.http_status == 400 and info.value.param == "model"
+    with pytest.raises(AmbiguousModel) as info:
+        t.by_model("shared", only())
+    assert "open" not in info.value.message.replace("{namespace}", "")
+    assert t.by_model("llama2").name == "llama"  # a name served once still routes
+
+
+async def test_the_app_hides_protected_names_from_callers_without_a_key(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    keys = {"demo": ["k1"], "secret": ["k2"]}
+    app = create_app(GatewaySettings(state_dir=tmp_path, api_keys=keys), lambda: (1, SHARED))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+        assert (await c.get("/_isvc/healthz")).json() == {"status": "ok", "routes": ["open/chat"]}
+        r = await c.get("/_isvc/healthz", headers={"Authorization": "Bearer k2"})
+        assert r.json()["routes"] == ["open/chat", "secret/chat"]
+        r = await c.get("/v1/models", headers={"Host": "ghost.demo.example.com"})
+        assert r.status_code == 404
+        assert "secret" not in r.text and "llama" not in r.text and "chat.open.example.com" in r.text
+        r = await c.get("/nowhere")
+        assert r.status_code == 404 and "demo" not in r.text and "secret" not in r.text
+        statuses = set()
+        for _ in range(4):
+            r = await c.post("/v1/chat/completions", json={"model": "shared", "messages": []})
+            statuses.add(r.status_code)
+            assert r.json()["error"]["code"] == "ambiguous_model" and "secret" not in r.text
+        assert statuses == {400}
+
+
+async def test_errors_on_kserve_paths_use_the_kserve_body(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    app = create_app(GatewaySettings(state_dir=tmp_path, retry_after_s=3), lambda: (1, ROUTES))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+        r = await c.post("/serving/demo/cold/v2/models/cold/infer", json={"inputs": []})
+        assert r.status_code == 503 and r.headers["retry-after"] == "3"
+        assert isinstance(r.json()["error"], str) and "needs 1 GPU" in r.json()["error"]
+        r = await c.post("/v1/models/cold:predict", headers={"Host": "cold.demo.example.com"}, json={})
+        assert r.status_code == 503 and isinstance(r.json()["error"], str)
+        r = await c.post("/serving/demo/cold/v1/chat/completions", json={})
+        assert r.json()["error"]["code"] == "model_not_ready"
+
+
+async def test_model_routing_reads_a_bounded_prefix(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    app = create_app(GatewaySettings(state_dir=tmp_path, model_scan_bytes=4096), lambda: (1, ROUTES))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+        late = json.dumps({"messages": [{"role": "user", "content": "x" * 10_000}], "model": "cold"})
+        r = await c.post("/v1/chat/completions", content=late)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "model"
+        assert "first 4096 bytes" in r.json()["error"]["message"]
+        early = json.dumps({"model": "cold", "messages": [{"role": "user", "content": "x" * 10_000}]})
+        r = await c.post("/v1/chat/completions", content=early)
+        assert r.status_code == 503  # routed (the service is not ready)
+        deep = '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}"
+        r = await c.post("/v1/chat/completions", content=deep)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "model"
