@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+from collections.abc import Callable
 
 BACKENDS = ("auto", "huggingface", "vllm")
 DTYPES = ("auto", "float32", "float", "bfloat16", "float16", "half")
@@ -55,6 +56,31 @@ def build_parser() -> argparse.ArgumentParser:
     add("--predictor_protocol", default="v1", help="accepted for compatibility")
     add("--predictor_use_ssl", type=_bool, nargs="?", const=True, default=False, help="accepted for compatibility")
     add("--predictor_request_timeout_seconds", type=int, default=600, help="accepted for compatibility")
+    # isvc: what one client may make the server hold (defaults: isvc.http_limits.RequestLimits)
+    add(
+        "--max_request_body_bytes",
+        type=_bounded(int, 1024, 1 << 30),
+        default=4 << 20,
+        help="largest request body; larger ones get 413 (default 4 MiB, 1 KiB..1 GiB)",
+    )
+    add(
+        "--max_request_header_bytes",
+        type=_bounded(int, 1024, 1 << 20),
+        default=32 << 10,
+        help="largest request line plus headers; larger ones get 400 (default 32 KiB, 1 KiB..1 MiB)",
+    )
+    add(
+        "--request_header_timeout_seconds",
+        type=_bounded(float, 0.1, 3600),
+        default=10.0,
+        help="a connection that has not sent a complete header block by then is closed (default 10, 0.1..3600)",
+    )
+    add(
+        "--request_body_timeout_seconds",
+        type=_bounded(float, 0.1, 3600),
+        default=30.0,
+        help="longest stall between request body chunks before 408 (default 30, 0.1..3600)",
+    )
     # huggingfaceserver
     add("--model_dir", default="/mnt/models", help="model folder, or a storage URI (pvc://, s3://, hf://, ...)")
     add("--model_id", default=None, help="HuggingFace model id (served from the local hub cache; no network)")
@@ -124,6 +150,22 @@ def build_parser() -> argparse.ArgumentParser:
     add("--served_model_name", default=None, help="vLLM spelling of --model_name")
     add("--enforce_eager", action="store_true", help="vLLM backend")
     return p
+
+
+def _bounded(kind: type[int] | type[float], low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a number of ``kind`` within [low, high]."""
+
+    def convert(value: str) -> float:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range {low}..{high}")
+        return number
+
+    convert.__name__ = kind.__name__  # argparse names the type in its messages
+    return convert
 
 
 def _bool(value: str | bool) -> bool:

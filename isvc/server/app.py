@@ -1,4 +1,9 @@
-"""create_app(settings, engine): the predictor's HTTP app. No globals; everything comes in as arguments."""
+"""create_app(settings, engine): the predictor's HTTP app. No globals; everything comes in as arguments.
+
+The engine is loaded before the app serves (``isvc serve`` binds its port only then); the app's
+middleware, outermost first: access log, 500s in the protocol's format, then the edge limits of
+``isvc.http_limits`` (body size and stall, strict JSON bodies, cancel on client disconnect).
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,17 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from isvc.engine.async_engine import AsyncEngine
+from isvc.http_limits import LimitRequests, RequestLimits
 from isvc.server import errors
 from isvc.server.protocols import kserve_v1, kserve_v2
 from isvc.server.protocols.openai import routes as openai_routes
@@ -33,16 +40,15 @@ class ServerSettings:
     model_root: str
     enable_docs_url: bool = False
     log_requests: bool = True
-    exit_on_load_failure: bool = True
     exit_on_engine_death: bool = True
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    """Body size, read deadlines and JSON shape each request is held to."""
 
 
 def create_app(settings: ServerSettings, engine: AsyncEngine) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(_load(engine, settings))
         yield
-        task.cancel()
         await asyncio.to_thread(engine.shutdown)
 
     docs = settings.enable_docs_url
@@ -74,22 +80,25 @@ def create_app(settings: ServerSettings, engine: AsyncEngine) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    # add_middleware puts each one outside the ones added before it.
+    app.add_middleware(
+        LimitRequests,
+        limits=settings.limits,
+        render_error=errors.render_edge_error,
+        json_bodies=True,  # every POST route of this server takes JSON
+        cancel_on_disconnect=True,  # a client that leaves frees its engine work, streaming or not
+    )
+    app.add_middleware(errors.CatchUnexpected)
     if settings.log_requests:
-
-        @app.middleware("http")
-        async def access_log(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-            started = time.perf_counter()
-            response = await call_next(request)
-            logger.info(
-                "%s %s %d %.1fms",
-                request.method,
-                request.url.path,
-                response.status_code,
-                (time.perf_counter() - started) * 1000,
-            )
-            return response
-
+        app.add_middleware(_AccessLog)
     return app
+
+
+def load_engine(engine: AsyncEngine, model_name: str) -> None:
+    """Load the weights and run the warm-up step (blocking), before the server binds its port."""
+    started = time.monotonic()
+    engine.load()
+    logger.info("model %s ready in %.1fs (weights loaded, warm-up step done)", model_name, time.monotonic() - started)
 
 
 def _exit_soon(exc: BaseException) -> None:
@@ -98,18 +107,32 @@ def _exit_soon(exc: BaseException) -> None:
     threading.Timer(ENGINE_DEATH_EXIT_DELAY_S, os._exit, args=(1,)).start()
 
 
-async def _load(engine: AsyncEngine, settings: ServerSettings) -> None:
-    started = time.monotonic()
-    try:
-        await asyncio.to_thread(engine.load)
-    except Exception as exc:
-        engine.load_error = exc
-        logger.error("failed to load the model: %s", exc, exc_info=not hasattr(exc, "http_status"))
-        if settings.exit_on_load_failure:
-            # A predictor that cannot load must exit so the controller restarts it and
-            # the status shows why; staying up and answering 503 forever hides the cause.
-            os._exit(1)
-        return
-    logger.info(
-        "model %s ready in %.1fs (weights loaded, warm-up step done)", settings.model_name, time.monotonic() - started
-    )
+class _AccessLog:
+    """One line per request once its response is complete (streams included), or when the client left."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 0
+
+        async def watch_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch_send)
+        finally:
+            logger.info(
+                "%s %s %s %.1fms",
+                scope["method"],
+                scope["path"],
+                status or "client-disconnected",
+                (time.perf_counter() - started) * 1000,
+            )

@@ -52,12 +52,12 @@ def main(argv: list[str]) -> int:
 
         return exec_vllm(args, model_dir)
 
-    import uvicorn
     from pydantic import ValidationError
 
     from isvc.engine.async_engine import AsyncEngine
     from isvc.engine.config import EngineConfig
-    from isvc.server.app import ServerSettings, create_app
+    from isvc.http_limits import RequestLimits, serve
+    from isvc.server.app import ServerSettings, create_app, load_engine
 
     try:
         config = EngineConfig(
@@ -83,15 +83,33 @@ def main(argv: list[str]) -> int:
             print(f"isvc serve: error: --{_FLAG_OF_FIELD.get(field, field)}: {error['msg']}", file=sys.stderr)
         return 2
     engine = AsyncEngine(config)
+    limits = RequestLimits(
+        max_body_bytes=args.max_request_body_bytes,
+        max_header_bytes=args.max_request_header_bytes,
+        header_timeout_s=args.request_header_timeout_seconds,
+        body_timeout_s=args.request_body_timeout_seconds,
+    )
     settings = ServerSettings(
         model_name=args.model_name,
         model_root=str(model_dir),
         enable_docs_url=bool(args.enable_docs_url),
         log_requests=not args.disable_log_requests,
+        limits=limits,
     )
     app = create_app(settings, engine)
+    # Load and warm up before binding (like KServe's huggingfaceserver and vLLM): an open port
+    # means ready, so a tcpSocket readiness probe is honest.
+    logger.info("loading %s as %r", model_dir, args.model_name)
+    try:
+        load_engine(engine, args.model_name)
+    except Exception as exc:
+        # Exit so the controller restarts the predictor and its status shows why.
+        if not isinstance(exc, IsvcError):
+            logger.exception("failed to load the model")  # a bug, not a bad model folder: keep the traceback
+        print(f"isvc serve: error: failed to load the model: {exc}", file=sys.stderr)
+        return 1
     logger.info("serving %s as %r on http://%s:%d", model_dir, args.model_name, args.host, args.http_port)
-    uvicorn.run(app, host=args.host, port=args.http_port, log_level="warning", timeout_graceful_shutdown=3)
+    serve(app, host=args.host, port=args.http_port, limits=limits, log_level="warning", timeout_graceful_shutdown=3)
     return 0
 
 
