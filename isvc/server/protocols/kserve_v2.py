@@ -67,7 +67,7 @@ def build_router(engine: AsyncEngine, model_name: str) -> APIRouter:
     @router.post("/models/{name}/infer")
     async def infer(name: str, body: InferRequest) -> dict[str, Any]:
         check(name)
-        if not engine.ready:
+        if not engine.ready and not engine.dead:  # a dead engine answers EngineDeadError below
             raise NotReady("the model is still loading", retry_after_s=5)
         text_inputs = [i for i in body.inputs if i.datatype == "BYTES"]
         if not text_inputs:
