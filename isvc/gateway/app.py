@@ -1,6 +1,7 @@
 """The gateway's ASGI app: resolve a route, check the API key, stream the body both ways.
 
-Request bodies are streamed to the predictor, never held: only a request routed by its
+Request bodies are limited in size and read time (``isvc.http_limits``) and streamed to the
+predictor, never held: only a request routed by its
 OpenAI ``model`` field has a prefix of at most ``model_scan_bytes`` held while the field
 is found (``model_field.ModelScanner``). Responses are passed through chunk by chunk,
 except small non-streaming answers, which are read whole first so that a predictor dying
@@ -27,10 +28,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as StarletteRoute
 
 from isvc.errors import GatewayTimeout, InvalidRequest, IsvcError, NotFound, Unauthorized, Unavailable
-from isvc.gateway.errors import UpstreamFailed, error_response, sse_error
+from isvc.gateway.errors import UpstreamFailed, error_response, protocol_path, render_refusal, sse_error
 from isvc.gateway.model_field import ModelScanner, NoModel
 from isvc.gateway.routing import Pick, Route, RouteTable, Visible
 from isvc.gateway.settings import GatewaySettings
+from isvc.http_limits import ASGIApp, LimitRequests
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,8 @@ class _Body:
         self.prefix = prefix
         self.rest = rest
         self.started = False
+        self.failed: Exception | None = None
+        """Reading the client's body failed (a limit of ``isvc.http_limits``): that, not the predictor, is the error."""
 
     @property
     def empty(self) -> bool:
@@ -87,9 +91,13 @@ class _Body:
         if self.prefix:
             yield self.prefix
         if self.rest is not None:
-            async for chunk in self.rest:
-                if chunk:
-                    yield chunk
+            try:
+                async for chunk in self.rest:
+                    if chunk:
+                        yield chunk
+            except Exception as exc:
+                self.failed = exc
+                raise
 
 
 @dataclass
@@ -109,15 +117,13 @@ def _token(request: Request) -> str:
     return auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
 
 
-def _protocol_path(path: str) -> str:
-    """The path as the predictor sees it (``/serving/{ns}/{name}`` stripped)."""
-    if path.startswith("/serving/"):
-        parts = path.split("/", 4)
-        return "/" + parts[4] if len(parts) > 4 else "/"
-    return path
+def create_app(settings: GatewaySettings, source: RouteSource) -> ASGIApp:
+    """The gateway behind ``isvc.http_limits``: bodies over the limit get 413, stalled ones 408."""
+    app = _proxy_app(settings, source)
+    return LimitRequests(app, settings.limits, render_refusal, cancel_on_disconnect=True)
 
 
-def create_app(settings: GatewaySettings, source: RouteSource) -> Starlette:
+def _proxy_app(settings: GatewaySettings, source: RouteSource) -> Starlette:
     routes = _Routes(source, settings.domain, settings.refresh_s)
     state: dict[str, httpx.AsyncClient] = {}
 
@@ -183,7 +189,7 @@ def create_app(settings: GatewaySettings, source: RouteSource) -> Starlette:
                     parts = path.split("/", 4)
                     if len(parts) < 4:
                         raise NotFound("use /serving/{namespace}/{name}/<path>", param="path")
-                    return _Target(table.by_path(parts[2], parts[3], visible), _protocol_path(path), body)
+                    return _Target(table.by_path(parts[2], parts[3], visible), protocol_path(path), body)
                 if request.method == "POST" and path.rstrip("/").endswith(_MODEL_PATHS):
                     if model is None:
                         model, prefix, more = await read_model(stream)
@@ -230,22 +236,24 @@ def create_app(settings: GatewaySettings, source: RouteSource) -> Starlette:
             )  # fmt: skip
             try:
                 return await client.send(req, stream=True), pick
-            except httpx.ConnectError as exc:
+            except httpx.TransportError as exc:
+                if target.body.failed is not None:
+                    raise target.body.failed from None
+                if isinstance(exc, httpx.TimeoutException):
+                    raise GatewayTimeout(f"predictor {pick.revision} did not answer within {route.timeout_s}s") from exc
+                if not isinstance(exc, httpx.ConnectError):
+                    raise UpstreamFailed(
+                        f"predictor {pick.revision} failed before answering ({_why(exc)}); retry the request"
+                    ) from exc
                 if target.body.started:
                     raise Unavailable(f"predictor {pick.revision} at {pick.endpoint} refused the connection") from exc
                 exclude = exclude | {pick.endpoint}
                 routes.get(force=True)
                 logger.warning("predictor %s at %s refused; trying another", pick.revision, pick.endpoint)
-            except httpx.TimeoutException as exc:
-                raise GatewayTimeout(f"predictor {pick.revision} did not answer within {route.timeout_s}s") from exc
-            except httpx.TransportError as exc:
-                raise UpstreamFailed(
-                    f"predictor {pick.revision} failed before answering ({_why(exc)}); retry the request"
-                ) from exc
 
     async def proxy(request: Request) -> Response:
         path = request.url.path
-        protocol_path = _protocol_path(path)
+        client_path = protocol_path(path)
         try:
             if not routes.get().is_our_host(_host(request)):
                 if path in ("/_isvc/healthz", "/healthz"):
@@ -253,14 +261,14 @@ def create_app(settings: GatewaySettings, source: RouteSource) -> Starlette:
                 if path in ("/v1/models", "/openai/v1/models"):
                     return await list_models(request)
             target = await resolve(request, visible_to(request))
-            protocol_path = target.path
+            client_path = target.path
             check_key(request, target.route.namespace)
             upstream, pick = await send(request, target)
             return await _relay(upstream, pick, target.route)
         except IsvcError as exc:
             if exc.http_status >= 500:
                 logger.warning("%s %s -> %d: %s", request.method, path, exc.http_status, exc.message)
-            return error_response(protocol_path, exc, settings.retry_after_s)
+            return error_response(client_path, exc, settings.retry_after_s)
 
     methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
     return Starlette(routes=[StarletteRoute("/{path:path}", proxy, methods=methods)], lifespan=lifespan)

@@ -6,6 +6,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from isvc.http_limits import RequestLimits
+
+_LIMITS = RequestLimits()  # the defaults shared with `isvc serve`
+
 
 class GatewaySettings(BaseModel):
     model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
@@ -26,3 +30,17 @@ class GatewaySettings(BaseModel):
     """Retry-After sent with 503 while a service has no ready revision."""
     model_scan_bytes: int = Field(default=1 << 20, ge=1024)
     """Most bytes of a body held to find its OpenAI ``model`` when neither Host nor path names the service."""
+    max_body_bytes: int = Field(default=_LIMITS.max_body_bytes, ge=1)
+    """Largest request body passed to a predictor (413 beyond)."""
+    header_timeout_s: float = Field(default=_LIMITS.header_timeout_s, gt=0)
+    """Seconds a connection has to send its complete request header block; then it is closed."""
+    body_timeout_s: float = Field(default=_LIMITS.body_timeout_s, gt=0)
+    """Longest stall between two request body chunks (408 then)."""
+
+    @property
+    def limits(self) -> RequestLimits:
+        return RequestLimits(
+            max_body_bytes=self.max_body_bytes,
+            header_timeout_s=self.header_timeout_s,
+            body_timeout_s=self.body_timeout_s,
+        )

@@ -35,6 +35,12 @@ def up(argv: list[str]) -> int:
                    help="require 'Authorization: Bearer KEY' for namespace NS ('*' for all); repeatable")  # fmt: skip
     p.add_argument("--model-scan-bytes", type=int, default=1 << 20,
                    help="most bytes of a body read to find its OpenAI 'model' when no Host or path names the service")  # fmt: skip
+    p.add_argument("--max-body-bytes", type=int, default=None,
+                   help="largest request body the gateway accepts (413 beyond; default 4 MiB)")  # fmt: skip
+    p.add_argument("--header-timeout", type=float, default=None, metavar="SECONDS",
+                   help="a connection must send its header block within this (default 10)")  # fmt: skip
+    p.add_argument("--body-timeout", type=float, default=None, metavar="SECONDS",
+                   help="longest stall between two body chunks (408 then; default 30)")  # fmt: skip
     p.add_argument("-d", "--detach", action="store_true", help="run in the background")
     p.add_argument("--wait-timeout", type=float, default=60.0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -52,10 +58,13 @@ def up(argv: list[str]) -> int:
         settings = GatewaySettings(
             state_dir=root, host=args.host, port=args.port, domain=args.domain, api_keys=keys,
             model_scan_bytes=args.model_scan_bytes,
+            **{k: v for k, v in (("max_body_bytes", args.max_body_bytes), ("header_timeout_s", args.header_timeout),
+                                 ("body_timeout_s", args.body_timeout)) if v is not None},
         )  # fmt: skip
     except ValidationError as exc:
         first = exc.errors()[0]
-        return fail(IsvcError(f"--{'-'.join(str(p) for p in first['loc']).replace('_', '-')}: {first['msg']}"))
+        flag = "-".join(str(p) for p in first["loc"]).removesuffix("_s").replace("_", "-")
+        return fail(IsvcError(f"--{flag}: {first['msg']}"))
     gpus = detect_gpus() if args.gpus is None else args.gpus
     try:
         return serve(settings, cpu_fallback=args.cpu_fallback, gpus=gpus)

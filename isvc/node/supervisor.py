@@ -23,6 +23,7 @@ from isvc.controlplane.store import Store
 from isvc.errors import ConfigError
 from isvc.gateway.app import create_app
 from isvc.gateway.settings import GatewaySettings
+from isvc.http_limits import uvicorn_config
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +110,8 @@ def serve(settings: GatewaySettings, *, cpu_fallback: bool, gpus: int) -> int:
     child.start()
     routes_store = Store(root)
     app = create_app(settings, lambda: (routes_store.version("routes_version"), routes_store.routes()))
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
-                            server_header=False, date_header=False)  # fmt: skip
+    config = uvicorn_config(app, host=settings.host, port=settings.port, limits=settings.limits,
+                            log_level="warning", access_log=False, server_header=False, date_header=False)  # fmt: skip
     logger.info("isvc up: gateway on http://%s:%s, state in %s", host_for_url, settings.port, root)
 
     # NOTE: uvicorn re-raises the signal that stopped it once it has shut down; with the

@@ -2,7 +2,7 @@
 
 Speaks just enough of `isvc serve`: ``--model_name``, ``--model_dir``, ``--http_port``
 (or ``--port``/``$PORT``); ``GET /v2/health/ready``; ``POST /v1/completions`` and
-``/openai/v1/completions`` (SSE when ``"stream": true``). Test knobs: ``--ready-after S``,
+``/openai/v1/completions`` (SSE when ``"stream": true``; chunked request bodies too). Test knobs: ``--ready-after S``,
 ``--exit-after S`` with ``--exit-code N``, ``--require-dir`` (fail if model_dir is missing).
 """
 
@@ -71,9 +71,21 @@ def main() -> int:
             else:
                 self._json(404, {"error": f"no route {self.path}"})
 
+        def _body(self) -> bytes:
+            if self.headers.get("transfer-encoding", "").lower() != "chunked":
+                return self.rfile.read(int(self.headers.get("content-length", "0")))
+            parts = []
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()
+            self.rfile.readline()
+            return b"".join(parts)
+
         def do_POST(self) -> None:
-            length = int(self.headers.get("content-length", "0"))
-            body = json.loads(self.rfile.read(length) or b"{}")
+            try:
+                body = json.loads(self._body() or b"{}")
+            except (ValueError, ConnectionError):
+                return
             if not self.path.endswith("/completions"):
                 self._json(404, {"error": f"no route {self.path}"})
                 return
