@@ -175,3 +175,17 @@ def counter_value(counter) -> float:  # type: ignore[no-untyped-def]
 
 def read_json(path: Path) -> dict[str, object]:
     return json.loads(path.read_text())
+
+
+def need_binary(name: str, package: str | None = None) -> str:
+    """The path of a system program a test needs. Without it the test skips, naming the Debian
+    package; with ISVC_REQUIRE_SYSTEM_DEPS=1 (set by .ci/run, which installs them) it fails."""
+    import shutil
+
+    path = shutil.which(name)
+    if path is None:
+        reason = f"{name} is not installed (apt-get install {package or name})"
+        if os.environ.get("ISVC_REQUIRE_SYSTEM_DEPS") == "1":
+            pytest.fail(f"{reason}; ISVC_REQUIRE_SYSTEM_DEPS=1 requires it", pytrace=False)
+        pytest.skip(reason)
+    return path
