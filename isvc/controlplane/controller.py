@@ -129,7 +129,7 @@ class Controller:
                 continue
             probe = self.probes.setdefault(key, _Probe(next_at=r["started"] + plan.probe.initial_delay_s))
             if now >= probe.next_at:
-                probe.next_at = now + (plan.probe.period_s if r["ready"] else min(plan.probe.period_s, 0.5))
+                probe.next_at = now + (plan.probe.period_s if r["ready"] else min(plan.probe.period_s, 0.25))
                 to_probe.append((r, plan, probe))
         results = list(self._pool.map(lambda t: self._probe(t[0], t[1]), to_probe))
         for (r, plan, probe), ok in zip(to_probe, results, strict=True):
@@ -198,7 +198,8 @@ class Controller:
             "revision": rev,
             "pid": r["pid"],
         }
-        restarts = 0 if now - (r["started"] or now) > RESET_BACKOFF_AFTER_S else r["restarts"]
+        served = r["ready"] or now - (r["started"] or now) > RESET_BACKOFF_AFTER_S
+        restarts = 0 if served else r["restarts"]  # a replica that served is not in a crash loop
         self.store.update_replica(
             ns, rev, idx, phase=int(Phase.EXITED), ready=0, pid=None, last_exit=json.dumps(last), restarts=restarts
         )

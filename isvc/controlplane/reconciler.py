@@ -9,7 +9,8 @@ KServe/Knative:
   stopped), unless ``canaryTrafficPercent`` is set: then the latest ready revision gets
   that percent and the rolled-out one the rest, and both keep running;
 - removing ``canaryTrafficPercent`` (or setting it to 100) promotes the latest revision;
-- a replica whose process exits restarts after an exponential backoff;
+- a replica whose process exits restarts at once if it had been serving, else after an
+  exponential backoff (a crash loop);
 - a replica needing more GPUs than are free stays Pending (unless CPU fallback is on).
 """
 
@@ -205,7 +206,10 @@ def _replica_actions(
         if r is not None and r.phase in (Phase.STARTING, Phase.RUNNING):
             continue
         if r is not None and r.phase == Phase.EXITED:
-            out.append(ScheduleRestart(svc.namespace, rev.name, index, now + backoff_s(r.restarts + 1)))
+            # A replica that was serving (restarts reset to 0) restarts at once, like the kubelet's
+            # first restart; only a crash loop waits, exponentially.
+            delay = backoff_s(r.restarts + 1) if r.restarts else 0.0
+            out.append(ScheduleRestart(svc.namespace, rev.name, index, now + delay))
             continue
         if r is not None and r.phase == Phase.BACKOFF and (r.next_start or 0.0) > now:
             continue

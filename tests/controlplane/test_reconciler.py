@@ -110,6 +110,12 @@ def test_an_exited_replica_restarts_after_an_exponential_backoff() -> None:
     assert [backoff_s(n) for n in (1, 2, 3, 4, 10)] == [1.0, 2.0, 4.0, 8.0, 60.0]
 
 
+def test_a_replica_that_was_serving_restarts_at_once() -> None:
+    exited = ReplicaView(0, Phase.EXITED, restarts=0)  # the controller resets restarts of a replica that served
+    v = view(rev(R1, "h1", exited), rolled=R1, traffic={R1: 100})
+    assert reconcile([want()], [v], Cluster(), 100.0) == [ScheduleRestart(NS, R1, 0, 100.0)]
+
+
 def test_gpu_replicas_stay_pending_when_gpus_are_missing() -> None:
     v = view(rev(R1, "h1"))
     actions = reconcile([want(gpus=2)], [v], Cluster(gpus_total=0), 0.0)
