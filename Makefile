@@ -27,7 +27,7 @@ run: model
 	@echo ""
 	$(BIN)/isvc serve --model_dir=$$($(BIN)/isvc models path) --model_name=$(MODEL_NAME) --http_port=$(PORT)
 
-test: model
+test: model lint
 	$(BIN)/pytest -q
 
 # The house rules: lint + format, types, and the import layers (pyproject.toml [tool.importlinter]).
