@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--disable_lower_case", action="store_true", help="accepted for compatibility")
     add("--disable_special_tokens", action="store_true", help="accepted for compatibility")
     add("--trust_remote_code", action="store_true", help="allow custom model code from the model folder")
+    add(
+        "--trust_request_chat_template",
+        action="store_true",
+        help="accept a chat template in chat requests (vLLM's flag; refused by default)",
+    )
     add("--tensor_input_names", default=None, help="accepted for compatibility")
     add("--task", default=None, help="ML task; isvc serves text_generation")
     add("--backend", default="auto", choices=BACKENDS, help="auto: vLLM with a GPU, else isvc's CPU engine")

@@ -41,6 +41,8 @@ class ServerSettings:
     enable_docs_url: bool = False
     log_requests: bool = True
     exit_on_engine_death: bool = True
+    trust_request_chat_template: bool = False
+    """Accept ``chat_template`` in chat requests (vLLM's --trust-request-chat-template)."""
     limits: RequestLimits = field(default_factory=RequestLimits)
     """Body size, read deadlines and JSON shape each request is held to."""
 
@@ -63,7 +65,12 @@ def create_app(settings: ServerSettings, engine: AsyncEngine) -> FastAPI:
     if settings.exit_on_engine_death and engine.on_dead is None:
         engine.on_dead = _exit_soon
 
-    serving = OpenAIServing(engine, settings.model_name, settings.model_root)
+    serving = OpenAIServing(
+        engine,
+        settings.model_name,
+        settings.model_root,
+        trust_request_chat_template=settings.trust_request_chat_template,
+    )
     openai_router = openai_routes.build_router(serving)
     app.include_router(openai_router, prefix="/openai/v1")
     app.include_router(kserve_v1.build_router(engine, settings.model_name))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from isvc.engine.async_engine import AsyncEngine
 from isvc.engine.outputs import RequestOutput
 from isvc.engine.params import SamplingParams
+from isvc.errors import InvalidRequest
 
 
 @dataclass(slots=True)
@@ -55,3 +56,18 @@ async def run_jobs(engine: AsyncEngine, request_id: str, jobs: list[Job]) -> Asy
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def check_fits_queue(engine: AsyncEngine, num_jobs: int, param: str) -> None:
+    """Refuse a request that needs more engine requests than the queue ever holds.
+
+    The queue's 429/503 + Retry-After says "try again shortly"; for a request larger than the
+    whole queue that is never true, and a client honouring Retry-After would retry forever.
+    """
+    limit = engine.config.max_queue
+    if num_jobs > limit:
+        raise InvalidRequest(
+            f"this request needs {num_jobs} generations but the server queues at most {limit} at once "
+            f"(max_queue {limit}); send at most {limit} prompts x n per request",
+            param=param,
+        )

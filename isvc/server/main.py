@@ -94,6 +94,7 @@ def main(argv: list[str]) -> int:
         model_root=str(model_dir),
         enable_docs_url=bool(args.enable_docs_url),
         log_requests=not args.disable_log_requests,
+        trust_request_chat_template=args.trust_request_chat_template,
         limits=limits,
     )
     app = create_app(settings, engine)

@@ -6,49 +6,49 @@ whose bodies carry the V1 fields too.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from isvc.engine.async_engine import AsyncEngine
 from isvc.errors import InvalidRequest, NotFound
-from isvc.server.protocols.generate import generate_texts, params_from
+from isvc.server.protocols.bounds import one_of
+from isvc.server.protocols.generate import GenerateParameters, generate_texts
+
+
+class TextInstance(BaseModel):
+    text: str | None = None
+    prompt: str | None = None
+    text_input: str | None = None
+
+
+class PredictRequest(BaseModel):
+    instances: list[Annotated[str | TextInstance, one_of('a string or {"text": ...}')]] = Field(
+        description='prompts: strings or {"text": ...}'
+    )
+    parameters: GenerateParameters | None = None
 
 
 def build_router(engine: AsyncEngine, model_name: str) -> APIRouter:
     router = APIRouter()
 
     @router.post("/v1/models/{name}:predict")
-    async def predict(name: str, request: Request) -> JSONResponse:
+    async def predict(name: str, body: PredictRequest) -> JSONResponse:
         if name != model_name:
             raise NotFound(f"Model with name {name} does not exist.")
-        body = await _json(request)
-        instances = body.get("instances")
-        if not isinstance(instances, list):
-            raise InvalidRequest('Expected "instances" to be a list', param="instances")
-        prompts = [_instance_text(x) for x in instances]
-        texts = await generate_texts(engine, prompts, params_from(body.get("parameters")))
+        prompts = [_instance_text(x) for x in body.instances]
+        texts = await generate_texts(engine, prompts, body.parameters or GenerateParameters())
         return JSONResponse({"predictions": texts})
 
     return router
 
 
-def _instance_text(x: Any) -> str:
+def _instance_text(x: str | TextInstance) -> str:
     if isinstance(x, str):
         return x
-    if isinstance(x, dict):
-        for key in ("text", "prompt", "text_input"):
-            if isinstance(x.get(key), str):
-                return x[key]
+    for text in (x.text, x.prompt, x.text_input):
+        if text is not None:
+            return text
     raise InvalidRequest('each instance must be a string or {"text": ...}', param="instances")
-
-
-async def _json(request: Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError as exc:
-        raise InvalidRequest("the request body is not valid JSON") from exc
-    if not isinstance(body, dict):
-        raise InvalidRequest("the request body must be a JSON object")
-    return body

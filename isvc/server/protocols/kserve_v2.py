@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -17,7 +18,7 @@ from isvc.server.protocols.generate import generate_texts, params_from
 
 class InferInput(BaseModel):
     name: str
-    shape: list[int]
+    shape: list[Annotated[int, Field(ge=0)]]
     datatype: str
     data: list[Any]
     parameters: dict[str, Any] | None = None
@@ -74,9 +75,12 @@ def build_router(engine: AsyncEngine, model_name: str) -> APIRouter:
             raise InvalidRequest(
                 "expected a BYTES input holding the prompt text (e.g. name text_input)", param="inputs"
             )
-        prompts = [str(x) for x in text_inputs[0].data]
+        prompts = _prompts(text_inputs[0])
         texts = await generate_texts(
-            engine, prompts, params_from({**(body.parameters or {}), **(text_inputs[0].parameters or {})})
+            engine,
+            prompts,
+            params_from({**(body.parameters or {}), **(text_inputs[0].parameters or {})}),
+            param="inputs.data",
         )
         return {
             "model_name": name,
@@ -87,3 +91,26 @@ def build_router(engine: AsyncEngine, model_name: str) -> APIRouter:
         }
 
     return router
+
+
+def _prompts(tensor: InferInput) -> list[str]:
+    """The prompts of a BYTES tensor: its data flattened (row-major, as the protocol allows nesting)."""
+    data: list[Any] = []
+    stack = [iter(tensor.data)]
+    while stack:  # flatten without recursion: nesting depth is the client's choice
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            data.append(item)
+        else:
+            stack.pop()
+    if math.prod(tensor.shape) != len(data):
+        raise InvalidRequest(
+            f"input {tensor.name}: shape {tensor.shape} holds {math.prod(tensor.shape)} elements "
+            f"but data has {len(data)}",
+            param="inputs.shape",
+        )
+    if not all(isinstance(x, str) for x in data):
+        raise InvalidRequest(f"input {tensor.name}: BYTES data must be strings (the prompt text)", param="inputs.data")
+    return data

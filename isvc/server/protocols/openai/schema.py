@@ -3,9 +3,24 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from isvc.server.protocols.bounds import (
+    INT64_MAX,
+    MAX_LOGPROBS,
+    MAX_N,
+    MaxTokens,
+    Penalty,
+    Seed,
+    Stop,
+    StopTokenIds,
+    Temperature,
+    TopK,
+    TopP,
+    one_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -28,17 +43,17 @@ class StreamOptions(OpenAIBaseModel):
 
 class _SamplingFields(OpenAIBaseModel):
     model: str
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=-1)
-    n: int = Field(default=1, ge=1, le=16)
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    top_k: TopK | None = None
+    n: int = Field(default=1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None
-    seed: int | None = None
-    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    stop: Stop | None = None
+    stop_token_ids: StopTokenIds | None = None
+    seed: Seed | None = None
+    presence_penalty: Penalty = 0.0
+    frequency_penalty: Penalty = 0.0
     ignore_eos: bool = False
     skip_special_tokens: bool = True
     user: str | None = None
@@ -50,11 +65,14 @@ class _SamplingFields(OpenAIBaseModel):
 
 
 class CompletionRequest(_SamplingFields):
-    prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(default=16, ge=0)
-    logprobs: int | None = Field(default=None, ge=0, le=20)
+    prompt: Annotated[
+        str | list[str] | list[int] | list[list[int]],
+        one_of("a string, a list of strings, a list of token ids, or a list of lists of token ids"),
+    ]
+    max_tokens: MaxTokens | None = 16
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     echo: bool = False
-    best_of: int | None = Field(default=None, ge=1)
+    best_of: int | None = Field(default=None, ge=1, le=MAX_N)
     suffix: str | None = None
 
 
@@ -65,7 +83,9 @@ class TextPart(OpenAIBaseModel):
 
 class ChatMessage(OpenAIBaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: Annotated[
+        str | list[TextPart] | None, one_of('a string or a list of {"type": "text", "text": ...} parts')
+    ] = None
     name: str | None = None
 
     def text(self) -> str:
@@ -78,12 +98,15 @@ class ChatMessage(OpenAIBaseModel):
 
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=INT64_MAX)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=INT64_MAX)
     logprobs: bool = False
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     add_generation_prompt: bool = True
+    chat_template: str | None = None
+    """A Jinja template replacing the model's (vLLM's field); refused unless the server trusts request templates."""
     chat_template_kwargs: dict[str, Any] | None = None
+    """Extra variables for the template; ``chat_template`` here counts as the request's template."""
 
 
 class UsageInfo(BaseModel):

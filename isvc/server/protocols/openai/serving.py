@@ -11,7 +11,8 @@ from isvc.engine.async_engine import AsyncEngine
 from isvc.engine.outputs import RequestOutput, TokenLogprob
 from isvc.engine.params import SamplingParams
 from isvc.errors import InvalidRequest, NotFound
-from isvc.server.jobs import Job, run_jobs
+from isvc.server.jobs import Job, check_fits_queue, run_jobs
+from isvc.server.protocols.chat_template import RenderLimits, encode_all, off_loop, render
 from isvc.server.protocols.openai.schema import (
     AssistantMessage,
     ChatChoice,
@@ -35,10 +36,13 @@ from isvc.server.sse import DONE, event
 
 
 class OpenAIServing:
-    def __init__(self, engine: AsyncEngine, model_name: str, model_root: str) -> None:
+    def __init__(
+        self, engine: AsyncEngine, model_name: str, model_root: str, *, trust_request_chat_template: bool = False
+    ) -> None:
         self.engine = engine
         self.model_name = model_name
         self.model_root = model_root
+        self.trust_request_chat_template = trust_request_chat_template
         self.created = int(time.time())
 
     # -- models --------------------------------------------------------------------------
@@ -53,21 +57,24 @@ class OpenAIServing:
 
     # -- completions -----------------------------------------------------------------------
 
-    def completion_jobs(self, req: CompletionRequest) -> tuple[list[Job], list[list[int]], int]:
+    async def completion_jobs(self, req: CompletionRequest) -> tuple[list[Job], list[list[int]], int]:
         self.check_model(req.model)
         if req.suffix:
             raise InvalidRequest("suffix is not supported", param="suffix")
         if req.best_of is not None and req.best_of != req.n:
             raise InvalidRequest("best_of must equal n (beam search is not supported)", param="best_of")
+        p = req.prompt
+        num_prompts = 1 if isinstance(p, str) or (p and isinstance(p[0], int)) else len(p)
+        check_fits_queue(self.engine, num_prompts * req.n, param="n" if req.n > 1 else "prompt")
+        self._check_stop_token_ids(req)
         tokenizer = self.engine.tokenizer
         prompts: list[list[int]]
-        p = req.prompt
         if isinstance(p, str):
-            prompts = [tokenizer.encode(p)]
+            prompts = await encode_all(tokenizer, [p])
         elif p and all(isinstance(x, int) for x in p):
             prompts = [list(p)]  # type: ignore[arg-type]
         elif p and all(isinstance(x, str) for x in p):
-            prompts = [tokenizer.encode(x) for x in p]
+            prompts = await encode_all(tokenizer, p)  # type: ignore[arg-type]
         elif p and all(isinstance(x, list) for x in p):
             prompts = [list(x) for x in p]  # type: ignore[arg-type]
         else:
@@ -90,7 +97,7 @@ class OpenAIServing:
         return jobs, prompts, wanted if wanted is not None else -1
 
     async def completion(self, req: CompletionRequest) -> CompletionResponse:
-        jobs, prompts, wanted = self.completion_jobs(req)
+        jobs, prompts, wanted = await self.completion_jobs(req)
         request_id = f"cmpl-{uuid.uuid4().hex}"
         collected = await _collect(self.engine, request_id, jobs)
         choices = []
@@ -129,7 +136,7 @@ class OpenAIServing:
         return prefix + text, _completion_logprobs(entries, first), finish
 
     async def completion_stream(self, req: CompletionRequest) -> AsyncIterator[str]:
-        jobs, prompts, wanted = self.completion_jobs(req)
+        jobs, prompts, wanted = await self.completion_jobs(req)
         return self._completion_events(req, jobs, prompts)
 
     async def _completion_events(
@@ -175,22 +182,60 @@ class OpenAIServing:
 
     # -- chat ------------------------------------------------------------------------------
 
-    def chat_jobs(self, req: ChatCompletionRequest) -> tuple[list[Job], list[int]]:
-        self.check_model(req.model)
-        tokenizer = self.engine.tokenizer
-        if not getattr(tokenizer, "chat_template", None):
-            raise InvalidRequest("this model has no chat template; use /v1/completions", param="messages")
-        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-        try:
-            rendered = tokenizer.apply_chat_template(
-                messages,
-                add_generation_prompt=req.add_generation_prompt,
-                tokenize=False,
-                **(req.chat_template_kwargs or {}),
+    def _check_stop_token_ids(self, req: CompletionRequest | ChatCompletionRequest) -> None:
+        if not req.stop_token_ids:
+            return
+        tokenizer = self.engine.tokenizer  # NotReady before the model is loaded
+        model = getattr(self.engine.core, "model", None)
+        vocab = int(getattr(model, "vocab_size", len(tokenizer)))
+        bad = next((t for t in req.stop_token_ids if t >= vocab), None)
+        if bad is not None:
+            raise InvalidRequest(
+                f"stop token id {bad} is out of range: the vocabulary has {vocab} tokens", param="stop_token_ids"
             )
-        except Exception as exc:  # jinja raises its own errors for unsupported roles/orders
-            raise InvalidRequest(f"the chat template rejected the messages: {exc}", param="messages") from exc
-        ids = tokenizer.encode(rendered, add_special_tokens=False)
+
+    def _chat_template(self, req: ChatCompletionRequest) -> tuple[str, str]:
+        """The template to render and the field its failures name: the request's own, or the model's."""
+        kwargs = req.chat_template_kwargs or {}
+        requested = req.chat_template if req.chat_template is not None else kwargs.get("chat_template")
+        if requested is not None:
+            if not self.trust_request_chat_template:
+                raise InvalidRequest(
+                    "chat_template: this server does not accept chat templates in requests "
+                    "(start it with --trust-request-chat-template to allow them)",
+                    param="chat_template",
+                )
+            if not isinstance(requested, str):
+                raise InvalidRequest("chat_template must be a string", param="chat_template")
+            return requested, "chat_template"
+        template = getattr(self.engine.tokenizer, "chat_template", None)
+        if isinstance(template, dict):  # named templates: "default" is the chat one
+            template = template.get("default")
+        if not template:
+            raise InvalidRequest("this model has no chat template; use /v1/completions", param="messages")
+        return template, "messages"
+
+    async def chat_jobs(self, req: ChatCompletionRequest) -> tuple[list[Job], list[int]]:
+        self.check_model(req.model)
+        check_fits_queue(self.engine, req.n, param="n")
+        self._check_stop_token_ids(req)
+        source, param = self._chat_template(req)
+        tokenizer = self.engine.tokenizer
+        kwargs = {k: v for k, v in (req.chat_template_kwargs or {}).items() if k != "chat_template"}
+        variables = {
+            **tokenizer.special_tokens_map,  # bos_token, eos_token...: what transformers gives templates
+            **kwargs,
+            "messages": [{"role": m.role, "content": m.text()} for m in req.messages],
+            "add_generation_prompt": req.add_generation_prompt,
+        }
+        # A few times the context in characters: longer could never fit, and tokenizing it is wasted work.
+        limits = RenderLimits(max_chars=max(65536, 32 * self.engine.max_model_len))
+
+        def render_and_encode() -> list[int]:
+            rendered = render(source, variables, limits, param=param)
+            return list(tokenizer.encode(rendered, add_special_tokens=False))
+
+        ids = await off_loop(render_and_encode)
         max_tokens = self.engine.check_request(ids, req.max_completion_tokens or req.max_tokens)
         top = req.top_logprobs if req.logprobs else None
         if req.top_logprobs and not req.logprobs:
@@ -203,7 +248,7 @@ class OpenAIServing:
         return jobs, ids
 
     async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse:
-        jobs, ids = self.chat_jobs(req)
+        jobs, ids = await self.chat_jobs(req)
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         collected = await _collect(self.engine, request_id, jobs)
         choices = []
@@ -230,7 +275,7 @@ class OpenAIServing:
         )
 
     async def chat_stream(self, req: ChatCompletionRequest) -> AsyncIterator[str]:
-        jobs, ids = self.chat_jobs(req)
+        jobs, ids = await self.chat_jobs(req)
         return self._chat_events(req, jobs, ids)
 
     async def _chat_events(self, req: ChatCompletionRequest, jobs: list[Job], ids: list[int]) -> AsyncIterator[str]:

@@ -1,0 +1,221 @@
+"""What one request may ask of a live `isvc serve`: every field bounded at the wire, request chat
+templates refused unless trusted and bounded when trusted, and limits no retry can meet answered
+as 400s naming the limit (not as overload)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+
+import httpx
+import openai
+import pytest
+
+INT64_MAX = 2**63 - 1
+
+OPENAI_BOUNDS = [
+    ("seed", 2**64),
+    ("seed", -(2**63) - 1),
+    ("top_k", 2**63),
+    ("top_k", -2),
+    ("n", 17),
+    ("stop", ["s"] * 17),
+    ("stop", "x" * 257),
+    ("stop_token_ids", [10**6]),
+    ("stop_token_ids", [-1]),
+    ("presence_penalty", 2.5),
+    ("frequency_penalty", -3),
+    ("temperature", 2.5),
+    ("top_p", 0),
+    ("max_tokens", 2**63),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), OPENAI_BOUNDS, ids=[f"{f}={str(v)[:12]}" for f, v in OPENAI_BOUNDS])
+def test_completion_field_out_of_range_is_a_400_naming_it(tiny_server, field: str, value: object) -> None:
+    body = {"model": "tiny", "prompt": "Hello", "max_tokens": 2, field: value}
+    r = httpx.post(f"{tiny_server.base_url}/v1/completions", json=body, timeout=30)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"].split(".")[0] == field  # stop_token_ids.0: the field, then the item
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("seed", 2**64), ("top_k", 2**63), ("top_logprobs", 21), ("max_completion_tokens", 2**63), ("stop", 5)],
+)
+def test_chat_field_out_of_range_is_a_400_naming_it(tiny_server, field: str, value: object) -> None:
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "logprobs": True, field: value}
+    r = httpx.post(f"{tiny_server.base_url}/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == field
+
+
+def test_completion_logprobs_past_twenty_is_a_400(tiny_server) -> None:
+    client = openai.OpenAI(base_url=tiny_server.base_url + "/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model="tiny", prompt="Hi", max_tokens=2, logprobs=21)
+    assert err.value.body["param"] == "logprobs"
+
+
+def test_extreme_seeds_within_int64_still_generate(tiny_server) -> None:
+    client = openai.OpenAI(base_url=tiny_server.base_url + "/v1", api_key="unused", max_retries=0)
+    for seed in (INT64_MAX, -(2**63)):
+        out = client.completions.create(
+            model="tiny",
+            prompt="Hello",
+            max_tokens=3,
+            n=2,
+            seed=seed,
+            extra_body={"ignore_eos": True, "top_k": INT64_MAX},
+        )
+        assert [c.finish_reason for c in out.choices] == ["length", "length"]
+
+
+@pytest.mark.parametrize(
+    ("parameters", "named"),
+    [
+        ({"temperature": "hot"}, "parameters.temperature"),
+        ({"seed": 2**64}, "parameters.seed"),
+        ({"top_k": 2**63}, "parameters.top_k"),
+        ({"max_tokens": 0}, "parameters.max_tokens"),
+        ({"stop": [1, 2]}, "parameters.stop"),
+        ({"beam_width": 4}, "parameters.beam_width"),
+    ],
+)
+def test_kserve_parameters_are_checked_and_named(tiny_server, parameters: dict, named: str) -> None:
+    base = tiny_server.base_url
+    r = httpx.post(f"{base}/v1/models/tiny:predict", json={"instances": ["Hi"], "parameters": parameters}, timeout=30)
+    assert r.status_code == 400 and named in r.json()["error"], r.text
+    v2 = {
+        "inputs": [{"name": "text_input", "shape": [1], "datatype": "BYTES", "data": ["Hi"]}],
+        "parameters": parameters,
+    }
+    r = httpx.post(f"{base}/v2/models/tiny/infer", json=v2, timeout=30)
+    assert r.status_code == 400 and named in r.json()["error"], r.text
+
+
+# -- limits one request exceeds are not overload ---------------------------------------------
+
+
+def _assert_limit_not_overload(r: httpx.Response, limit: str) -> None:
+    assert r.status_code == 400, r.text
+    assert "retry-after" not in r.headers
+    body = r.json()
+    message = body["error"]["message"] if isinstance(body["error"], dict) else body["error"]
+    assert limit in message
+
+
+def test_completion_larger_than_the_queue_is_a_400_naming_max_queue(tiny_server) -> None:
+    body = {"model": "tiny", "prompt": ["Hello"] * 300, "n": 16, "max_tokens": 1}
+    r = httpx.post(f"{tiny_server.base_url}/v1/completions", json=body, timeout=30)
+    _assert_limit_not_overload(r, "max_queue")
+    assert r.json()["error"]["param"] == "n"
+
+
+def test_v1_instances_larger_than_the_queue_are_a_400(tiny_server) -> None:
+    r = httpx.post(f"{tiny_server.base_url}/v1/models/tiny:predict", json={"instances": ["Hi"] * 1000}, timeout=30)
+    _assert_limit_not_overload(r, "max_queue")
+
+
+def test_v2_tensor_larger_than_the_queue_is_a_400(tiny_server) -> None:
+    body = {"inputs": [{"name": "text_input", "shape": [1000], "datatype": "BYTES", "data": ["Hi"] * 1000}]}
+    r = httpx.post(f"{tiny_server.base_url}/v2/models/tiny/infer", json=body, timeout=30)
+    _assert_limit_not_overload(r, "max_queue")
+
+
+@pytest.mark.parametrize(("shape", "data"), [([1000], ["Hi"]), ([2], ["a", "b", "c"]), ([1, 2], ["a"])])
+def test_v2_shape_must_match_data(tiny_server, shape: list[int], data: list[str]) -> None:
+    body = {"inputs": [{"name": "text_input", "shape": shape, "datatype": "BYTES", "data": data}]}
+    r = httpx.post(f"{tiny_server.base_url}/v2/models/tiny/infer", json=body, timeout=30)
+    assert r.status_code == 400 and "shape" in r.json()["error"], r.text
+
+
+def test_v2_nested_data_is_flattened_row_major(tiny_server) -> None:
+    body = {
+        "inputs": [{"name": "text_input", "shape": [2, 1], "datatype": "BYTES", "data": [["Hello"], ["World"]]}],
+        "parameters": {"max_tokens": 2},
+    }
+    r = httpx.post(f"{tiny_server.base_url}/v2/models/tiny/infer", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["outputs"][0]["shape"] == [2]
+
+
+# -- request chat templates ------------------------------------------------------------------
+
+_ECHO_TEMPLATE = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}>"
+
+
+def _chat(base_url: str, **extra: object) -> httpx.Response:
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 2, **extra}
+    return httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=60)
+
+
+@pytest.mark.parametrize(
+    "extra", [{"chat_template": _ECHO_TEMPLATE}, {"chat_template_kwargs": {"chat_template": _ECHO_TEMPLATE}}]
+)
+def test_request_chat_template_is_refused_by_default(tiny_server, extra: dict) -> None:
+    r = _chat(tiny_server.base_url, **extra)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == "chat_template" and "--trust-request-chat-template" in error["message"]
+
+
+def test_chat_template_kwargs_without_a_template_are_template_variables(tiny_server) -> None:
+    r = _chat(tiny_server.base_url, chat_template_kwargs={"enable_thinking": False, "messages": "ignored"})
+    assert r.status_code == 200, r.text
+
+
+@pytest.fixture(scope="module")
+def trusted_server(start_server, tiny_model_dir):
+    return start_server(["--model_dir", str(tiny_model_dir), "--model_name", "tiny", "--trust-request-chat-template"])
+
+
+def test_trusted_server_renders_the_request_template(trusted_server) -> None:
+    own = _chat(trusted_server.base_url, chat_template=_ECHO_TEMPLATE)
+    model = _chat(trusted_server.base_url)
+    assert own.status_code == 200 and model.status_code == 200, own.text
+    # the echo template has no ChatML markers: a different prompt, so a different token count
+    assert own.json()["usage"]["prompt_tokens"] != model.json()["usage"]["prompt_tokens"]
+
+
+@pytest.mark.parametrize(
+    ("template", "limit"),
+    [
+        ("{% for i in range(12000) %}{% for j in range(12000) %}{% endfor %}{% endfor %}", "template step limit"),
+        ("{{ 'x' * 1000000000 }}", "prompt size limit"),
+        ("{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}", "limit"),
+        ("{{ 'x'|center(1000000000) }}", "prompt size limit"),
+    ],
+    ids=["nested-range", "string-times-1e9", "doubling", "center"],
+)
+def test_runaway_template_fails_its_own_request_and_the_server_keeps_answering(
+    trusted_server, template: str, limit: str
+) -> None:
+    base = trusted_server.base_url
+    stop = threading.Event()
+    health: list[int] = []
+
+    def poll() -> None:
+        with httpx.Client(timeout=1.0) as http:  # a frozen event loop would time these out
+            while not stop.is_set():
+                health.append(http.get(f"{base}/v2/health/ready").status_code)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        poller = pool.submit(poll)
+        try:
+            r = _chat(base, chat_template=template)
+        finally:
+            stop.set()
+        poller.result()
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == "chat_template" and limit in error["message"]
+    assert health and set(health) == {200}
+    assert _chat(base).status_code == 200  # the server is fine afterwards
+
+
+def test_broken_request_template_is_a_400(trusted_server) -> None:
+    r = _chat(trusted_server.base_url, chat_template="{{ raise_exception('roles must alternate') }}")
+    assert r.status_code == 400 and "roles must alternate" in r.json()["error"]["message"]
+    r = _chat(trusted_server.base_url, chat_template="{% for %}")
+    assert r.status_code == 400 and r.json()["error"]["param"] == "chat_template"
