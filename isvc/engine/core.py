@@ -370,8 +370,9 @@ class EngineCore:
     def _sample_and_accept(self, logits: torch.Tensor, rows: list[EngineRequest]) -> None:
         """One batched sample for all rows; if it raises, row by row, failing only the rows that raise.
 
-        Row by row gives greedy rows the very same tokens (an argmax per row) and seeded
-        rows the same draws (their generators are their own).
+        Row by row gives greedy rows the very same tokens (an argmax per row); a seeded row
+        draws from its own generator, so it keeps its draws unless the failed batch had
+        already drawn its noise (the last thing the batch does before the argmax).
         """
         try:
             result = self.sampler.sample(
