@@ -11,8 +11,10 @@
       + ModelFolderError     the fetched folder is not a servable model (422)
         - ModelDirNotFound, MissingConfig, UnreadableFiles, MissingWeights, MissingTokenizer
 
-Every error carries ``hint``: what to do about it. ``str(error)`` is the message and the
-hint together, so a CLI can print it as is.
+Every error carries ``hint``: what to do about it. ``message`` is the problem alone (what an
+HTTP body or a caller that prints the hint itself shows); ``str(error)`` is the message and
+the hint together, so a CLI can print it as is. Nothing else may join them, or the hint is
+printed twice.
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ class StorageError(IsvcError):
     code = "storage_error"
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
         self.problem = message
         self.hint = hint
-        super().__init__(f"{message}\n  hint: {hint}" if hint else message)
+
+    def __str__(self) -> str:
+        return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
 
 
 class InvalidUri(StorageError):

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,3 +93,17 @@ def test_gguf_carries_its_own_tokenizer(tmp_path: Path) -> None:
     (folder / "config.json").write_text("{}")
     (folder / "model.Q4.gguf").write_bytes(b"GGUF....")
     assert validate_model_dir(folder).tokenizer_files == ("model.Q4.gguf",)
+
+
+def test_the_hint_is_printed_once_by_every_command(tmp_path: Path) -> None:
+    missing = tmp_path / "models" / "nope"
+    (tmp_path / "models").mkdir()
+    with pytest.raises(ModelDirNotFound) as info:
+        validate_model_dir(missing)
+    assert "hint:" not in info.value.message and str(info.value).count("hint:") == 1
+    for argv in (
+        ["serve", "--model_dir", str(missing), "--model_name", "x"],
+        ["storage-init", f"pvc://nope/{missing.name}", str(tmp_path / "dest")],
+    ):
+        run = subprocess.run([sys.executable, "-m", "isvc", *argv], capture_output=True, text=True, timeout=120)
+        assert run.returncode != 0 and run.stderr.count("hint:") == 1, run.stderr
