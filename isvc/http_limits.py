@@ -23,7 +23,8 @@ Interface::
   must deliver a complete header block within ``header_timeout_s`` of connecting (or of its first
   byte after an idle keep-alive), and a client still sending a body after its response went out
   (413, or a route that never read it) is cut after ``body_timeout_s``. Header blocks are bounded
-  by ``max_header_bytes`` (uvicorn's ``h11_max_incomplete_event_size``).
+  by ``max_header_bytes`` (uvicorn's ``h11_max_incomplete_event_size``); a request h11 cannot parse
+  gets 400, a header block over the limit 431, both with a JSON ``{"error": ...}`` body.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any, ClassVar, Protocol
 
 import h11
@@ -59,7 +61,7 @@ class RequestLimits:
     longest a client may go on sending a body after its response was sent."""
 
     max_header_bytes: int = 32 << 10
-    """Largest request line plus headers, in bytes (nginx allows 4 x 8 KiB); 400 beyond."""
+    """Largest request line plus headers, in bytes (nginx allows 4 x 8 KiB); 431 beyond."""
 
     max_json_depth: int = 128
     """Deepest nesting of arrays and objects in a JSON body (serde_json's default limit)."""
@@ -326,6 +328,7 @@ class _DeadlineH11Protocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._header_deadline: asyncio.TimerHandle | None = None
         self._linger_deadline: asyncio.TimerHandle | None = None
+        self._header_bytes = 0  # of the header block being received
         super().connection_made(transport)
         self._header_deadline = self.loop.call_later(self.request_limits.header_timeout_s, self._header_expired)
 
@@ -334,7 +337,16 @@ class _DeadlineH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self.conn.their_state is h11.IDLE:
+            # h11 bounds only a header block that is still incomplete; count complete ones too.
+            end = data.find(b"\r\n\r\n")
+            self._header_bytes += len(data) if end < 0 else end
+            if self._header_bytes > self.request_limits.max_header_bytes:
+                self._refuse(431, f"the request line and headers are larger than {self._max_header_text()}")
+                return
         super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:
+            self._header_bytes = 0  # the block is complete; the next one starts from zero
         self._update_deadlines()
 
     def on_response_complete(self) -> None:
@@ -362,6 +374,23 @@ class _DeadlineH11Protocol(H11Protocol):
         elif self._linger_deadline is not None:
             self._linger_deadline.cancel()
             self._linger_deadline = None
+
+    def send_400_response(self, msg: str) -> None:
+        """A request h11 cannot parse (malformed, or an incomplete header block over the limit)."""
+        self._refuse(400, f"{msg.rstrip('.')}: malformed, or a header block over {self._max_header_text()}")
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer before (or instead of) h11's parse, as raw bytes: no route is known yet, so KServe's body."""
+        body = json.dumps({"error": message}).encode()
+        head = (
+            f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        )
+        self.transport.write(head.encode() + body)
+        self._close()
+
+    def _max_header_text(self) -> str:
+        return f"{self.request_limits.max_header_bytes} bytes"
 
     def _header_expired(self) -> None:
         self._header_deadline = None

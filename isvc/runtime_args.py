@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max_request_header_bytes",
         type=_bounded(int, 1024, 1 << 20),
         default=32 << 10,
-        help="largest request line plus headers; larger ones get 400 (default 32 KiB, 1 KiB..1 MiB)",
+        help="largest request line plus headers; larger ones get 431 (default 32 KiB, 1 KiB..1 MiB)",
     )
     add(
         "--request_header_timeout_seconds",

@@ -230,3 +230,25 @@ def test_a_model_that_cannot_load_exits_non_zero_with_the_cause(
     assert "failed to load the model" in output
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", server.port), timeout=5).close()
+
+
+@pytest.mark.parametrize("complete", [True, False], ids=["complete-block", "block-still-coming"])
+def test_oversized_header_block_is_431_and_closed(server: ServerProcess, complete: bool) -> None:
+    head_start = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nX-Big: "
+    if complete:  # one send, terminated
+        pieces = [head_start + b"a" * (64 << 10) + b"\r\n\r\n"]
+    else:  # 1 KiB at a time, the last one just over the 32 KiB default, then nothing more
+        filler = b"a" * ((32 << 10) + 512 - len(head_start))
+        data = head_start + filler
+        pieces = [data[i : i + 1024] for i in range(0, len(data), 1024)]
+    sock = _open(server, b"")
+    try:
+        for piece in pieces:
+            sock.sendall(piece)
+            time.sleep(0 if complete else 0.01)
+        head, _, body = _read_until_closed(sock).partition(b"\r\n\r\n")
+    finally:
+        sock.close()
+    assert head.startswith(b"HTTP/1.1 431"), head
+    assert "bytes" in json.loads(body)["error"]
+    assert httpx.get(f"{server.base_url}/v2/health/ready", headers={"X-Ok": "a" * 8000}).status_code == 200
