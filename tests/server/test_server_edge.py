@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -191,3 +192,26 @@ def test_request_limit_flags_default_to_the_shared_limits() -> None:
     assert args.max_request_header_bytes == limits.max_header_bytes
     assert args.request_header_timeout_seconds == limits.header_timeout_s
     assert args.request_body_timeout_seconds == limits.body_timeout_s
+
+
+async def test_an_escaped_exception_is_500_in_the_protocol(tiny_model_dir: Path) -> None:
+    """A bug in a handler still answers in the route's format (and so keeps uvicorn's connection)."""
+    from isvc.engine.async_engine import AsyncEngine
+    from isvc.engine.config import EngineConfig
+    from isvc.server.app import ServerSettings, create_app
+
+    app = create_app(
+        ServerSettings(model_name="tiny", model_root=str(tiny_model_dir)),
+        AsyncEngine(EngineConfig(model_dir=str(tiny_model_dir))),
+    )
+
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/v1/chat/completions/boom", boom, methods=["POST"])
+    app.add_api_route("/v2/boom", boom, methods=["POST"])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+        r = await http.post("/v1/chat/completions/boom", json={})
+        assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+        r = await http.post("/v2/boom", json={})
+        assert r.status_code == 500 and "RuntimeError" in r.json()["error"]
