@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from isvc.controlplane.output import describe_text, isvc_table, runtime_table
-from isvc.controlplane.plan import build_plan
+from isvc.controlplane.plan import InvalidServeArgs, build_plan
 from isvc.controlplane.process import running_pid
 from isvc.controlplane.store import Store, state_dir
 from isvc.errors import IsvcError
@@ -103,6 +103,7 @@ def apply(argv: list[str]) -> int:
             if args.dry_run:
                 _print_dry_run(res, runtimes)
                 continue
+            _check_args(res, runtimes)
             verb = store.upsert_resource(res.kind, res.namespace, res.name, res.body, res.warnings)
             print(f"{_PLURAL[res.kind]}.{_GROUP}/{res.name} {verb}")
     except IsvcError as exc:
@@ -110,6 +111,18 @@ def apply(argv: list[str]) -> int:
     if not args.dry_run and running_pid(store.root) is None:
         print(f"note: the control plane is not running for {store.root}; `isvc up` to run these", file=sys.stderr)
     return 0
+
+
+def _check_args(res: Resource, runtimes: list[ServingRuntime]) -> None:
+    """Refuse args ``isvc serve`` would refuse at start; other plan problems are the controller's to report
+    (a runtime may be applied later, GPUs may come)."""
+    if isinstance(res.obj, InferenceService):
+        try:
+            build_plan(res.obj, runtimes)
+        except InvalidServeArgs:
+            raise
+        except IsvcError:
+            pass
 
 
 def _print_dry_run(res: Resource, runtimes: list[ServingRuntime]) -> None:

@@ -23,9 +23,11 @@ from typing import Any
 
 from isvc.controlplane.runtimes import all_runtimes, select_runtime
 from isvc.errors import ConfigError
+from isvc.manifest.images import entrypoint
 from isvc.manifest.models import Container, InferenceService, Probe, ServingRuntime
 from isvc.manifest.quantity import parse_quantity
 from isvc.manifest.webhook import GPU_RESOURCE
+from isvc.runtime_args import ArgsError, normalize, parse
 
 PORT_TOKEN = "__ISVC_PORT__"
 MOUNT_PATH = "/mnt/models"
@@ -197,6 +199,34 @@ def _model_names(command: list[str], fallback: str) -> list[str]:
     return names or [fallback]
 
 
+class InvalidServeArgs(ConfigError):
+    """Args of an ``isvc serve`` predictor that the server's own parser refuses (caught at apply time)."""
+
+    code = "invalid_runtime_args"
+
+
+def check_serve_args(argv: list[str], fields: list[tuple[str, str]]) -> None:
+    """Parse ``argv`` as ``isvc serve`` will; name the manifest field (``fields``: arg, field) that fails."""
+    argv = [a for a in argv if PORT_TOKEN not in a]  # the port is ours
+    try:
+        parse(argv)
+    except ArgsError as exc:
+        message = str(exc)
+        field = next((f for arg, f in reversed(fields) if _named_in(arg, message)), None)
+        if field is None:
+            field = fields[0][1].rsplit("[", 1)[0] if fields else "spec.predictor"
+        raise InvalidServeArgs(f"{field}: {message}", param=field) from exc
+
+
+def _named_in(arg: str, message: str) -> bool:
+    """Does the argparse ``message`` name the flag (or the value) of manifest item ``arg``?"""
+    items = normalize([arg])
+    flag = items[0].split("=", 1)[0] if items and items[0].startswith("--") else None
+    if flag is not None:
+        return re.search(re.escape(flag) + r"(?![\w-])", message) is not None
+    return f"'{arg}'" in message
+
+
 def build_plan(isvc: InferenceService, user_runtimes: list[ServingRuntime]) -> LaunchPlan:
     """Resolve runtime, args, env, resources, port mapping and probe; raise ConfigError if impossible."""
     pred = isvc.spec.predictor
@@ -211,7 +241,7 @@ def build_plan(isvc: InferenceService, user_runtimes: list[ServingRuntime]) -> L
         args = merge_args(
             [render_template(a, isvc) for a in rc.args], [render_template(a, isvc) for a in model.args], notes
         )
-        command = [render_template(a, isvc) for a in (model.command or rc.command)]
+        command = [render_template(a, isvc) for a in (model.command or rc.command or entrypoint(rc.image) or [])]
         merged = Container.model_validate(
             {
                 **rc.model_dump(by_alias=True, exclude_none=True),
@@ -222,6 +252,11 @@ def build_plan(isvc: InferenceService, user_runtimes: list[ServingRuntime]) -> L
         is_isvc_server = command[:2] == ["isvc", "serve"]
         argv = [*command, *args]
         if is_isvc_server:
+            check_serve_args(
+                argv[2:],
+                [(a, f"spec.predictor.model.args[{i}]") for i, a in enumerate(model.args)]
+                + [(a, f"{rt.kind} {rt.metadata.name}: spec.containers[0].args[{i}]") for i, a in enumerate(rc.args)],
+            )
             argv = [a for a in argv if _flag_key(a) not in ("http_port", "port")] + [f"--http_port={PORT_TOKEN}"]
         else:
             argv = rewrite_ports(argv, declared)
@@ -245,19 +280,26 @@ def build_plan(isvc: InferenceService, user_runtimes: list[ServingRuntime]) -> L
     if not pred.containers:
         raise ConfigError("predictor has neither a model nor containers", param="spec.predictor")
     c = next((c for c in pred.containers if c.name == "kserve-container"), pred.containers[0])
+    index = pred.containers.index(c)
+    command = c.command or entrypoint(c.image) or []
+    if command[:2] == ["isvc", "serve"]:
+        check_serve_args(
+            [*command[2:], *c.args],
+            [(a, f"spec.predictor.containers[{index}].args[{i}]") for i, a in enumerate(c.args)],
+        )
     declared = _declared_port(c)
     env = _merge_env([], c.env)
     storage_uri = env.pop("STORAGE_URI", None)
     tcp_default = ProbePlan(kind="tcp", period_s=1.0)
     plan = LaunchPlan(
         kind="custom",
-        command=rewrite_ports([render_template(a, isvc) for a in [*c.command, *c.args]], declared),
+        command=rewrite_ports([render_template(a, isvc) for a in [*command, *c.args]], declared),
         env={k: rewrite_port(v, declared) for k, v in env.items()} | {"PORT": PORT_TOKEN},
         probe=_probe(c.readiness_probe, tcp_default, declared),
         runtime="custom container",
         storage_uri=storage_uri,
         declared_port=declared,
-        model_names=_model_names([*c.command, *c.args], isvc.metadata.name),
+        model_names=_model_names([*command, *c.args], isvc.metadata.name),
         timeout_s=float(pred.timeout) if pred.timeout else None,
         replicas=replicas,
         image=c.image,

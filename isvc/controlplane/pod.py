@@ -4,6 +4,10 @@ Started by the launcher as ``python -m isvc.controlplane.pod POD.json`` in its o
 group, with stdout/stderr going to the replica's log file. ``os.execvpe`` keeps the pid, so
 the pid the controller records is the server's. A storage failure exits 3 with the reason
 as the last log line (the controller shows it in the status).
+
+``python3``/``python`` on the predictor's PATH are isvc's own interpreter (a ``bin`` folder
+next to the pod files comes first), so a seed-style ``sh -c "python3 -m ..."`` runs with
+the packages isvc runs with, not the system Python's.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -38,6 +43,21 @@ def rewrite_mount(text: str, root: Path, mount_root: str = "/mnt/models") -> str
     return re.sub(pattern, str(root).replace("\\", "\\\\"), text)
 
 
+def interpreter_bin(folder: Path) -> Path:
+    """``folder`` holding ``python3`` and ``python`` scripts that exec this interpreter."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n'
+    for name in ("python3", "python"):
+        path = folder / name
+        if path.exists() and path.read_text() == script:
+            continue
+        tmp = folder / f".{name}.{os.getpid()}"
+        tmp.write_text(script)
+        tmp.chmod(0o755)
+        tmp.replace(path)  # atomic: pods starting together each see a whole script
+    return folder
+
+
 def main(argv: list[str]) -> int:
     spec: dict[str, Any] = json.loads(Path(argv[0]).read_text())
     command: list[str] = spec["command"]
@@ -54,6 +74,8 @@ def main(argv: list[str]) -> int:
         mount_root = _mount_root()
         command = [rewrite_mount(a, root, mount_root) for a in command]
         env = {k: rewrite_mount(v, root, mount_root) for k, v in env.items()}
+    bin_dir = interpreter_bin(Path(argv[0]).resolve().parent / "bin")
+    env["PATH"] = os.pathsep.join([str(bin_dir), *(p for p in env.get("PATH", os.defpath).split(os.pathsep) if p)])
     print(f"isvc pod: exec {' '.join(command)}", flush=True)
     exe = shutil.which(command[0], path=env.get("PATH")) or command[0]
     cwd = spec.get("cwd")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from isvc.manifest.images import entrypoint
 from isvc.manifest.models import FRAMEWORKS, Container, InferenceService, ServingRuntime
 from isvc.manifest.quantity import parse_quantity
 
@@ -136,7 +137,10 @@ def check_inference_service(isvc: InferenceService) -> list[tuple[str, str]]:
     impls = [
         n for n in ("model", *FRAMEWORKS) if getattr(p, n, None) is not None or (p.model_extra or {}).get(n) is not None
     ]
-    if p.containers:
+    # KServe counts containers as the predictor only if one is named kserve-container: beside a
+    # model, others (transformer-container: KServe's collocation) are sidecars.
+    main = [c for c in p.containers if c.name == "kserve-container"]
+    if p.containers and (main or not impls):
         impls.append("containers")
     if len(impls) != 1:
         got = ", ".join(impls) if impls else "none"
@@ -175,8 +179,7 @@ def check_inference_service(isvc: InferenceService) -> list[tuple[str, str]]:
             )
         problems += _check_container(model, mpath)
     if p.containers:
-        main = [c for c in p.containers if c.name == "kserve-container"]
-        if len(p.containers) > 1 and len(main) != 1:
+        if len(p.containers) > 1 and len(main) != 1 and model is None:
             problems.append(
                 (
                     f"{path}.containers",
@@ -184,15 +187,28 @@ def check_inference_service(isvc: InferenceService) -> list[tuple[str, str]]:
                 )
             )
         for i, c in enumerate(p.containers):
-            if not c.command and not c.args:
-                problems.append(
-                    (
-                        f"{path}.containers[{i}].command",
-                        "Required value: isvc runs a custom container's command on the host; set command (and args)",
-                    )
-                )
+            if model is None or c.name == "kserve-container":  # sidecars of a model are not run
+                problems += _check_command(c, f"{path}.containers[{i}]")
             problems += _check_container(c, f"{path}.containers[{i}]")
     return problems
+
+
+def _check_command(c: Container, path: str) -> list[tuple[str, str]]:
+    """A container isvc runs needs a command, or an image whose entrypoint isvc knows (its args go there)."""
+    if c.command or entrypoint(c.image):
+        return []
+    if not c.args:
+        return [
+            (f"{path}.command", "Required value: isvc runs a container's command on the host; set command (and args)")
+        ]
+    image = f"image {c.image}" if c.image else "no image"
+    return [
+        (
+            f"{path}.command",
+            f"Required value: with args but no command, Kubernetes runs the image's entrypoint, and isvc does not know "
+            f"the entrypoint of {image} (it runs commands on the host); set command to what the entrypoint runs",
+        )
+    ]
 
 
 def check_serving_runtime(rt: ServingRuntime, others: list[ServingRuntime]) -> list[tuple[str, str]]:
@@ -201,10 +217,7 @@ def check_serving_runtime(rt: ServingRuntime, others: list[ServingRuntime]) -> l
     if not rt.spec.containers:
         problems.append(("spec.containers", "Required value: a ServingRuntime needs at least one container"))
     for i, c in enumerate(rt.spec.containers):
-        if not c.command and not c.args:
-            problems.append(
-                (f"spec.containers[{i}].command", "Required value: set command (and args); isvc runs it on the host")
-            )
+        problems += _check_command(c, f"spec.containers[{i}]")
         problems += _check_container(c, f"spec.containers[{i}]")
     for i, fmt in enumerate(rt.spec.supported_model_formats):
         if fmt.priority is not None and fmt.priority < 1:
@@ -271,9 +284,17 @@ def inference_service_warnings(body: dict[str, Any], isvc: InferenceService) -> 
     for key in ("model", *FRAMEWORKS):
         if isinstance(pred.get(key), dict):
             out += _container_warnings(pred[key], f"spec.predictor.{key}")
+    sidecars = isvc.spec.predictor.model_spec() is not None
     for i, c in enumerate(pred.get("containers") or []):
-        if isinstance(c, dict):
-            out += _container_warnings(c, f"spec.predictor.containers[{i}]")
+        if not isinstance(c, dict):
+            continue
+        if sidecars and c.get("name") != "kserve-container":
+            out.append(
+                f"spec.predictor.containers[{i}] ({c.get('name')}): collocated with the model, accepted but not run "
+                "(isvc serves the model predictor directly; run a transformer as its own process)"
+            )
+            continue
+        out += _container_warnings(c, f"spec.predictor.containers[{i}]")
     for i, vol in enumerate(pred.get("volumes") or []):
         if isinstance(vol, dict) and set(vol) - {"name", "emptyDir"}:
             out.append(

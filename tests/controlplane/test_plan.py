@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from isvc.controlplane.plan import PORT_TOKEN, build_plan, merge_args, spec_hash
+from isvc.controlplane import cli
+from isvc.controlplane.plan import PORT_TOKEN, InvalidServeArgs, build_plan, merge_args, spec_hash
 from isvc.controlplane.runtimes import NoSupportingRuntime
+from isvc.controlplane.store import Store
 from isvc.manifest import InferenceService, ServingRuntime, load_text, parse_documents
 
 
@@ -118,3 +125,73 @@ def test_traffic_fields_do_not_make_a_new_revision() -> None:
     b = {"spec": {"predictor": {"model": {"x": 1}}}}
     c = {"spec": {"predictor": {"model": {"x": 2}}}}
     assert spec_hash(a) == spec_hash(b) != spec_hash(c)
+
+
+@pytest.mark.parametrize(
+    ("args", "field", "fragment"),
+    [
+        ('["--model_name=m", "--max_model_len=many"]', "spec.predictor.model.args[1]", "invalid int value: 'many'"),
+        (
+            '["--model_name=m", "--max-lenght=9", "--dtype=half"]',
+            "spec.predictor.model.args[1]",
+            "unknown flag --max_lenght",
+        ),
+        ('["--dtype int3"]', "spec.predictor.model.args[0]", "invalid choice: 'int3'"),
+    ],
+)
+def test_args_isvc_serve_would_refuse_are_refused_by_the_plan_naming_the_field(
+    args: str, field: str, fragment: str
+) -> None:
+    text = HF.replace(
+        'args: ["--model_dir=/mnt/models/Llama", "--model_name=llama2", "--quantization gptq"]', f"args: {args}"
+    )
+    with pytest.raises(InvalidServeArgs) as info:
+        build_plan(isvc(text), [])
+    assert info.value.message.startswith(f"{field}: ") and fragment in info.value.message, info.value.message
+
+
+def test_a_huggingfaceserver_image_with_args_only_runs_isvc_serve() -> None:
+    text = """\
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata: {name: hf, namespace: demo}
+spec:
+  predictor:
+    containers:
+      - name: kserve-container
+        image: kserve/huggingfaceserver:v0.14.0
+        args: [--model_name=hf, --model_dir=/mnt/models, --http_port=8080]
+"""
+    plan = build_plan(isvc(text), [])
+    assert plan.command == ["isvc", "serve", "--model_name=hf", "--model_dir=/mnt/models", f"--http_port={PORT_TOKEN}"]
+    with pytest.raises(InvalidServeArgs, match=r"^spec.predictor.containers\[0\].args\[1\]: unknown flag --model_dri"):
+        build_plan(isvc(text.replace("--model_dir", "--model_dri")), [])
+
+
+def test_a_model_beside_a_transformer_container_is_planned_as_the_model() -> None:
+    text = HF + "    containers:\n      - {name: transformer-container, image: t, args: [--x]}\n"
+    plan = build_plan(isvc(text), [])
+    assert plan.command[:2] == ["isvc", "serve"] and plan.runtime == "ClusterServingRuntime/kserve-huggingfaceserver"
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_apply_refuses_args_isvc_serve_would_refuse(
+    dry_run: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(HF.replace('"--quantization gptq"', '"--max_model_len=lots"'))
+    argv = ["-f", str(path), "--state-dir", str(tmp_path / "state"), *(["--dry-run"] if dry_run else [])]
+    assert cli.apply(argv) == 1
+    err = capsys.readouterr().err
+    assert "error: spec.predictor.model.args[2]: argument --max_model_len" in err and "'lots'" in err
+    assert not Store(tmp_path / "state").resources("InferenceService")
+
+
+def test_python3_in_a_predictor_shell_is_the_interpreter_isvc_runs_with(tmp_path: Path) -> None:
+    pod = tmp_path / "pods" / "p.json"
+    pod.parent.mkdir()
+    command = ["/bin/sh", "-c", "python3 -c 'import sys; print(sys.executable)'; python -c 'import isvc'"]
+    pod.write_text(json.dumps({"command": command, "env": {"PATH": "/usr/bin:/bin"}}))
+    run = subprocess.run([sys.executable, "-m", "isvc.controlplane.pod", str(pod)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.splitlines()[-1] == sys.executable

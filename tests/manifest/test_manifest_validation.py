@@ -69,7 +69,7 @@ def test_the_seed_placeholder_namespace_is_refused_with_a_hint() -> None:
          "spec.predictor.minReplicas", "must be of type integer"),
         ("model:\n  modelFormat: {version: '1'}", "spec.predictor.model.modelFormat.name", "Required value"),
         ("model:\n  storageUri: pvc://a/b", "spec.predictor.model.modelFormat", "Required value"),
-        ("model:\n  modelFormat: {name: huggingface}\ncontainers:\n- name: c\n  command: [x]",
+        ("model:\n  modelFormat: {name: huggingface}\ncontainers:\n- name: kserve-container\n  command: [x]",
          "spec.predictor", "exactly one of"),
         ("model:\n  modelFormat: {name: huggingface}\ncanaryTrafficPercent: 150",
          "spec.predictor.canaryTrafficPercent", "between 0 and 100"),
@@ -86,7 +86,9 @@ def test_the_seed_placeholder_namespace_is_refused_with_a_hint() -> None:
         ("containers:\n- name: kserve-container\n  image: x\n  ports: [{containerPort: http}]",
          "spec.predictor.containers[0].ports[0].containerPort", "must be of type integer"),
         ("containers:\n- name: kserve-container\n  image: only-an-image",
-         "spec.predictor.containers[0].command", "runs a custom container's command on the host"),
+         "spec.predictor.containers[0].command", "runs a container's command on the host"),
+        ("containers:\n- name: kserve-container\n  image: vllm/vllm-openai:latest\n  args: [--port, '8080']",
+         "spec.predictor.containers[0].command", "does not know the entrypoint of image vllm/vllm-openai:latest"),
     ],
 )  # fmt: skip
 def test_bad_inference_services_name_the_field(predictor: str, path: str, fragment: str) -> None:
@@ -177,3 +179,26 @@ def test_two_auto_selected_runtimes_may_not_share_a_priority() -> None:
     ]
     ok = RUNTIME.format(name="a", prio=2) + "---\n" + RUNTIME.format(name="b", prio=3)
     assert [r.name for r in parse_documents(load_text(ok))] == ["a", "b"]
+
+
+def test_a_model_with_a_collocated_transformer_container_is_accepted_with_a_warning() -> None:
+    text = isvc(
+        "model:\n  modelFormat: {name: huggingface}\n  storageUri: pvc://m/x\n"
+        "containers:\n- name: transformer-container\n  image: kserve/transformer:latest\n  args: [--model_name, x]"
+    )
+    (res,) = parse_documents(load_text(text))
+    assert any(
+        w.startswith(
+            "spec.predictor.containers[0] (transformer-container): collocated with the model, accepted but not run"
+        )
+        for w in res.warnings
+    ), res.warnings
+
+
+def test_args_without_command_run_the_entrypoint_of_an_image_isvc_knows() -> None:
+    text = isvc(
+        "containers:\n- name: kserve-container\n  image: docker.io/kserve/huggingfaceserver:v0.14.0\n"
+        "  args: [--model_name=m, --model_dir=/mnt/models]"
+    )
+    (res,) = parse_documents(load_text(text))
+    assert res.kind == "InferenceService"
