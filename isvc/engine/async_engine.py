@@ -10,7 +10,6 @@ so the server can exit for its controller to restart it.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -23,14 +22,12 @@ from isvc.engine.params import SamplingParams
 from isvc.engine.request import EngineRequest
 from isvc.errors import InvalidRequest, IsvcError, NotReady
 
-logger = logging.getLogger(__name__)
-
 
 class AsyncEngine:
     def __init__(self, config: EngineConfig, on_dead: Callable[[BaseException], None] | None = None) -> None:
         self.config = config
         self.core: EngineCore | None = None
-        self.ready = False
+        self._loaded = False
         self.load_error: BaseException | None = None
         self.on_dead = on_dead
         """Called once, from the engine thread, when the engine dies (may be set after load)."""
@@ -44,11 +41,16 @@ class AsyncEngine:
         core.on_dead = self._died
         core.start()
         self.core = core
-        self.ready = True
+        self._loaded = True
 
     def shutdown(self) -> None:
         if self.core:
             self.core.shutdown()
+
+    @property
+    def ready(self) -> bool:
+        """Loaded and warmed up, and not dead (readiness answers 503 otherwise)."""
+        return self._loaded and not self.dead
 
     @property
     def dead(self) -> bool:
@@ -56,12 +58,8 @@ class AsyncEngine:
         return self.core is not None and self.core.dead is not None
 
     def _died(self, exc: BaseException) -> None:
-        self.ready = False
         if self.on_dead is not None:
-            try:
-                self.on_dead(exc)
-            except Exception:
-                logger.exception("on_dead failed")
+            self.on_dead(exc)
 
     @property
     def tokenizer(self) -> Any:

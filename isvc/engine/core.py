@@ -194,6 +194,11 @@ class EngineCore:
             self.dead = exc
             sent = [payload for kind, payload in self._inbox if kind == "add"]
             self._inbox.clear()
+        if self.on_dead is not None:  # first: whoever sees a request fail sees the engine dead
+            try:
+                self.on_dead(exc)
+            except Exception:
+                logger.exception("on_dead failed")
         error = EngineDeadError(f"the engine stopped: {type(exc).__name__}: {exc}")
         held = [(t.request, t.emit) for t in self._tracked.values()]
         self._tracked.clear()
@@ -202,8 +207,6 @@ class EngineCore:
                 emit(_failed(request, error))
             except Exception:
                 logger.exception("could not fail request %s", request.request_id)
-        if self.on_dead is not None:
-            self.on_dead(exc)
 
     def _drain_inbox(self) -> None:
         while self._inbox:
