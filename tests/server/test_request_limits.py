@@ -219,3 +219,43 @@ def test_broken_request_template_is_a_400(trusted_server) -> None:
     assert r.status_code == 400 and "roles must alternate" in r.json()["error"]["message"]
     r = _chat(trusted_server.base_url, chat_template="{% for %}")
     assert r.status_code == 400 and r.json()["error"]["param"] == "chat_template"
+
+
+# -- the bounded renderer itself (in process) ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ 'x'.ljust(1000000000) }}",
+        "{{ '%1000000000s'|format('x') }}",
+        "{{ '{:>1000000000}'.format('x') }}",
+        "{{ ([1] * 60000) * 60000 }}",
+        "{% set a = 'x' * 1000 %}" + "{% set a = a ~ a %}" * 40,
+        "{% set s = 'x' * 60000 %}{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}",
+        "{% for i in range(70000) %}xxxxxxxxxx{% endfor %}",
+    ],
+    ids=["ljust", "format-width", "str-format-width", "list-repeat", "concat-doubling", "string-loops", "long-output"],
+)
+def test_renderer_stops_templates_that_grow_or_spin(template: str) -> None:
+    from isvc.server.protocols.chat_template import RenderLimits, TemplateLimitExceeded, render
+
+    with pytest.raises(TemplateLimitExceeded, match="limit"):
+        render(template, {"messages": []}, RenderLimits(max_chars=65536))
+
+
+def test_renderer_matches_transformers_on_the_model_template(tiny_model_dir) -> None:
+    from transformers import AutoTokenizer
+
+    from isvc.server.protocols.chat_template import RenderLimits, render
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": "Hi!"},
+        {"role": "user", "content": "你好"},
+    ]
+    expected = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    variables = {**tokenizer.special_tokens_map, "messages": messages, "add_generation_prompt": True}
+    assert render(tokenizer.chat_template, variables, RenderLimits(max_chars=65536)) == expected

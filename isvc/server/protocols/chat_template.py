@@ -36,7 +36,7 @@ import jinja2
 import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from isvc.errors import InvalidRequest
+from isvc.errors import InvalidRequest, IsvcError
 
 T = TypeVar("T")
 
@@ -101,8 +101,8 @@ class _Budget:
     def check_len(self, n: int) -> None:
         if n > self.limits.max_chars:
             raise TemplateLimitExceeded(
-                f"the chat template built a value of {n} characters or items; the limit is "
-                f"{self.limits.max_chars} (the prompt size limit)",
+                f"the chat template made a value of {n} characters or items; the limit is "
+                f"{self.limits.max_chars} (the prompt size limit: a few times the context)",
                 param=self.param,
             )
 
@@ -253,8 +253,21 @@ def _environment() -> _BoundedEnvironment:
 _ENV = _environment()
 
 
-@lru_cache(maxsize=32)
+MAX_TEMPLATE_CHARS = 256 * 1024
+"""Longest template source; the largest chat templates on the Hub (tool calling) are ~20 KB."""
+
+
 def _compile(source: str) -> jinja2.Template:
+    if len(source) > MAX_TEMPLATE_CHARS:
+        raise TemplateLimitExceeded(
+            f"the chat template has {len(source)} characters; the limit is {MAX_TEMPLATE_CHARS} (the template size limit)",
+            param="chat_template",
+        )
+    return _compile_cached(source) if len(source) <= 64 * 1024 else _ENV.from_string(source)
+
+
+@lru_cache(maxsize=16)
+def _compile_cached(source: str) -> jinja2.Template:
     return _ENV.from_string(source)
 
 
@@ -291,9 +304,9 @@ def render(source: str, variables: dict[str, Any], limits: RenderLimits, param: 
             budget.check_len(size)
             out.append(piece)
         return "".join(out)
-    except TemplateLimitExceeded:
+    except IsvcError:
         raise
-    except (jinja2.TemplateError, ValueError, TypeError, LookupError, ArithmeticError, RecursionError) as exc:
+    except Exception as exc:  # a template is code from a model folder or a client: its failure is the request's
         raise InvalidRequest(f"the chat template failed: {type(exc).__name__}: {exc}", param=param) from exc
     finally:
         sys.settrace(previous)
