@@ -180,8 +180,6 @@ class OpenAIServing:
             )
         yield DONE
 
-    # -- chat ------------------------------------------------------------------------------
-
     def _check_stop_token_ids(self, req: CompletionRequest | ChatCompletionRequest) -> None:
         if not req.stop_token_ids:
             return
@@ -193,6 +191,8 @@ class OpenAIServing:
             raise InvalidRequest(
                 f"stop token id {bad} is out of range: the vocabulary has {vocab} tokens", param="stop_token_ids"
             )
+
+    # -- chat ------------------------------------------------------------------------------
 
     def _chat_template(self, req: ChatCompletionRequest) -> tuple[str, str]:
         """The template to render and the field its failures name: the request's own, or the model's."""
