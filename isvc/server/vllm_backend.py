@@ -50,6 +50,8 @@ def vllm_argv(args: argparse.Namespace, model_dir: Path) -> list[str]:
         argv.append("--trust-remote-code")
     if args.enforce_eager:
         argv.append("--enforce-eager")
+    if args.trust_request_chat_template:
+        argv.append("--trust-request-chat-template")
     if args.seed:
         argv += ["--seed", str(args.seed)]
     return argv

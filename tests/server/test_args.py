@@ -107,6 +107,9 @@ def test_vllm_flags_map_from_kserve_flags(monkeypatch) -> None:
     assert pairs["--tensor-parallel-size"] == "2"  # from the visible GPUs
     assert pairs["--quantization"] == "gptq" and pairs["--gpu-memory-utilization"] == "0.95"
     assert pairs["--max-model-len"] == "6144" and "--trust-remote-code" in argv
+    assert "--trust-request-chat-template" not in argv  # vLLM refuses request templates by default too
+    trusted = vllm_argv(parse(["--model_name=m", "--trust-request-chat-template"]), Path("/models/m"))
+    assert "--trust-request-chat-template" in trusted
 
 
 def test_serve_names_an_engine_flag_out_of_bounds(tiny_model_dir) -> None:
