@@ -66,7 +66,8 @@ def _steer(case: Any, fix_name: bool) -> Any:
         if not isinstance(body.get("parameters"), dict):
             body["parameters"] = {}
         body["parameters"].setdefault("max_tokens", MAX_TOKENS)
-    for tensor in body.get("inputs") or []:
+    inputs = body.get("inputs")
+    for tensor in inputs if isinstance(inputs, list) else []:  # a generated body may hold any JSON value here
         if fix_name and isinstance(tensor, dict) and isinstance(tensor.get("data"), list):
             # the shape that fits the data, most of the time: else nearly every case is a shape 400
             tensor["shape"] = [len(tensor["data"])]
