@@ -2,8 +2,9 @@
 
 vLLM's series (``vllm:*``) carry the labels ``model_name`` (the served model name) and
 ``engine`` as vLLM's own do, so dashboards, KEDA triggers and llm-d's scorer that read
-vLLM read isvc unchanged. The engine updates both through one ``EngineMetrics``, which
-records nothing while muted (the warm-up request is not traffic).
+vLLM read isvc unchanged. The engine writes each of its series through one
+``EngineMetrics`` (nothing else in the engine touches a metric), which records nothing
+while muted (the warm-up request is not traffic).
 """
 
 from __future__ import annotations
@@ -99,6 +100,20 @@ class EngineMetrics:
             yield
         finally:
             self.muted = False
+
+    def failed(self) -> None:
+        if not self.muted:
+            FAILED.inc()
+
+    def aborted(self) -> None:
+        if not self.muted:
+            ABORTED.inc()
+
+    def speculated(self, num_drafted: int, num_accepted: int) -> None:
+        """One request's drafts in one step, and how many of them the model confirmed."""
+        if not self.muted:
+            SPEC_DRAFT_TOKENS.inc(num_drafted)
+            SPEC_ACCEPTED_TOKENS.inc(num_accepted)
 
     def first_token(self, seconds: float) -> None:
         if not self.muted:

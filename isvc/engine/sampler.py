@@ -34,16 +34,10 @@ class Sampler:
     def forget(self, request_id: str) -> None:
         self.request_generators.pop(request_id, None)
 
-    def _generator_for(self, request_id: str, seed: int) -> torch.Generator:
-        gen = self.request_generators.get(request_id)
-        if gen is None:
-            gen = self.request_generators[request_id] = torch.Generator().manual_seed(seed)
-        return gen
-
     def sample(
         self, logits: torch.Tensor, request_ids: list[str], params: list[SamplingParams], output_ids: list[list[int]]
     ) -> SampleResult:
-        """logits [R, V] float32; one row per request in ``request_ids``."""
+        """logits [R, V] float32; one row per request in ``request_ids`` (a seeded one ``add``-ed first)."""
         R = logits.shape[0]
         want_logprobs = any(p.logprobs is not None for p in params)
         penalized = [i for i, p in enumerate(params) if p.has_penalties and output_ids[i]]
@@ -63,8 +57,7 @@ class Sampler:
             probs = torch.softmax(rows, dim=-1)
             noise = torch.empty_like(probs)
             for j, i in enumerate(sampled):
-                seed = params[i].seed
-                gen = self.generator if seed is None else self._generator_for(request_ids[i], seed)
+                gen = self.generator if params[i].seed is None else self.request_generators[request_ids[i]]
                 noise[j].exponential_(generator=gen)
             # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p.
             chosen[idx] = (probs / noise).argmax(dim=-1)
@@ -99,8 +92,8 @@ def _top_k_top_p(rows: torch.Tensor, top_ks: list[int], top_ps: list[float]) -> 
     ranks = torch.arange(V)[None, :]
     drop = ranks >= ks
     ps = torch.tensor(top_ps, dtype=rows.dtype)[:, None]
-    cum = torch.softmax(sorted_rows, dim=-1).cumsum(dim=-1)
-    drop |= (cum - torch.softmax(sorted_rows, dim=-1)) >= ps  # keep the token that crosses p
+    probs = torch.softmax(sorted_rows, dim=-1)
+    drop |= (probs.cumsum(dim=-1) - probs) >= ps  # keep the token that crosses p
     drop[:, 0] = False  # the most likely token always stays (top_p=0 is greedy)
     sorted_rows = sorted_rows.masked_fill(drop, float("-inf"))
     return torch.empty_like(rows).scatter_(1, order, sorted_rows)

@@ -147,6 +147,75 @@ def test_a_poison_request_fails_alone_and_the_batch_keeps_its_tokens(engine: Asy
     assert asyncio.run(run(engine, f"{where}-after", ids[1], GREEDY)) == clean[1]
 
 
+# -- the warm-up is not traffic: under mute() no metric moves -----------------------------
+
+
+def _engine_samples(model_name: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every engine counter and histogram sample in this process, and this model's labelled series."""
+    from prometheus_client import REGISTRY
+
+    out = {}
+    for family in REGISTRY.collect():
+        if not family.name.startswith(("isvc_", "vllm:")) or family.name == "isvc_requests":
+            continue  # isvc_requests is the server's (by route)
+        for s in family.samples:
+            labelled = s.labels.get("model_name") == model_name
+            if s.name.endswith("_created") or not (family.type in ("counter", "histogram") or labelled):
+                continue  # gauges of other engines alive in this process move when they idle
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def _exercise(core: Any, tag: str) -> list[Any]:
+    """Two poison requests, an aborted one, then one that speculates alone (on the native kernels)."""
+    from isvc.engine.request import EngineRequest
+
+    outs: list[Any] = []
+    ids = core.tokenizer.encode("Hello world! How are")
+    long = SamplingParams(max_tokens=50, temperature=0, ignore_eos=True)
+    for name, params in (("admission", POISONS["admission"]()), ("sampling", POISONS["sampling"]()), ("abort", long)):
+        core.submit(EngineRequest(f"{tag}-{name}", ids, params, arrival_s=time.monotonic()), outs.append)
+    core._drain_inbox()
+    for _ in range(3):
+        core.step()
+    core.abort(f"{tag}-abort")
+    core._drain_inbox()
+    while core.scheduler.has_work():
+        core.step()
+    repetitive = (ids * 6)[:30]
+    params = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)
+    core.submit(EngineRequest(f"{tag}-spec", repetitive, params, arrival_s=time.monotonic()), outs.append)
+    core._drain_inbox()
+    while core.scheduler.has_work():
+        core.step()
+    return outs
+
+
+def test_poisons_aborts_and_drafts_under_mute_record_nothing(tiny_model_dir: Path) -> None:
+    """What mute() covers (the warm-up) is every engine metric: failures, aborts and drafts too."""
+    from isvc.engine import kernels
+    from isvc.engine.core import EngineCore
+
+    core = EngineCore(EngineConfig(model_dir=str(tiny_model_dir), num_threads=2, served_model_name="tiny-muted"))
+    try:
+        before = _engine_samples("tiny-muted")
+        with core.metrics.mute():
+            muted = _exercise(core, "muted")
+        assert _engine_samples("tiny-muted") == before
+        # the same traffic unmuted moves each of them: the muted run did exercise every write
+        failed, aborted, drafted = (
+            counter_value(c) for c in (metrics.FAILED, metrics.ABORTED, metrics.SPEC_DRAFT_TOKENS)
+        )
+        loud = _exercise(core, "loud")
+        assert [o.error is not None for o in muted if o.finished] == [o.error is not None for o in loud if o.finished]
+        assert counter_value(metrics.FAILED) - failed == 2
+        assert counter_value(metrics.ABORTED) - aborted == 1
+        assert counter_value(metrics.SPEC_DRAFT_TOKENS) > drafted or kernels.load() is None
+        assert _engine_samples("tiny-muted") != before
+    finally:
+        core.shutdown()
+
+
 # -- a fault in the loop itself: the engine is dead, and says so ---------------------------
 
 
@@ -164,7 +233,7 @@ def test_a_fault_in_the_inbox_drain_fails_every_request_and_kills_the_engine(tin
     drain = core._drain_inbox
 
     def faulty_drain() -> None:  # once three streams have tokens, the loop itself fails
-        if sum(1 for t in list(core._tracked.values()) if t.request.output_token_ids) >= 3:
+        if sum(1 for t in list(core.output.requests.values()) if t.request.output_token_ids) >= 3:
             raise RuntimeError("injected fault in the inbox drain")
         drain()
 

@@ -57,8 +57,17 @@ def test_warm_up_records_nothing_and_one_request_records_one(fresh_server: Serve
         "isvc_e2e_request_latency_seconds_count",
     )
     tokens = (f"vllm:generation_tokens_total{vllm}", "isvc_generation_tokens_total", f"vllm:prompt_tokens_total{vllm}")
+    # every engine counter, not only the latencies: drafts, failures and aborts go through the same mute
+    others = (
+        "isvc_spec_decode_num_draft_tokens_total",
+        "isvc_spec_decode_num_accepted_tokens_total",
+        "isvc_requests_failed_total",
+        "isvc_requests_aborted_total",
+        "isvc_prompt_tokens_total",
+        f"vllm:prefix_cache_queries_total{vllm}",
+    )
     ready = scrape(fresh_server.base_url)
-    assert {name: ready[name] for name in counts + tokens} == dict.fromkeys(counts + tokens, 0.0)
+    assert {name: ready[name] for name in counts + tokens + others} == dict.fromkeys(counts + tokens + others, 0.0)
     assert ready["isvc_batch_size_max"] == 0 and ready["isvc_step_seconds_count"] == 0
 
     out, wall_s = complete(fresh_server.base_url, "tiny-metrics", "Hello world! How are", 5)
