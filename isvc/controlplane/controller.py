@@ -47,7 +47,6 @@ from isvc.errors import IsvcError
 from isvc.manifest.models import InferenceService, ServingRuntime
 
 logger = logging.getLogger(__name__)
-RESET_BACKOFF_AFTER_S = 60.0
 EXIT_OOM = 137
 
 
@@ -198,10 +197,9 @@ class Controller:
             "revision": rev,
             "pid": r["pid"],
         }
-        served = r["ready"] or now - (r["started"] or now) > RESET_BACKOFF_AFTER_S
-        restarts = 0 if served else r["restarts"]  # a replica that served is not in a crash loop
+        ran_s = max(0.0, now - (r["started"] or now))  # the reconciler decides whether a crash loop goes on
         self.store.update_replica(
-            ns, rev, idx, phase=int(Phase.EXITED), ready=0, pid=None, last_exit=json.dumps(last), restarts=restarts
+            ns, rev, idx, phase=int(Phase.EXITED), ready=0, pid=None, last_exit=json.dumps(last), ran_s=ran_s
         )
         self.store.event(
             ns, r["service"], "Warning", "Exited", f"{rev} replica {idx} exited (code {code}): {' | '.join(tail[-2:])}"
@@ -227,8 +225,8 @@ class Controller:
         replicas: dict[tuple[str, str], list[ReplicaView]] = {}
         for r in self.store.replicas():
             replicas.setdefault((r["namespace"], r["revision"]), []).append(
-                ReplicaView(r["idx"], Phase(r["phase"]), bool(r["ready"]), r["restarts"], r["next_start"],
-                            tuple(json.loads(r["gpus"] or "[]")))
+                ReplicaView(r["idx"], Phase(r["phase"]), bool(r["ready"]), r["crash_loop"] or 0, r["ran_s"] or 0.0,
+                            r["next_start"], tuple(json.loads(r["gpus"] or "[]")))
             )  # fmt: skip
         revs: dict[tuple[str, str], list[RevisionView]] = {}
         for rv in self.store.revisions():
@@ -284,11 +282,12 @@ class Controller:
                 )
             elif isinstance(a, ScheduleRestart):
                 row = self._replica(a.namespace, a.revision, a.index)
-                restarts = (row["restarts"] if row else 0) + 1
-                delay = a.at - time.time()
+                restarts = (row["restarts"] if row else 0) + 1  # only grows: what users see flap
+                delay = max(0.0, a.at - time.time())
                 self.store.update_replica(
-                    a.namespace, a.revision, a.index, phase=int(Phase.BACKOFF), next_start=a.at, restarts=restarts
-                )
+                    a.namespace, a.revision, a.index, phase=int(Phase.BACKOFF), next_start=a.at, restarts=restarts,
+                    crash_loop=a.crash_loop,
+                )  # fmt: skip
                 if row:
                     self.store.event(
                         a.namespace,

@@ -29,7 +29,10 @@ def _cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
 
 
 def isvc_table(objs: list[dict[str, Any]], *, wide: bool, all_ns: bool) -> str:
-    head = ["NAME", "URL", "READY", "PREV", "LATEST", "PREVROLLEDOUTREVISION", "LATESTREADYREVISION", "AGE"]
+    # KServe's columns, and the restarts of the service's replicas (the kubelet's RESTARTS of its pods)
+    head = [
+        "NAME", "URL", "READY", "PREV", "LATEST", "PREVROLLEDOUTREVISION", "LATESTREADYREVISION", "RESTARTS", "AGE"
+    ]  # fmt: skip
     if wide:
         head += ["REASON", "MODEL", "MESSAGE"]
     if all_ns:
@@ -50,6 +53,7 @@ def isvc_table(objs: list[dict[str, Any]], *, wide: bool, all_ns: bool) -> str:
             str(traffic.get(latest, 0)) if latest else "",
             pred.get("latestRolledoutRevision") or "" if prev else "",
             pred.get("latestReadyRevision") or "",
+            str(sum(r.get("restarts", 0) for r in st.get("isvc", {}).get("replicas", []))),
             age(o["metadata"].get("creationTimestamp")),
         ]
         if wide:

@@ -9,8 +9,9 @@ KServe/Knative:
   stopped), unless ``canaryTrafficPercent`` is set: then the latest ready revision gets
   that percent and the rolled-out one the rest, and both keep running;
 - removing ``canaryTrafficPercent`` (or setting it to 100) promotes the latest revision;
-- a replica whose process exits restarts at once if it had been serving, else after an
-  exponential backoff (a crash loop);
+- a replica whose process exits restarts at once the first time, then, while it keeps
+  exiting, after an exponential backoff, ready or not in between (a crash loop); a run of
+  ``BACKOFF_RESET_S`` ends the loop (the kubelet's rule, at our scale);
 - a replica needing more GPUs than are free stays Pending (unless CPU fallback is on).
 """
 
@@ -21,6 +22,9 @@ from dataclasses import dataclass, field
 
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 60.0
+BACKOFF_RESET_S = 2 * BACKOFF_MAX_S
+"""A process that ran this long before it exited was not in a crash loop: its restart is
+immediate again. The kubelet's window is also twice its longest backoff (10 min for 5)."""
 
 
 class Phase(enum.IntEnum):
@@ -34,8 +38,11 @@ class Phase(enum.IntEnum):
     BACKOFF = enum.auto()  # exited, restart scheduled at next_start
 
 
-def backoff_s(restarts: int) -> float:
-    return min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** max(restarts - 1, 0))
+def backoff_s(crash_loop: int) -> float:
+    """The wait before a restart: none for the first of a crash loop, then 1, 2, 4 ... 60 s."""
+    if crash_loop <= 0:
+        return 0.0
+    return min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (crash_loop - 1))
 
 
 def revision_name(service: str, number: int) -> str:
@@ -58,7 +65,10 @@ class ReplicaView:
     index: int
     phase: Phase
     ready: bool = False
-    restarts: int = 0
+    crash_loop: int = 0
+    """Restarts since the replica last ran ``BACKOFF_RESET_S`` (readiness does not end a loop)."""
+    ran_s: float = 0.0
+    """How long its last process ran before it exited."""
     next_start: float | None = None
     gpus: tuple[int, ...] = ()
 
@@ -129,6 +139,8 @@ class ScheduleRestart:
     revision: str
     index: int
     at: float
+    crash_loop: int = 1
+    """The replica's crash loop once this restart is counted (the controller stores it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,10 +218,11 @@ def _replica_actions(
         if r is not None and r.phase in (Phase.STARTING, Phase.RUNNING):
             continue
         if r is not None and r.phase == Phase.EXITED:
-            # A replica that was serving (restarts reset to 0) restarts at once, like the kubelet's
-            # first restart; only a crash loop waits, exponentially.
-            delay = backoff_s(r.restarts + 1) if r.restarts else 0.0
-            out.append(ScheduleRestart(svc.namespace, rev.name, index, now + delay))
+            # Like the kubelet: the first restart is at once (a killed server serves again
+            # quickly); one that keeps exiting waits longer each time, even if it was ready in
+            # between (a poison request retried by a client); a long run ends the loop.
+            loop = 0 if r.ran_s >= BACKOFF_RESET_S else r.crash_loop
+            out.append(ScheduleRestart(svc.namespace, rev.name, index, now + backoff_s(loop), loop + 1))
             continue
         if r is not None and r.phase == Phase.BACKOFF and (r.next_start or 0.0) > now:
             continue

@@ -32,12 +32,17 @@ CREATE TABLE IF NOT EXISTS revisions (
 CREATE TABLE IF NOT EXISTS replicas (
     namespace TEXT, service TEXT, revision TEXT, idx INTEGER, phase INTEGER, pid INTEGER, start_ticks INTEGER,
     port INTEGER, ready INTEGER, restarts INTEGER, next_start REAL, started REAL, gpus TEXT, log TEXT,
-    message TEXT, last_exit TEXT, cpu_fallback INTEGER DEFAULT 0, PRIMARY KEY (namespace, revision, idx));
+    message TEXT, last_exit TEXT, cpu_fallback INTEGER DEFAULT 0, crash_loop INTEGER DEFAULT 0,
+    ran_s REAL DEFAULT 0, PRIMARY KEY (namespace, revision, idx));
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, namespace TEXT, service TEXT, time REAL, type TEXT,
     reason TEXT, message TEXT);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
+# Columns added after a release: a state dir made before gets them on open.
+_ADDED_COLUMNS = {
+    "replicas": {"crash_loop": "INTEGER DEFAULT 0", "ran_s": "REAL DEFAULT 0"},
+}
 
 
 def state_dir(explicit: str | None = None) -> Path:
@@ -71,6 +76,15 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        for table, columns in _ADDED_COLUMNS.items():
+            have = {row["name"] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            for name, decl in columns.items():
+                if name not in have:
+                    try:
+                        self.db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+                    except sqlite3.OperationalError as exc:  # another process added it first
+                        if "duplicate column" not in str(exc):
+                            raise
 
     def close(self) -> None:
         self.db.close()

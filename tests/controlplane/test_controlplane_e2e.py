@@ -215,6 +215,25 @@ def test_a_crashing_predictor_backs_off_and_says_why(control_plane: ControlPlane
     assert "BackOff" in events and "Exited" in events
 
 
+def test_a_predictor_that_dies_after_becoming_ready_backs_off_and_its_restarts_add_up(
+    control_plane: ControlPlane, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A crash loop with readiness in between (say, a poison request its client retries):
+    the first restart is at once, each next one waits longer, and the count only grows."""
+    cp = control_plane
+    assert cp.apply(fake_container("flappy", "--exit-after", "1.5", "--exit-code", "9")) == 0
+    cp.wait(lambda: (r := cp.replicas("flappy")) and r[0]["restarts"] >= 3, 30, "three restarts")
+    events = cp.store().events("default", "flappy", 100)
+    backoffs = [e["message"].split(" in ")[1] for e in events if e["reason"] == "BackOff"]
+    assert backoffs[:3] == ["0s (restart 1)", "1s (restart 2)", "2s (restart 3)"]
+    readies = [e for e in events if e["reason"] == "Ready"]
+    assert len(readies) >= 3  # it was ready before each exit: readiness did not reset the backoff
+    capsys.readouterr()
+    assert cli.get(cp.args("isvc", "flappy")) == 0
+    head, row = capsys.readouterr().out.splitlines()[:2]
+    assert int(row[head.index("RESTARTS") :].split()[0]) >= 3  # the column's cell (columns are aligned)
+
+
 def test_kill_9_of_a_predictor_and_of_the_controller_are_survived(control_plane: ControlPlane) -> None:
     cp = control_plane
     assert cp.apply(fake_container("tough")) == 0

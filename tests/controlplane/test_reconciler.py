@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from isvc.controlplane.reconciler import (
+    BACKOFF_RESET_S,
     Cluster,
     CreateRevision,
     DeleteRevision,
@@ -99,21 +100,42 @@ def test_a_third_revision_during_a_canary_replaces_the_canary_not_the_rolled_out
     ]
 
 
-def test_an_exited_replica_restarts_after_an_exponential_backoff() -> None:
-    exited = ReplicaView(0, Phase.EXITED, restarts=2)
-    v = view(rev(R1, "h1", exited), rolled=R1, traffic={R1: 100})
-    assert reconcile([want()], [v], Cluster(), 100.0) == [ScheduleRestart(NS, R1, 0, 100.0 + 4.0)]
-    waiting = ReplicaView(0, Phase.BACKOFF, restarts=3, next_start=104.0)
+def restart_of(exited: ReplicaView, now: float = 100.0) -> ScheduleRestart:
+    (action,) = reconcile([want()], [view(rev(R1, "h1", exited), rolled=R1, traffic={R1: 100})], Cluster(), now)
+    assert isinstance(action, ScheduleRestart)
+    return action
+
+
+def test_a_serving_replica_killed_once_restarts_at_once() -> None:
+    """kill -9 of a predictor that had been serving: no wait (it serves again within seconds)."""
+    assert restart_of(ReplicaView(0, Phase.EXITED, crash_loop=0, ran_s=30.0)) == ScheduleRestart(NS, R1, 0, 100.0, 1)
+
+
+def test_a_replica_that_dies_again_after_becoming_ready_backs_off() -> None:
+    """Ready after 7 s, killed a second later by a request its client retries: readiness in
+    between does not reset the backoff, so the loop waits 0, 1, 2, 4 ... 60 s."""
+    loop, delays = 0, []
+    for _ in range(9):
+        action = restart_of(ReplicaView(0, Phase.EXITED, crash_loop=loop, ran_s=8.0))
+        delays.append(action.at - 100.0)
+        loop = action.crash_loop
+    assert delays == [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
+    assert loop == 9
+
+
+def test_a_long_run_ends_the_crash_loop() -> None:
+    """Like the kubelet's reset after 10 clean minutes: a process that ran BACKOFF_RESET_S restarts at once."""
+    assert restart_of(ReplicaView(0, Phase.EXITED, crash_loop=7, ran_s=BACKOFF_RESET_S)).at == 100.0
+    assert restart_of(ReplicaView(0, Phase.EXITED, crash_loop=7, ran_s=BACKOFF_RESET_S)).crash_loop == 1
+    assert restart_of(ReplicaView(0, Phase.EXITED, crash_loop=7, ran_s=BACKOFF_RESET_S - 1)).at == 100.0 + 60.0
+
+
+def test_a_replica_in_backoff_starts_when_its_time_comes() -> None:
+    waiting = ReplicaView(0, Phase.BACKOFF, crash_loop=3, next_start=104.0)
     v = view(rev(R1, "h1", waiting), rolled=R1, traffic={R1: 100})
     assert reconcile([want()], [v], Cluster(), 103.9) == []
     assert reconcile([want()], [v], Cluster(), 104.0) == [StartReplica(NS, "svc", R1, 0)]
-    assert [backoff_s(n) for n in (1, 2, 3, 4, 10)] == [1.0, 2.0, 4.0, 8.0, 60.0]
-
-
-def test_a_replica_that_was_serving_restarts_at_once() -> None:
-    exited = ReplicaView(0, Phase.EXITED, restarts=0)  # the controller resets restarts of a replica that served
-    v = view(rev(R1, "h1", exited), rolled=R1, traffic={R1: 100})
-    assert reconcile([want()], [v], Cluster(), 100.0) == [ScheduleRestart(NS, R1, 0, 100.0)]
+    assert [backoff_s(n) for n in (0, 1, 2, 3, 4, 10)] == [0.0, 1.0, 2.0, 4.0, 8.0, 60.0]
 
 
 def test_gpu_replicas_stay_pending_when_gpus_are_missing() -> None:
