@@ -7,12 +7,22 @@ KServe's ``{"error": ...}`` on V1/V2). Business code raises, it never builds bod
     IsvcError (500)
       + InvalidRequest (400)
         - ContextLengthExceeded (400)
+        - MethodNotAllowed (405)
+        - RequestTimeout (408)
+        - RequestTooLarge (413)
+        - HeadersTooLarge (431)
       + Unauthorized (401)
       + NotFound (404)
+        - RouteNotFound (404)
       + Overloaded (429 on OpenAI routes, 503 on KServe routes)
+      + UpstreamFailed (502)
       + NotReady (503)
       + Unavailable (503)
       + GatewayTimeout (504)
+
+The HTTP-level kinds (405, 408, 413, 431, an unknown route) are raised by no business code:
+``isvc.http_errors`` names them when the edge (``isvc.http_limits``, Starlette's router)
+refuses a request, so their bodies take the same path as every other error.
 """
 
 from __future__ import annotations
@@ -51,10 +61,38 @@ class Unauthorized(IsvcError):
     type = "AuthenticationError"
 
 
+class MethodNotAllowed(InvalidRequest):
+    http_status = 405
+    code = "method_not_allowed"
+
+
+class RequestTimeout(InvalidRequest):
+    """The client stalled while sending its request body."""
+
+    http_status = 408
+    code = "request_timeout"
+
+
+class RequestTooLarge(InvalidRequest):
+    http_status = 413
+    code = "request_too_large"
+
+
+class HeadersTooLarge(InvalidRequest):
+    http_status = 431
+    code = "request_header_fields_too_large"
+
+
 class NotFound(IsvcError):
     http_status = 404
     code = "model_not_found"
     type = "NotFoundError"
+
+
+class RouteNotFound(NotFound):
+    """No route of this server matches the method's path (not a model that is missing)."""
+
+    code = "not_found"
 
 
 class Overloaded(IsvcError):
@@ -63,6 +101,14 @@ class Overloaded(IsvcError):
     http_status = 429
     code = "rate_limit_exceeded"
     type = "RateLimitError"
+
+
+class UpstreamFailed(IsvcError):
+    """The predictor closed the connection or died before it finished its answer (at the gateway)."""
+
+    http_status = 502
+    code = "upstream_failed"
+    type = "BadGatewayError"
 
 
 class NotReady(IsvcError):

@@ -7,7 +7,8 @@ is found (``model_field.ModelScanner``). Responses are passed through chunk by c
 except small non-streaming answers, which are read whole first so that a predictor dying
 mid-answer becomes a 502 instead of a cut body. A predictor that dies mid-stream ends an
 SSE stream with an error event and ``[DONE]``. The response names the revision that served
-it in ``x-isvc-revision``.
+it in ``x-isvc-revision``. Every error is in the protocol of the path the client called
+(``isvc.http_errors``): one that escaped the proxy too (``EdgeMiddleware``), whatever the body bytes.
 """
 
 from __future__ import annotations
@@ -23,16 +24,26 @@ from typing import Any
 import httpx
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
-from starlette.requests import Request
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as StarletteRoute
 
-from isvc.errors import GatewayTimeout, InvalidRequest, IsvcError, NotFound, Unauthorized, Unavailable
-from isvc.gateway.errors import UpstreamFailed, error_response, protocol_path, render_refusal, sse_error
+from isvc.errors import (
+    GatewayTimeout,
+    InvalidRequest,
+    IsvcError,
+    NotFound,
+    Unauthorized,
+    Unavailable,
+    UpstreamFailed,
+)
 from isvc.gateway.model_field import ModelScanner, NoModel
 from isvc.gateway.routing import Pick, Route, RouteTable, Visible
 from isvc.gateway.settings import GatewaySettings
-from isvc.http_limits import ASGIApp, LimitRequests
+from isvc.http_errors import EdgeMiddleware, error_response, openai_error_body, path_in_service
+from isvc.http_limits import LimitRequests
+from isvc.sse import error_events
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +60,8 @@ _READ_WHOLE_BYTES = 1 << 20
 """A non-SSE answer up to this size is read whole before its status is sent."""
 _SSE_HOLD_BYTES = 1 << 20
 """Longest partial SSE event held back (so an error event never lands inside one)."""
+CLIENT_CLOSED = 499
+"""The status logged for a client that left before its request was complete (nginx's)."""
 
 
 @dataclass
@@ -64,10 +77,16 @@ class _Routes:
         now = time.monotonic()
         if force or self.table is None or now - self.checked >= self.refresh_s:
             self.checked = now
-            version, routes = self.source()
-            if version != self.version or self.table is None:
-                self.version = version
-                self.table = RouteTable([Route.from_dict(r) for r in routes], self.domain)
+            try:
+                version, routes = self.source()
+                if version != self.version or self.table is None:
+                    self.table = RouteTable([Route.from_dict(r) for r in routes], self.domain)
+                    self.version = version
+            except Exception as exc:
+                logger.warning("cannot read the routes (%s: %s)", type(exc).__name__, exc)
+                if self.table is None:
+                    raise Unavailable("the gateway cannot read its routes yet; retry shortly") from exc
+                # Serve with the last routes read; the next call tries again.
         assert self.table is not None
         return self.table
 
@@ -117,13 +136,8 @@ def _token(request: Request) -> str:
     return auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
 
 
-def create_app(settings: GatewaySettings, source: RouteSource) -> ASGIApp:
-    """The gateway behind ``isvc.http_limits``: bodies over the limit get 413, stalled ones 408."""
-    app = _proxy_app(settings, source)
-    return LimitRequests(app, settings.limits, render_refusal, cancel_on_disconnect=True)
-
-
-def _proxy_app(settings: GatewaySettings, source: RouteSource) -> Starlette:
+def create_app(settings: GatewaySettings, source: RouteSource) -> Starlette:
+    """The gateway, behind ``EdgeMiddleware`` (500s in the protocol) and ``isvc.http_limits`` (413, 408)."""
     routes = _Routes(source, settings.domain, settings.refresh_s)
     state: dict[str, httpx.AsyncClient] = {}
 
@@ -147,8 +161,12 @@ def _proxy_app(settings: GatewaySettings, source: RouteSource) -> Starlette:
         return visible
 
     def check_key(request: Request, namespace: str) -> None:
-        if not visible_to(request)(namespace):
-            raise Unauthorized(f"namespace {namespace!r} needs an API key: send 'Authorization: Bearer <key>'")
+        if not visible_to(request)(namespace):  # no names: the caller may not learn the namespace
+            raise Unauthorized(
+                "this InferenceService needs an API key: send 'Authorization: Bearer <key>' (or 'x-api-key: <key>')"
+                if not _token(request)
+                else "the API key sent does not open this InferenceService"
+            )
 
     async def read_model(stream: AsyncIterator[bytes]) -> tuple[str, bytes, bool]:
         """(model, the bytes read, whether the stream has more) — holding at most model_scan_bytes."""
@@ -189,7 +207,7 @@ def _proxy_app(settings: GatewaySettings, source: RouteSource) -> Starlette:
                     parts = path.split("/", 4)
                     if len(parts) < 4:
                         raise NotFound("use /serving/{namespace}/{name}/<path>", param="path")
-                    return _Target(table.by_path(parts[2], parts[3], visible), protocol_path(path), body)
+                    return _Target(table.by_path(parts[2], parts[3], visible), path_in_service(path), body)
                 if request.method == "POST" and path.rstrip("/").endswith(_MODEL_PATHS):
                     if model is None:
                         model, prefix, more = await read_model(stream)
@@ -253,7 +271,6 @@ def _proxy_app(settings: GatewaySettings, source: RouteSource) -> Starlette:
 
     async def proxy(request: Request) -> Response:
         path = request.url.path
-        client_path = protocol_path(path)
         try:
             if not routes.get().is_our_host(_host(request)):
                 if path in ("/_isvc/healthz", "/healthz"):
@@ -261,17 +278,27 @@ def _proxy_app(settings: GatewaySettings, source: RouteSource) -> Starlette:
                 if path in ("/v1/models", "/openai/v1/models"):
                     return await list_models(request)
             target = await resolve(request, visible_to(request))
-            client_path = target.path
             check_key(request, target.route.namespace)
             upstream, pick = await send(request, target)
             return await _relay(upstream, pick, target.route)
         except IsvcError as exc:
             if exc.http_status >= 500:
                 logger.warning("%s %s -> %d: %s", request.method, path, exc.http_status, exc.message)
-            return error_response(client_path, exc, settings.retry_after_s)
+            retry = exc.http_status in (502, 503) and exc.retry_after_s is None
+            return error_response(path, exc, headers={"Retry-After": str(settings.retry_after_s)} if retry else None)
+        except ClientDisconnect:
+            logger.info("%s %s: the client left while sending its body", request.method, path)
+            return Response(status_code=CLIENT_CLOSED)  # nobody reads it
 
     methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
-    return Starlette(routes=[StarletteRoute("/{path:path}", proxy, methods=methods)], lifespan=lifespan)
+    return Starlette(
+        routes=[StarletteRoute("/{path:path}", proxy, methods=methods)],
+        lifespan=lifespan,
+        middleware=[
+            Middleware(EdgeMiddleware),
+            Middleware(LimitRequests, limits=settings.limits, cancel_on_disconnect=True),
+        ],
+    )
 
 
 async def _relay(upstream: httpx.Response, pick: Pick, route: Route) -> Response:
@@ -320,7 +347,8 @@ async def _sse_events(upstream: httpx.Response, pick: Pick) -> AsyncIterator[byt
     except httpx.TransportError as exc:
         kind = GatewayTimeout if isinstance(exc, httpx.TimeoutException) else UpstreamFailed
         logger.warning("predictor %s failed mid-stream: %s", pick.revision, _why(exc))
-        yield sse_error(kind(f"predictor {pick.revision} failed mid-stream ({_why(exc)}); the stream is incomplete"))
+        error = kind(f"predictor {pick.revision} failed mid-stream ({_why(exc)}); the stream is incomplete")
+        yield error_events(openai_error_body(error)).encode()
 
 
 def _why(exc: Exception) -> str:

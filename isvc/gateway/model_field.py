@@ -29,7 +29,7 @@ class ModelScanner:
         self.pos = 0
         self.depth = 0
         self.expect_key = False  # at depth 1, the next string is a key
-        self.key: bytes | None = None  # the depth-1 key whose value comes next
+        self.key: str | None = None  # the depth-1 key whose value comes next
         self.model: str | None = None
         self.string_at = -1  # start of the string being read, -1 outside strings
 
@@ -86,7 +86,7 @@ class ModelScanner:
                 m = _SCALAR.match(buf, pos)
                 if m is None or m.end() == end:
                     return  # a number may go on in the next chunk
-                if self.depth == 1 and self.key == b'"model"':
+                if self.depth == 1 and self.key == "model":
                     raise NoModel("the request's 'model' is not a string")
                 self.pos = m.end()
 
@@ -102,11 +102,18 @@ class ModelScanner:
         if self.depth != 1:
             return
         if self.expect_key:
-            self.expect_key, self.key = False, token
+            self.expect_key, self.key = False, _decode(token, "a key")
             return
-        if self.key == b'"model"' or (self.key is not None and json.loads(self.key) == "model"):
-            try:
-                self.model = json.loads(token)
-            except ValueError as exc:
-                raise NoModel("the request's 'model' is not a valid JSON string") from exc
+        if self.key == "model":
+            self.model = _decode(token, "'model'")
         self.key = None
+
+
+def _decode(token: bytes, what: str) -> str:
+    """A complete JSON string token (quotes included) as text; NoModel if it is not a valid one."""
+    try:
+        text = json.loads(token)
+    except ValueError as exc:  # a bad escape, a raw control character, invalid UTF-8
+        raise NoModel(f"{what} in the request body is not a valid JSON string") from exc
+    assert isinstance(text, str)  # the scanner hands over only whole "..." tokens
+    return text

@@ -6,7 +6,7 @@ the OpenAI ``model`` field across all services. A model name that two services s
 ambiguous and refused, never routed by chance.
 
 Every listing in an error message is filtered by ``visible`` (the namespaces the caller's API
-key opens), so a caller without a key learns no protected name.
+key opens), so a caller without a key learns no protected name (nor how many services share a model).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ Visible = Callable[[str], bool]
 """namespace -> may this caller see (and use) it."""
 
 
-def everything(namespace: str) -> bool:
+def visible_to_all(namespace: str) -> bool:
     return True
 
 
@@ -84,43 +84,43 @@ class RouteTable:
             for m in r.model_names or (r.name,):
                 self._by_model.setdefault(m, []).append(r)
 
-    def known(self, visible: Visible = everything) -> list[str]:
+    def known(self, visible: Visible = visible_to_all) -> list[str]:
         return sorted(f"{r.namespace}/{r.name}" for r in self.routes if visible(r.namespace))
 
-    def known_hosts(self, visible: Visible = everything) -> list[str]:
+    def known_hosts(self, visible: Visible = visible_to_all) -> list[str]:
         return sorted(h for h, r in self._by_host.items() if "-predictor." not in h and visible(r.namespace))
 
-    def known_models(self, visible: Visible = everything) -> list[str]:
+    def known_models(self, visible: Visible = visible_to_all) -> list[str]:
         return sorted(m for m, routes in self._by_model.items() if any(visible(r.namespace) for r in routes))
 
     def is_our_host(self, host: str) -> bool:
         return host.endswith("." + self.domain)
 
-    def by_host(self, host: str, visible: Visible = everything) -> Route:
+    def by_host(self, host: str, visible: Visible = visible_to_all) -> Route:
         route = self._by_host.get(host.lower())
         if route is None:
             hosts = ", ".join(self.known_hosts(visible)) or "none"
             raise NotFound(f"no InferenceService for host {host!r}; known hosts: {hosts}", param="host")
         return route
 
-    def by_path(self, namespace: str, name: str, visible: Visible = everything) -> Route:
+    def by_path(self, namespace: str, name: str, visible: Visible = visible_to_all) -> Route:
         for r in self.routes:
             if r.namespace == namespace and r.name == name:
                 return r
         known = ", ".join(self.known(visible)) or "none"
         raise NotFound(f"no InferenceService {namespace}/{name}; known: {known}", param="path")
 
-    def by_model(self, model: str, visible: Visible = everything) -> Route:
+    def by_model(self, model: str, visible: Visible = visible_to_all) -> Route:
         """The one service that serves ``model``; AmbiguousModel if several do, whoever may see them."""
         routes = self._by_model.get(model, [])
         if len(routes) == 1:
             return routes[0]
-        if routes:
+        if routes:  # only the ones the caller may see are named, and not how many there are
             shown = [f"{r.name}.{r.namespace}.{self.domain} (/serving/{r.namespace}/{r.name}/)"
                      for r in routes if visible(r.namespace)]  # fmt: skip
-            among = f": {', '.join(shown)}" if shown else ""
+            among = f", among them {', '.join(shown)}" if shown else ""
             raise AmbiguousModel(
-                f"the model {model!r} is served by {len(routes)} InferenceServices{among}; address one by "
+                f"the model {model!r} is served by more than one InferenceService{among}; address one by "
                 "its Host header ({name}.{namespace}." + self.domain + ") or by /serving/{namespace}/{name}/",
                 param="model",
             )

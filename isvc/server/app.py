@@ -1,8 +1,9 @@
 """create_app(settings, engine): the predictor's HTTP app. No globals; everything comes in as arguments.
 
 The engine is loaded before the app serves (``isvc serve`` binds its port only then); the app's
-middleware, outermost first: access log, 500s in the protocol's format, then the edge limits of
-``isvc.http_limits`` (body size and stall, strict JSON bodies, cancel on client disconnect).
+middleware, outermost first: ``isvc.http_errors.EdgeMiddleware`` (500s in the protocol's format,
+the access log), then the edge limits of ``isvc.http_limits`` (body size and stall, strict JSON
+bodies, cancel on client disconnect).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from dataclasses import dataclass, field
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from isvc.engine.async_engine import AsyncEngine
+from isvc.http_errors import EdgeMiddleware
 from isvc.http_limits import LimitRequests, RequestLimits
 from isvc.server import errors
 from isvc.server.protocols import kserve_v1, kserve_v2
@@ -91,13 +92,10 @@ def create_app(settings: ServerSettings, engine: AsyncEngine) -> FastAPI:
     app.add_middleware(
         LimitRequests,
         limits=settings.limits,
-        render_error=errors.render_edge_error,
         json_bodies=True,  # every POST route of this server takes JSON
         cancel_on_disconnect=True,  # a client that leaves frees its engine work, streaming or not
     )
-    app.add_middleware(errors.CatchUnexpected)
-    if settings.log_requests:
-        app.add_middleware(_AccessLog)
+    app.add_middleware(EdgeMiddleware, log_requests=settings.log_requests)
     return app
 
 
@@ -112,34 +110,3 @@ def _exit_soon(exc: BaseException) -> None:
     """The engine died: exit non-zero shortly, so the controller restarts the server."""
     logger.critical("the engine is dead (%s); exiting in %.0fs", exc, ENGINE_DEATH_EXIT_DELAY_S)
     threading.Timer(ENGINE_DEATH_EXIT_DELAY_S, os._exit, args=(1,)).start()
-
-
-class _AccessLog:
-    """One line per request once its response is complete (streams included), or when the client left."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 0
-
-        async def watch_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, watch_send)
-        finally:
-            logger.info(
-                "%s %s %s %.1fms",
-                scope["method"],
-                scope["path"],
-                status or "client-disconnected",
-                (time.perf_counter() - started) * 1000,
-            )

@@ -1,15 +1,7 @@
-"""Server-sent events framing: ``data: {json}\\n\\n`` per event, ``data: [DONE]`` at the end."""
+"""Server-sent events framing for the server's streams: ``isvc.sse``, the leaf the gateway shares."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from isvc.sse import DONE, error_events, event
 
-from pydantic import BaseModel
-
-DONE = "data: [DONE]\n\n"
-
-
-def event(payload: BaseModel | dict[str, Any]) -> str:
-    body = payload.model_dump_json(exclude_unset=False) if isinstance(payload, BaseModel) else json.dumps(payload)
-    return f"data: {body}\n\n"
+__all__ = ["DONE", "error_events", "event"]

@@ -77,6 +77,17 @@ async def test_api_keys_are_per_namespace(tmp_path) -> None:  # type: ignore[no-
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
         r = await c.post("/serving/demo/cold/v1/completions", json={"prompt": "x"})
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        # The 401 says what to do, and names nothing the caller could not name already.
+        for refused in (
+            r,
+            await c.post("/v1/completions", json={"model": "cold", "prompt": "x"}),
+            await c.post("/v2/models/cold/infer", json={}, headers={"Host": "cold.demo.example.com"}),
+        ):
+            assert refused.status_code == 401 and "demo" not in refused.text, refused.text
+            error = refused.json()["error"]
+            assert "needs an API key" in (error if isinstance(error, str) else error["message"])
+        r = await c.post("/v1/completions", json={"model": "cold"}, headers={"Authorization": "Bearer wrong"})
+        assert r.status_code == 401 and "does not open" in r.json()["error"]["message"] and "demo" not in r.text
         r = await c.post(
             "/serving/demo/cold/v1/completions", json={"prompt": "x"}, headers={"Authorization": "Bearer k1"}
         )
@@ -114,10 +125,11 @@ def test_listings_in_errors_show_only_what_the_caller_may_see() -> None:
 def test_a_model_name_served_twice_is_ambiguous_not_routed_by_chance() -> None:
     t = RouteTable([Route.from_dict(r) for r in SHARED], "example.com")
     for _ in range(5):
-        with pytest.raises(AmbiguousModel, match="served by 2 InferenceServices") as info:
+        with pytest.raises(AmbiguousModel, match="served by more than one InferenceService") as info:
             t.by_model("shared", only("open"))
         msg = info.value.message
         assert "chat.open.example.com" in msg and "/serving/open/chat/" in msg and "secret" not in msg
+        assert "2" not in msg  # how many there are would tell a caller that hidden ones exist
         assert info.value.http_status == 400 and info.value.param == "model"
     with pytest.raises(AmbiguousModel) as info:
         t.by_model("shared", only())

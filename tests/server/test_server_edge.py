@@ -66,6 +66,7 @@ BUILDERS = {
     "/v2/models/tiny/infer": _v2,
 }
 JSON = {"content-type": "application/json"}
+V1_PREDICT = "/v1/models/tiny:predict"
 LONE = "\ud800"
 DEEP = b"[" * 100_000 + b"]" * 100_000
 
@@ -152,14 +153,43 @@ def test_lone_surrogate_anywhere_is_400_naming_the_field(
     assert field in (r.json()["error"]["message"] if openai else r.json()["error"])
 
 
-@pytest.mark.parametrize("route", ROUTES, ids=lambda r: r.path)
+@pytest.mark.parametrize("route", [r for r in ROUTES if r.path != V1_PREDICT], ids=lambda r: r.path)
 def test_wrong_content_type_is_answered_in_the_protocol(client: httpx.Client, route: Route) -> None:
     r = client.post(route.path, content=json.dumps(route.body).encode(), headers={"content-type": "text/plain"})
-    # KServe V1 reads any content type as JSON (as KServe does); the others refuse it clearly.
-    if r.status_code != 200:
-        assert_protocol_error(r, route.openai, 400)
-        message = r.json()["error"]["message"] if route.openai else r.json()["error"]
-        assert "content-type" in message
+    assert_protocol_error(r, route.openai, 400)
+    message = r.json()["error"]["message"] if route.openai else r.json()["error"]
+    assert "content-type" in message
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", None], ids=["text", "form", "none"]
+)
+def test_v1_predict_reads_any_content_type_as_json(client: httpx.Client, content_type: str | None) -> None:
+    """KServe's V1 server does: `curl .../v1/models/m:predict -d @input.json` sends a form content-type."""
+    body = json.dumps(_v1("Hello")).encode()
+    r = client.post(V1_PREDICT, content=body, headers={"content-type": content_type} if content_type else {})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["predictions"]) == 1
+    r = client.post(V1_PREDICT, content=b"instances=Hello", headers={"content-type": content_type or "text/plain"})
+    assert_protocol_error(r, openai=False, status=400)  # still JSON, whatever the label
+    assert "not valid JSON" in r.json()["error"]
+
+
+def test_v1_predict_keeps_its_schema_in_openapi(tiny_model_dir: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from isvc.engine.async_engine import AsyncEngine
+    from isvc.engine.config import EngineConfig
+    from isvc.server.app import ServerSettings, create_app
+
+    app = create_app(
+        ServerSettings(model_name="tiny", model_root=str(tiny_model_dir), enable_docs_url=True),
+        AsyncEngine(EngineConfig(model_dir=str(tiny_model_dir))),
+    )
+    spec = TestClient(app).get("/openapi.json").json()
+    body = spec["paths"]["/v1/models/{name}:predict"]["post"]["requestBody"]
+    assert body["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/PredictRequest"}
+    assert "instances" in spec["components"]["schemas"]["PredictRequest"]["properties"]
 
 
 @pytest.mark.parametrize(

@@ -1,15 +1,18 @@
 """KServe V1 protocol: POST /v1/models/{name}:predict with {"instances": [...]}.
 
 GET /v1/models and /v1/models/{name} are shared with the OpenAI routes (same paths),
-whose bodies carry the V1 fields too.
+whose bodies carry the V1 fields too. Like KServe, :predict reads its body as JSON whatever
+its content-type (``curl -d @input.json`` sends a form type); the edge has checked it is JSON.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
 from isvc.engine.async_engine import AsyncEngine
@@ -31,8 +34,22 @@ class PredictRequest(BaseModel):
     parameters: GenerateParameters | None = None
 
 
+class _AnyContentType(APIRoute):
+    """A route whose body is read as JSON whatever content-type the client sent (FastAPI reads only JSON types)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def as_json(request: Request) -> Response:
+            headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
+            scope = {**request.scope, "headers": [*headers, (b"content-type", b"application/json")]}
+            return await handler(Request(scope, request.receive))
+
+        return as_json
+
+
 def build_router(engine: AsyncEngine, model_name: str) -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(route_class=_AnyContentType)
 
     @router.post("/v1/models/{name}:predict")
     async def predict(name: str, body: PredictRequest) -> JSONResponse:
