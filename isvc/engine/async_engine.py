@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from isvc.engine.config import EngineConfig
@@ -69,6 +69,15 @@ class AsyncEngine:
     def max_model_len(self) -> int:
         return self._core().max_model_len
 
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the model's embedding: a token id is valid when 0 <= id < vocab_size.
+
+        The model's, not ``len(tokenizer)``: a tokenizer may have fewer tokens (padded
+        embeddings) or, with added tokens, more than the model can look up.
+        """
+        return int(self._core().model.vocab_size)
+
     def _core(self) -> EngineCore:
         if self.core is not None and self.core.dead is not None:
             raise EngineDeadError(f"the engine stopped: {self.core.dead}")
@@ -85,10 +94,7 @@ class AsyncEngine:
         limit = core.max_model_len
         if n == 0:
             raise InvalidRequest("the prompt is empty", param="prompt")
-        vocab = core.model.vocab_size
-        bad = next((t for t in prompt_ids if not 0 <= t < vocab), None)
-        if bad is not None:
-            raise InvalidRequest(f"token id {bad} is out of range: the vocabulary has {vocab} tokens", param="prompt")
+        self.check_token_ids(prompt_ids, "prompt")
         if max_tokens is None:
             max_tokens = limit - n
         if n + max_tokens > limit:
@@ -99,6 +105,13 @@ class AsyncEngine:
                 param="max_tokens" if n < limit else "messages",
             )
         return max_tokens
+
+    def check_token_ids(self, ids: Iterable[int], param: str) -> None:
+        """Refuse ids the model has no row for (a prompt's, a stop list's): a 400 naming ``param``."""
+        vocab = self.vocab_size
+        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise InvalidRequest(f"token id {bad} is out of range: the vocabulary has {vocab} tokens", param=param)
 
     def check_capacity(self, num_requests: int = 1) -> None:
         """Refuse before any work when the waiting queue is full (callers map it to 429/503)."""

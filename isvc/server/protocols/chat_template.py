@@ -1,4 +1,4 @@
-"""Chat templates rendered off the event loop, in a sandbox that bounds work as well as access.
+"""Chat templates rendered in a sandbox that bounds work and memory as well as access.
 
 A template is code: the model's comes from its folder, a request's (vLLM's ``chat_template``
 field, refused unless ``--trust-request-chat-template``) from any client. jinja's sandbox keeps
@@ -7,62 +7,48 @@ memory: ``range(12000)`` nested twice is 144M steps, ``"x" * 1000000000`` a giga
 render has a budget, and going over it fails that request alone with a 400 naming the limit:
 
 - every executed template line counts against ``max_steps`` and the deadline (a line tracer on
-  the rendering thread; a thread cannot be killed, so the template stops itself);
-- operators and calls that build big values in one C call (``*``, ``**``, ``%``, ``center``,
-  ``ljust``, ``indent``, ...) are refused when the value would pass ``max_chars``, and the
-  template's variables are checked after every line, so doubling a string in a loop stops too;
+  the rendering thread: the template stops itself);
+- no value may be longer than ``max_chars`` *as text*: a list counts the text ``str()`` would
+  write for it, so ``[x] * 1000`` is as big as what it prints. Operations that build text from
+  several values (``~``, ``+``, ``*``, ``%``, ``join``, ``replace``, ``indent``, ``format``,
+  ``wordwrap``, ``tojson``, ``center``, ...) are refused from their inputs' sizes *before* the
+  value is built; the rest can only grow their input by a small constant factor (case mapping,
+  escaping) and are checked after. The template's variables are checked after every line, so
+  growing a value in a loop stops too;
 - the output is streamed and cut at ``max_chars``.
 
-Renders and tokenization run on a small pool of threads: the event loop never waits on them.
+The model's template renders in the server process (see ``preprocess.off_loop``); a request's
+template renders in a child process with a memory limit and a deadline that kills it
+(``template_sandbox``), so a construct these checks do not foresee still fails only its request.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any
 
 import jinja2
 import jinja2.ext
+from jinja2.compiler import CodeGenerator, Frame, optimizeconst
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import _PassArg
 
 from isvc.errors import InvalidRequest, IsvcError
 
-T = TypeVar("T")
-
 _TEMPLATE_FILE = "<template>"  # the filename jinja compiles templates from strings under
 _WIDTH = re.compile(r"\d{7,}")  # a format width or precision of a million or more
-
-# NOTE: one small pool for the process: rendering and tokenizing are short, and bounded,
-# so two threads keep the loop free without letting a burst of renders take every core.
-_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="isvc-preprocess")
-
-
-INLINE_ENCODE_CHARS = 4096
-"""Texts up to this size are tokenized on the loop: well under a millisecond, less than a thread hop."""
-
-
-async def off_loop(fn: Callable[..., T], *args: Any) -> T:
-    """Run a blocking preprocessing step (render, tokenize) on the pool."""
-    return await asyncio.get_running_loop().run_in_executor(_POOL, fn, *args)
-
-
-async def encode_all(tokenizer: Any, texts: list[str]) -> list[list[int]]:
-    """Tokenize prompts without holding the event loop for more than a short text's worth."""
-    encode = lambda: [list(tokenizer.encode(t)) for t in texts]
-    if sum(len(t) for t in texts) <= INLINE_ENCODE_CHARS:
-        return encode()
-    return await off_loop(encode)
+_NUMBER = re.compile(r"\d+")
+_MAX_NESTING = 256
+"""Deepest value a template may hold (request JSON nests at most --max_json_depth, 128 by default)."""
 
 
 class TemplateLimitExceeded(InvalidRequest):
@@ -72,10 +58,12 @@ class TemplateLimitExceeded(InvalidRequest):
 @dataclass(frozen=True, slots=True)
 class RenderLimits:
     max_chars: int
-    """Longest rendered prompt, and longest string or list a template may build."""
+    """Longest rendered prompt, and longest text any value of the template may stand for."""
     timeout_s: float = 2.0
     max_steps: int = 200_000
     """Template lines executed per render; a chat of a few hundred messages takes a few thousand."""
+    max_memory_mb: int = 512
+    """Address space a request's template may add to its sandbox process (the model's renders in-process)."""
 
 
 @dataclass(slots=True)
@@ -84,6 +72,9 @@ class _Budget:
     deadline: float
     param: str
     steps: int = 0
+    _sizes: dict[int, tuple[Any, int, int]] = field(default_factory=dict)
+    """id -> (container, its len when measured, its text size): containers are measured once."""
+    _cached_chars: int = 0
 
     def step(self) -> None:
         self.steps += 1
@@ -93,24 +84,105 @@ class _Budget:
                 param=self.param,
             )
         if self.steps % 64 == 0 and time.monotonic() > self.deadline:
-            raise TemplateLimitExceeded(
-                f"the chat template ran longer than {self.limits.timeout_s:g} s (the template time limit)",
-                param=self.param,
-            )
+            raise self.timed_out()
+
+    def timed_out(self) -> TemplateLimitExceeded:
+        return TemplateLimitExceeded(
+            f"the chat template ran longer than {self.limits.timeout_s:g} s (the template time limit)",
+            param=self.param,
+        )
 
     def check_len(self, n: int) -> None:
         if n > self.limits.max_chars:
             raise TemplateLimitExceeded(
-                f"the chat template made a value of {n} characters or items; the limit is "
+                f"the chat template would build a value of {n} characters or more; the limit is "
                 f"{self.limits.max_chars} (the prompt size limit: a few times the context)",
                 param=self.param,
             )
 
     def check_value(self, value: Any) -> None:
-        if isinstance(value, str | bytes | list | tuple | dict):
-            self.check_len(len(value))
-        elif isinstance(value, int) and not isinstance(value, bool):
-            self.check_len(value.bit_length() // 4)  # about its hex digits
+        self.check_len(self.size(value))
+
+    def sizes(self, values: Iterable[Any]) -> list[int]:
+        """Each value's size, checked: an oversized input is refused before it is used."""
+        out = [self.size(v) for v in values]
+        self.check_len(max(out, default=0))
+        return out
+
+    def size(self, value: Any, depth: int = 0) -> int:
+        """About ``len(str(value))``: what the value costs once it becomes text.
+
+        Containers count their items' text (a shared item once per reference, as ``str()``
+        writes it) plus quotes and separators. A walk stops once past ``max_chars``, so the
+        answer is exact below the limit and only "too big" above it.
+        """
+        if isinstance(value, str):
+            return len(value)
+        if value is None or isinstance(value, bool | float):
+            return 24
+        if isinstance(value, int):
+            return value.bit_length() * 30103 // 100_000 + 2  # decimal digits and a sign
+        if isinstance(value, bytes | bytearray):
+            return 4 * len(value) + 3  # repr: at most \xNN per byte
+        if isinstance(value, _Namespace):  # mutable: measured every time (its values are cached)
+            return 12 + self._walk(object.__getattribute__(value, "_Namespace__attrs").items(), depth, pairs=True)
+        if isinstance(value, list | tuple | dict | set | frozenset):
+            return self._container(value, depth)
+        return 64  # loop, macro, undefined...: a short fixed repr
+
+    def _container(self, value: Any, depth: int) -> int:
+        key, n = id(value), len(value)
+        hit = self._sizes.get(key)
+        if hit is not None and hit[0] is value and hit[1] == n:
+            return hit[2]
+        if hit is not None and hit[0] is value and isinstance(value, list) and n > hit[1]:
+            total = hit[2] + self._walk(value[hit[1] :], depth)  # jinja's output buffers only ever grow
+        elif isinstance(value, dict):
+            total = 2 + self._walk(value.items(), depth, pairs=True)
+        else:
+            total = 2 + self._walk(value, depth)
+        self._remember(value, n, total)
+        return total
+
+    def _walk(self, items: Iterable[Any], depth: int, *, pairs: bool = False) -> int:
+        if depth > _MAX_NESTING:
+            raise TemplateLimitExceeded(
+                f"the chat template nests values more than {_MAX_NESTING} deep (the template nesting limit)",
+                param=self.param,
+            )
+        total, cap = 0, self.limits.max_chars
+        for item in items:
+            if pairs:
+                total += self.size(item[0], depth + 1) + self.size(item[1], depth + 1) + 4  # 'k': v,
+            else:
+                total += self.size(item, depth + 1) + 4  # quotes, comma and space
+            if total > cap:
+                break
+        return total
+
+    def _remember(self, value: Any, n: int, total: int) -> None:
+        old = self._sizes.pop(id(value), None)
+        if old is not None:
+            self._cached_chars -= old[2]
+        if total > self.limits.max_chars:
+            return
+        self._sizes[id(value)] = (value, n, total)
+        self._cached_chars += total
+        # The cache keeps what it measured alive: hold that to a few times the limit, oldest out first.
+        while self._cached_chars > 4 * self.limits.max_chars:
+            _, _, dropped = self._sizes.pop(next(iter(self._sizes)))
+            self._cached_chars -= dropped
+
+    def materialize(self, iterable: Any) -> Any:
+        """A one-shot iterator (a ``map``, a ``range``) as a list, measured as it is drawn."""
+        if not isinstance(iterable, Iterator):
+            return iterable
+        out, total = [], 2
+        for item in iterable:
+            total += self.size(item) + 4
+            self.check_len(total)
+            out.append(item)
+        return out
 
 
 _local = threading.local()
@@ -123,6 +195,9 @@ def _budget() -> _Budget:
     return budget
 
 
+# -- what a call will build, from its inputs ----------------------------------------------------
+
+
 def _check_sizes(args: tuple[Any, ...], kwargs: dict[str, Any], budget: _Budget, *, ints: bool = True) -> None:
     """Refuse sizes past the limit before a C call allocates them: ``center(10**9)``, ``'%1000000000s'``."""
     for value in (*args, *kwargs.values()):
@@ -132,22 +207,170 @@ def _check_sizes(args: tuple[Any, ...], kwargs: dict[str, Any], budget: _Budget,
             budget.check_len(int(width.group()))
 
 
+def _arg_cost(budget: _Budget, value: Any) -> int:
+    """What one argument can add to a format: its text, or as a ``*``/``{}`` width, its value."""
+    size = budget.size(value)
+    return max(size, abs(value)) if isinstance(value, int) and not isinstance(value, bool) else size
+
+
+def _format_size(budget: _Budget, fmt: str, args: Iterable[Any], marker: str) -> int:
+    """Every field of ``fmt`` may print the largest argument (``%(a)s%(a)s...`` repeats one) at its widest."""
+    fields = fmt.count(marker)
+    if not fields:
+        return len(fmt)
+    widest = max((int(n) for n in _NUMBER.findall(fmt)), default=0)
+    largest = max((_arg_cost(budget, a) for a in args), default=0)
+    return len(fmt) + fields * (largest + min(widest, budget.limits.max_chars + 1))
+
+
+def _format_args(right: Any) -> Iterable[Any]:
+    if isinstance(right, tuple):
+        return right
+    if isinstance(right, dict):
+        return right.values()
+    return (right,)
+
+
+def _replace_size(budget: _Budget, s: Any, old: Any, new: Any, count: Any = None) -> int:
+    text_size = budget.size(s)
+    if isinstance(s, str) and isinstance(old, str):
+        hits = s.count(old)
+    else:
+        hits = text_size + 1  # every position, at most
+    if isinstance(count, int) and count >= 0:
+        hits = min(hits, count)
+    return text_size + hits * max(budget.size(new) - budget.size(old), 0)
+
+
+def _join_size(budget: _Budget, items: Any, sep: Any) -> int:
+    n = len(items)
+    if isinstance(items, str):
+        total = n
+    else:
+        total = sum(budget.sizes(items))
+    return total + max(n - 1, 0) * budget.size(sep)
+
+
+def _lines(budget: _Budget, s: Any) -> int:
+    return s.count("\n") + 1 if isinstance(s, str) else budget.size(s) + 1
+
+
+def _shape(value: Any, depth: int = 0) -> tuple[int, int]:
+    """Items and depth of a value: the lines ``tojson(indent=...)`` writes, and how far each is indented."""
+    if depth > _MAX_NESTING or not isinstance(value, list | tuple | dict):
+        return 1, depth
+    nodes, deepest = 1, depth + 1
+    for item in value.values() if isinstance(value, dict) else value:
+        n, d = _shape(item, depth + 1)
+        nodes, deepest = nodes + n, max(deepest, d)
+    return nodes, deepest
+
+
+def _width_of(value: Any) -> int:
+    return len(value) if isinstance(value, str) else value if isinstance(value, int) and value > 0 else 0
+
+
+def _tojson_size(
+    budget: _Budget, x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None, **_: Any
+) -> int:
+    """Escapes are a constant factor (checked after); indentation and long separators repeat per item."""
+    size = budget.size(x)
+    if indent is None and separators is None:
+        return size
+    nodes, depth = _shape(x)
+    per_item = sum(_width_of(s) for s in separators) if isinstance(separators, tuple | list) else 2
+    return size + nodes * (per_item + 1 + _width_of(indent) * depth)
+
+
+def _escape_size(budget: _Budget, s: Any, *_: Any) -> int:
+    if isinstance(s, str):
+        return len(s) + 4 * sum(s.count(c) for c in "&<>\"'")  # &amp; &#34; ...
+    return 6 * budget.size(s)
+
+
+# Filters that build text from several inputs or multiply one: the size of what they would return,
+# from the filtered value and the filter's arguments (the names and defaults of jinja's filters).
+_FILTER_SIZES: dict[str, Callable[..., int]] = {
+    "join": lambda b, value, d="", attribute=None: _join_size(b, value, d),
+    "replace": lambda b, s, old, new, count=None: _replace_size(b, s, old, new, count),
+    "indent": lambda b, s, width=4, first=False, blank=False: b.size(s) + _lines(b, s) * _width_of(width),
+    "wordwrap": lambda b, s, width=79, break_long_words=True, wrapstring=None, break_on_hyphens=True: (
+        b.size(s) + (b.size(s) // max(width, 1) + _lines(b, s)) * max(_width_of(wrapstring), 1)
+        if isinstance(width, int)
+        else b.size(s)
+    ),
+    "center": lambda b, value, width=80: max(b.size(value), _width_of(width)),
+    "format": lambda b, value, *args, **kwargs: (
+        _format_size(b, value, kwargs.values() if kwargs else args, "%") if isinstance(value, str) else b.size(value)
+    ),
+    "sum": lambda b, iterable, attribute=None, start=0: b.size(start) + sum(b.sizes(iterable)),
+    "tojson": _tojson_size,
+    "escape": _escape_size,
+    "e": _escape_size,
+    "forceescape": _escape_size,
+    "xmlattr": lambda b, d, autospace=True: 6 * b.size(d),
+    "urlencode": lambda b, value: 12 * b.size(value),
+    "list": lambda b, value: b.size(value) + 4 * (len(value) if isinstance(value, str) else 0),
+    "batch": lambda b, value, linecount, fill_with=None: (
+        b.size(value) + 6 * len(value) + _width_of(linecount) * (b.size(fill_with) + 4)
+    ),
+    "slice": lambda b, value, slices, fill_with=None: (
+        b.size(value) + 6 * len(value) + _width_of(slices) * (b.size(fill_with) + 6)
+    ),
+}
+
+# str methods likewise, given the string they are called on.
+_METHOD_SIZES: dict[str, Callable[..., int]] = {
+    "join": lambda b, s, iterable: _join_size(b, iterable, s),
+    "replace": lambda b, s, old, new, count=-1: _replace_size(b, s, old, new, count),
+    "format": lambda b, s, *args, **kwargs: _format_size(b, s, (*args, *kwargs.values()), "{"),
+    "format_map": lambda b, s, mapping: _format_size(b, s, _format_args(mapping), "{"),
+    "expandtabs": lambda b, s, tabsize=8: len(s) + (s.count("\t") + 1) * _width_of(tabsize),
+    "translate": lambda b, s, table: (
+        len(s) * max([1, *b.sizes(_format_args(table) if isinstance(table, dict) else table)])
+    ),
+}
+
+
+class _BoundedCodeGenerator(CodeGenerator):
+    """jinja's compiler, with ``a ~ b ~ ...`` measured before it is joined."""
+
+    @optimizeconst
+    def visit_Concat(self, node: jinja2.nodes.Concat, frame: Frame) -> None:
+        self.write("environment.bounded_concat((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
 class _BoundedEnvironment(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**", "%", "+"})
+    code_generator_class = _BoundedCodeGenerator
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         budget = _budget()
         if operator == "*":
             for seq, times in ((left, right), (right, left)):
                 if isinstance(seq, str | list | tuple) and isinstance(times, int):
-                    budget.check_len(len(seq) * max(times, 0))
+                    budget.check_len(budget.size(seq) * max(times, 0))
+        elif operator == "+" and isinstance(left, str) and isinstance(right, str):
+            budget.check_len(len(left) + len(right))  # the common case, kept cheap: every template adds strings
+        elif operator == "+" and isinstance(left, list | tuple):
+            budget.check_len(sum(budget.sizes((left, right))))
         elif operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 0:
             budget.check_len(left.bit_length() * right // 4)
         elif operator == "%" and isinstance(left, str):
             _check_sizes((left,), {}, budget)
+            budget.check_len(_format_size(budget, left, _format_args(right), "%"))
         result = super().call_binop(context, operator, left, right)
         budget.check_value(result)
         return result
+
+    def bounded_concat(self, parts: tuple[Any, ...]) -> str:
+        budget = _budget()
+        budget.check_len(sum(budget.sizes(parts)))
+        return "".join(map(str, parts))
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         value = super().getattr(obj, attribute)
@@ -163,27 +386,50 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
         budget = _budget()
         budget.step()
         _check_sizes(args, kwargs, budget)
+        budget.sizes((*args, *kwargs.values()))
         owner = getattr(getattr(__obj, "__wrapped__", __obj), "__self__", None)
-        if isinstance(owner, str) and getattr(__obj, "__name__", "") in ("format", "format_map"):
-            _check_sizes((owner,), {}, budget)
+        name = getattr(__obj, "__name__", "")
+        if isinstance(owner, str) and name in _METHOD_SIZES:
+            if name == "join" and args:
+                args = (budget.materialize(args[0]), *args[1:])
+            if name in ("format", "format_map"):
+                _check_sizes((owner,), {}, budget)
+            try:
+                budget.check_len(_METHOD_SIZES[name](budget, owner, *args, **kwargs))
+            except TypeError:
+                pass  # a wrong call: let Python say so
         result = super().call(__context, __obj, *args, **kwargs)
         budget.check_value(result)
         return result
 
+    def finalize_output(self, value: Any) -> Any:
+        _budget().check_value(value)  # ``{{ [x, x, ...] }}``: measured before str() writes it
+        return value
 
-def _bounded_filter(fn: Callable[..., Any]) -> Callable[..., Any]:
+
+def _bounded_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    passes = 1 if _PassArg.from_obj(fn) is not None else 0  # context/environment first, then the value
+    estimate = _FILTER_SIZES.get(name)
+
     def bounded(*args: Any, **kwargs: Any) -> Any:
         budget = _budget()
         budget.step()
-        _check_sizes(args[:1], {}, budget, ints=False)  # the filtered value: a format string, not a size
-        _check_sizes(args[1:], kwargs, budget)
+        if len(args) > passes:
+            args = (*args[:passes], budget.materialize(args[passes]), *args[passes + 1 :])
+            _check_sizes(args[passes : passes + 1], {}, budget, ints=False)  # the value: a format string
+            _check_sizes(args[passes + 1 :], kwargs, budget)
+            budget.sizes((*args[passes:], *kwargs.values()))
+            if estimate is not None:
+                try:
+                    budget.check_len(estimate(budget, *args[passes:], **kwargs))
+                except (TypeError, ValueError, AttributeError):
+                    pass  # a wrong call: the filter itself says so
         result = fn(*args, **kwargs)
         budget.check_value(result)
         return result
 
-    for marker in ("jinja_pass_arg",):  # keep pass_context/pass_environment markers
-        if hasattr(fn, marker):
-            setattr(bounded, marker, getattr(fn, marker))
+    if passes:  # keep pass_context/pass_eval_context/pass_environment
+        bounded.jinja_pass_arg = fn.jinja_pass_arg  # type: ignore[attr-defined]
     return bounded
 
 
@@ -238,8 +484,11 @@ def _environment() -> _BoundedEnvironment:
     env = _BoundedEnvironment(
         trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols]
     )
+    env.finalize = env.finalize_output
     env.filters["tojson"] = _tojson
-    env.filters = {name: _bounded_filter(fn) for name, fn in env.filters.items()}
+    for unbounded in ("pprint", "urlize"):  # output grows with nesting depth or markup: nothing a chat needs
+        env.filters.pop(unbounded, None)
+    env.filters = {name: _bounded_filter(name, fn) for name, fn in env.filters.items()}
     env.globals.pop("lipsum", None)  # n paragraphs of filler text: nothing a chat needs
     env.globals.update(
         range=_bounded_range,
@@ -286,7 +535,7 @@ def _tracer(budget: _Budget) -> Callable[[FrameType, str, Any], Any]:
 
 
 def render(source: str, variables: dict[str, Any], limits: RenderLimits, param: str = "chat_template") -> str:
-    """Render a chat template within ``limits`` (blocking: call it through :func:`off_loop`).
+    """Render a chat template within ``limits`` (blocking: call it through ``preprocess.off_loop``).
 
     Raises TemplateLimitExceeded past a limit, InvalidRequest when the template fails; both
     name ``param`` (the request's template, or the messages the model's template rejected).
@@ -306,6 +555,14 @@ def render(source: str, variables: dict[str, Any], limits: RenderLimits, param: 
         return "".join(out)
     except IsvcError:
         raise
+    except MemoryError:
+        raise TemplateLimitExceeded(
+            f"the chat template needed more than {limits.max_memory_mb} MB (the template memory limit)", param=param
+        ) from None
+    except RecursionError:
+        raise TemplateLimitExceeded(
+            "the chat template recursed too deep (the template nesting limit)", param=param
+        ) from None
     except Exception as exc:  # a template is code from a model folder or a client: its failure is the request's
         raise InvalidRequest(f"the chat template failed: {type(exc).__name__}: {exc}", param=param) from exc
     finally:

@@ -12,7 +12,7 @@ from isvc.engine.params import SamplingParams
 from isvc.errors import InvalidRequest
 from isvc.server.jobs import Job, check_fits_queue, run_jobs
 from isvc.server.protocols.bounds import INT64_MAX, Seed, Stop, Temperature, TopK, TopP
-from isvc.server.protocols.chat_template import encode_all
+from isvc.server.protocols.preprocess import encode_all
 
 
 class GenerateParameters(BaseModel):

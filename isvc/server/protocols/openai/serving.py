@@ -12,7 +12,7 @@ from isvc.engine.outputs import RequestOutput, TokenLogprob
 from isvc.engine.params import SamplingParams
 from isvc.errors import InvalidRequest, NotFound
 from isvc.server.jobs import Job, check_fits_queue, run_jobs
-from isvc.server.protocols.chat_template import RenderLimits, encode_all, off_loop, render
+from isvc.server.protocols.chat_template import RenderLimits, render
 from isvc.server.protocols.openai.schema import (
     AssistantMessage,
     ChatChoice,
@@ -32,6 +32,8 @@ from isvc.server.protocols.openai.schema import (
     TopLogprob,
     UsageInfo,
 )
+from isvc.server.protocols.preprocess import encode_all, off_loop
+from isvc.server.protocols.template_sandbox import TemplateSandbox
 from isvc.server.sse import DONE, event
 
 
@@ -44,6 +46,8 @@ class OpenAIServing:
         self.model_root = model_root
         self.trust_request_chat_template = trust_request_chat_template
         self.created = int(time.time())
+        self._sandbox = TemplateSandbox() if trust_request_chat_template else None
+        """Renders request templates in a child process (started with the first one)."""
 
     # -- models --------------------------------------------------------------------------
 
@@ -181,16 +185,8 @@ class OpenAIServing:
         yield DONE
 
     def _check_stop_token_ids(self, req: CompletionRequest | ChatCompletionRequest) -> None:
-        if not req.stop_token_ids:
-            return
-        tokenizer = self.engine.tokenizer  # NotReady before the model is loaded
-        model = getattr(self.engine.core, "model", None)
-        vocab = int(getattr(model, "vocab_size", len(tokenizer)))
-        bad = next((t for t in req.stop_token_ids if t >= vocab), None)
-        if bad is not None:
-            raise InvalidRequest(
-                f"stop token id {bad} is out of range: the vocabulary has {vocab} tokens", param="stop_token_ids"
-            )
+        if req.stop_token_ids:
+            self.engine.check_token_ids(req.stop_token_ids, "stop_token_ids")
 
     # -- chat ------------------------------------------------------------------------------
 
@@ -230,12 +226,17 @@ class OpenAIServing:
         }
         # A few times the context in characters: longer could never fit, and tokenizing it is wasted work.
         limits = RenderLimits(max_chars=max(65536, 32 * self.engine.max_model_len))
+        if param == "chat_template":  # the client's code: in a process a deadline can kill
+            assert self._sandbox is not None  # _chat_template refuses request templates unless trusted
+            rendered = await self._sandbox.render(source, variables, limits, param)
+            ids = (await encode_all(tokenizer, [rendered], add_special_tokens=False))[0]
+        else:
 
-        def render_and_encode() -> list[int]:
-            rendered = render(source, variables, limits, param=param)
-            return list(tokenizer.encode(rendered, add_special_tokens=False))
+            def render_and_encode() -> list[int]:
+                rendered = render(source, variables, limits, param=param)
+                return list(tokenizer.encode(rendered, add_special_tokens=False))
 
-        ids = await off_loop(render_and_encode)
+            ids = await off_loop(render_and_encode)
         max_tokens = self.engine.check_request(ids, req.max_completion_tokens or req.max_tokens)
         top = req.top_logprobs if req.logprobs else None
         if req.top_logprobs and not req.logprobs:
