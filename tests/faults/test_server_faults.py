@@ -24,6 +24,7 @@ BODY_LIMIT = 1 << 20
 HEADER_TIMEOUT_S = 1.0
 BODY_TIMEOUT_S = 2.0
 LONG = {"max_tokens": 30000, "ignore_eos": True, "temperature": 0}
+JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +82,52 @@ def test_body_just_under_the_limit_is_read(server: ServerProcess) -> None:
     body = {"model": "tiny", "prompt": "Hello", "max_tokens": 2, "user": "x" * (BODY_LIMIT - 200)}
     r = httpx.post(f"{server.base_url}/v1/completions", json=body, timeout=60)
     assert r.status_code == 200, r.text
+
+
+def test_a_large_body_being_checked_stalls_no_one(tiny_server: ServerProcess) -> None:
+    """While a ~4 MiB JSON body (2 million numbers) is checked and served, health checks are answered at once."""
+    numbers = b"0," * 2_000_000
+    body = b'{"model": "tiny", "prompt": "Hello", "max_tokens": 1, "x": [' + numbers + b"0]}"
+    assert len(body) < 4 << 20  # under the default limit: checked, not refused
+    answered: list[int] = []
+
+    def post_big() -> None:
+        for _ in range(3):
+            r = httpx.post(f"{tiny_server.base_url}/v1/completions", content=body, headers=JSON, timeout=60)
+            answered.append(r.status_code)
+
+    big = threading.Thread(target=post_big)
+    with httpx.Client(base_url=tiny_server.base_url, timeout=10) as http:
+        http.get("/v2/health/ready")  # connected before the big bodies start
+        big.start()
+        slowest = 0.0
+        while big.is_alive():
+            started = time.monotonic()
+            assert http.get("/v2/health/ready").status_code == 200
+            slowest = max(slowest, time.monotonic() - started)
+            time.sleep(0.01)
+    big.join()
+    assert answered == [200, 200, 200]
+    assert slowest < 0.5, f"a health check waited {slowest:.2f}s behind a large body"
+
+
+def test_a_header_terminator_split_across_reads_is_no_431(server: ServerProcess) -> None:
+    """The blank line ending the headers arrives in two writes, the second carrying > 32 KiB of body."""
+    body = json.dumps({"model": "tiny", "prompt": "Hello", "max_tokens": 2, "user": "x" * (40 << 10)}).encode()
+    head = (
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        b"Content-Length: %d\r\n" % len(body)
+    )
+    sock = _open(server, head)  # ends with one "\r\n" ...
+    try:
+        time.sleep(0.2)  # ... read by the server on its own
+        sock.sendall(b"\r\n" + body)
+        answer = _read_until_closed(sock)
+    finally:
+        sock.close()
+    head_in, _, body_in = answer.partition(b"\r\n\r\n")
+    assert head_in.startswith(b"HTTP/1.1 200"), answer[:300]
+    assert json.loads(body_in)["choices"]
 
 
 # -- slow clients -------------------------------------------------------------------------------
