@@ -39,6 +39,22 @@ def test_a_body_without_a_string_model_says_so(body: bytes) -> None:
         scan(body, 3)
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"\\q": "x", "model": "m"}',  # a bad escape in a key
+        b'{"\\u12": 1, "model": "m"}',  # a cut \\u escape in a key whose value is no string
+        b'{"a\tb": "x", "model": "m"}',  # a raw tab in a key
+        b'{"\xff": "x", "model": "m"}',  # invalid UTF-8 in a key
+        b'{"model": "m\x01"}',  # a raw control character in the model
+        b'{"model": "\\x41"}',  # a bad escape in the model
+    ],
+)
+def test_a_key_or_model_that_is_no_json_string_says_so(body: bytes) -> None:
+    with pytest.raises(NoModel, match="not a valid JSON string"):
+        scan(body, 4)
+
+
 def test_depth_costs_no_recursion() -> None:
     body = b'{"a": ' + b"[" * 200_000 + b"]" * 200_000 + b', "model": "deep"}'
     assert scan(body, 65536) == "deep"
