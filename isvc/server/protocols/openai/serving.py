@@ -34,7 +34,7 @@ from isvc.server.protocols.openai.schema import (
 )
 from isvc.server.protocols.preprocess import encode_all, off_loop
 from isvc.server.protocols.template_sandbox import TemplateSandbox
-from isvc.server.sse import DONE, event
+from isvc.sse import DONE, event
 
 
 class OpenAIServing:
