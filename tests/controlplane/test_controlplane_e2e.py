@@ -151,8 +151,11 @@ def test_missing_gpus_leave_the_predictor_pending_with_a_condition(control_plane
     )
     assert cond["status"] == "False" and cond["message"] == "needs 2 GPUs, 0 present"
     assert all(r["pid"] is None for r in cp.replicas("needs-gpu", "demo"))
-    r = httpx.get(f"{cp.url}/info", headers={"Host": "needs-gpu.demo.example.com"})
+    host = {"Host": "needs-gpu.demo.example.com"}  # the 503 says why, in each protocol's format
+    r = httpx.post(f"{cp.url}/v1/completions", headers=host, json={"prompt": "x"})
     assert r.status_code == 503 and "needs 2 GPUs, 0 present" in r.json()["error"]["message"]
+    r = httpx.get(f"{cp.url}/v2/models/needs-gpu/ready", headers=host)
+    assert r.status_code == 503 and "needs 2 GPUs, 0 present" in r.json()["error"]
 
 
 def test_cpu_fallback_runs_gpu_predictors_on_cpu_with_a_warning(start_control_plane) -> None:  # type: ignore[no-untyped-def]
