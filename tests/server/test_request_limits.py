@@ -5,6 +5,7 @@ as 400s naming the limit (not as overload)."""
 from __future__ import annotations
 
 import concurrent.futures
+import re
 import threading
 
 import httpx
@@ -178,27 +179,59 @@ def test_trusted_server_renders_the_request_template(trusted_server) -> None:
     assert own.json()["usage"]["prompt_tokens"] != model.json()["usage"]["prompt_tokens"]
 
 
-@pytest.mark.parametrize(
-    ("template", "limit"),
-    [
-        ("{% for i in range(12000) %}{% for j in range(12000) %}{% endfor %}{% endfor %}", "template step limit"),
-        ("{{ 'x' * 1000000000 }}", "prompt size limit"),
-        ("{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}", "limit"),
-        ("{{ 'x'|center(1000000000) }}", "prompt size limit"),
-    ],
-    ids=["nested-range", "string-times-1e9", "doubling", "center"],
-)
+_X = "{% set x = 'a' * 60000 %}"  # just under the tiny model's 65,536-character limit
+_RUNAWAY = {  # each builds 60M to 3.6G characters in one call unless it is measured first
+    "nested-range": (
+        "{% for i in range(12000) %}{% for j in range(12000) %}{% endfor %}{% endfor %}",
+        "template (step|time) limit",
+    ),
+    "string-times-1e9": ("{{ 'x' * 1000000000 }}", "prompt size limit"),
+    "doubling": (
+        "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+        "limit",
+    ),
+    "center": ("{{ 'x'|center(1000000000) }}", "prompt size limit"),
+    "join-of-repeated-list": (_X + "{{ ([x] * 1000)|join }}", "prompt size limit"),
+    "replace-with-itself": (_X + "{{ x|replace('a', x) }}", "prompt size limit"),
+    "concat-chain": (_X + "{{ " + " ~ ".join(["x"] * 1000) + " }}", "prompt size limit"),
+    "indent-by-itself": (_X + "{{ (x ~ '\n' ~ x)|indent(x) }}", "prompt size limit"),
+    "format-filter": (_X + "{{ ('%s' * 1000)|format(*([x] * 1000)) }}", "prompt size limit"),
+    "percent-repeated-key": (_X + "{{ ('%(a)s' * 1000) % {'a': x} }}", "prompt size limit"),
+    "str-format-repeated-field": (_X + "{{ ('{0}' * 1000).format(x) }}", "prompt size limit"),
+    "print-repeated-list": (_X + "{{ [x] * 1000 }}", "prompt size limit"),
+    "list-literal": (_X + "{{ [" + ", ".join(["x"] * 1000) + "] }}", "prompt size limit"),
+    "str-join": (_X + "{{ x.join([x] * 1000) }}", "prompt size limit"),
+    "tojson-of-repeated-list": (_X + "{{ ([x] * 1000)|tojson }}", "prompt size limit"),
+    "wordwrap-with-itself": (_X + "{{ x|wordwrap(1, wrapstring=x) }}", "prompt size limit"),
+    "expandtabs": ("{% set t = '\t' * 60000 %}{{ t.expandtabs(60000) }}", "prompt size limit"),
+    "block-set-in-a-loop": (
+        _X + "{% set b %}{% for i in range(5000) %}{{ x }}{% endfor %}{% endset %}{{ b|length }}",
+        "prompt size limit",
+    ),
+}
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+
+
+@pytest.mark.parametrize(("template", "limit"), list(_RUNAWAY.values()), ids=list(_RUNAWAY))
 def test_runaway_template_fails_its_own_request_and_the_server_keeps_answering(
     trusted_server, template: str, limit: str
 ) -> None:
     base = trusted_server.base_url
+    _chat(base)  # warm: the first request's buffers are not the template's
+    rss_before = _rss_mb(trusted_server.proc.pid)
     stop = threading.Event()
     health: list[int] = []
 
     def poll() -> None:
         with httpx.Client(timeout=1.0) as http:  # a frozen event loop would time these out
-            while not stop.is_set():
+            while True:  # at least once, however fast the refusal
                 health.append(http.get(f"{base}/v2/health/ready").status_code)
+                if stop.is_set():
+                    return
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         poller = pool.submit(poll)
@@ -209,8 +242,9 @@ def test_runaway_template_fails_its_own_request_and_the_server_keeps_answering(
         poller.result()
     assert r.status_code == 400, r.text
     error = r.json()["error"]
-    assert error["param"] == "chat_template" and limit in error["message"]
+    assert error["param"] == "chat_template" and re.search(limit, error["message"]), error
     assert health and set(health) == {200}
+    assert _rss_mb(trusted_server.proc.pid) - rss_before < 40  # nothing was built in the server
     assert _chat(base).status_code == 200  # the server is fine afterwards
 
 
@@ -242,6 +276,59 @@ def test_renderer_stops_templates_that_grow_or_spin(template: str) -> None:
 
     with pytest.raises(TemplateLimitExceeded, match="limit"):
         render(template, {"messages": []}, RenderLimits(max_chars=65536))
+
+
+def test_renderer_still_renders_what_real_templates_do() -> None:
+    """The size checks refuse what would pass the limit, not the constructs themselves."""
+    from isvc.server.protocols.chat_template import RenderLimits, render
+
+    template = (
+        "{% set tools_json = tools|tojson(indent=4) %}{{ '%s: %s'|format('tools', tools_json|length) }}\n"
+        "{% for m in messages %}{{ ('[' ~ m.role ~ '] ' ~ m.content)|indent(2, first=true)|replace('  ', ' ') }}\n"
+        "{% endfor %}{{ messages|map(attribute='role')|join(',') }} {{ '{0}-{1}'.format('a', 'b') }}"
+    )
+    tools = [{"type": "function", "function": {"name": f"f{i}", "parameters": {"type": "object"}}} for i in range(20)]
+    messages = [{"role": "user", "content": "hello " * 500}, {"role": "assistant", "content": "hi"}]
+    out = render(template, {"messages": messages, "tools": tools}, RenderLimits(max_chars=65536))
+    assert out.startswith("tools: ") and out.endswith("user,assistant a-b")
+
+
+def test_sandbox_kills_a_render_past_its_deadline() -> None:
+    """What the renderer cannot interrupt (one long C call) is killed with its process."""
+    import asyncio
+    import time
+
+    from isvc.server.protocols.chat_template import RenderLimits, TemplateLimitExceeded
+    from isvc.server.protocols.template_sandbox import TemplateSandbox
+
+    sandbox = TemplateSandbox()
+    try:
+        started = time.monotonic()
+        with pytest.raises(TemplateLimitExceeded, match="template time limit"):
+            asyncio.run(
+                sandbox.render("{{ 3 ** 50000000 % 7 }}", {}, RenderLimits(max_chars=10**9, timeout_s=0.3), "t")
+            )
+        assert time.monotonic() - started < 10
+        # the fork server lives on: the next template renders
+        assert asyncio.run(sandbox.render("{{ 1 + 1 }}", {}, RenderLimits(max_chars=100), "t")) == "2"
+    finally:
+        sandbox.close()
+
+
+def test_sandbox_caps_a_render_s_memory() -> None:
+    import asyncio
+
+    from isvc.server.protocols.chat_template import RenderLimits, TemplateLimitExceeded
+    from isvc.server.protocols.template_sandbox import TemplateSandbox
+
+    sandbox = TemplateSandbox()
+    limits = RenderLimits(max_chars=10**9, max_memory_mb=64)  # sizes allowed: only the memory cap stops it
+    try:
+        with pytest.raises(TemplateLimitExceeded, match="template memory limit") as err:
+            asyncio.run(sandbox.render("{{ ('x' * 500000000)|length }}", {}, limits, "chat_template"))
+        assert err.value.param == "chat_template"
+    finally:
+        sandbox.close()
 
 
 def test_renderer_matches_transformers_on_the_model_template(tiny_model_dir) -> None:

@@ -51,6 +51,11 @@ _MAX_NESTING = 256
 """Deepest value a template may hold (request JSON nests at most --max_json_depth, 128 by default)."""
 
 
+_CONTAINERS = frozenset({list, tuple, dict})
+_FIXED_SIZES: dict[type, int] = {type(None): 24, bool: 24, float: 24}
+"""Types whose text is short whatever the value: learned as they are met (none is a str, int or container)."""
+
+
 class TemplateLimitExceeded(InvalidRequest):
     code = "chat_template_limit_exceeded"
 
@@ -116,6 +121,14 @@ class _Budget:
         writes it) plus quotes and separators. A walk stops once past ``max_chars``, so the
         answer is exact below the limit and only "too big" above it.
         """
+        kind = type(value)
+        if kind is str:  # the common cases first, by exact type: this runs for every local on every line
+            return len(value)
+        if kind in _CONTAINERS:
+            return self._container(value, depth)
+        fixed = _FIXED_SIZES.get(kind)
+        if fixed is not None:
+            return fixed
         if isinstance(value, str):
             return len(value)
         if value is None or isinstance(value, bool | float):
@@ -128,7 +141,8 @@ class _Budget:
             return 12 + self._walk(object.__getattribute__(value, "_Namespace__attrs").items(), depth, pairs=True)
         if isinstance(value, list | tuple | dict | set | frozenset):
             return self._container(value, depth)
-        return 64  # loop, macro, undefined...: a short fixed repr
+        _FIXED_SIZES[kind] = 64  # loop, macro, undefined, context...: a short fixed repr
+        return 64
 
     def _container(self, value: Any, depth: int) -> int:
         key, n = id(value), len(value)
@@ -164,7 +178,7 @@ class _Budget:
         old = self._sizes.pop(id(value), None)
         if old is not None:
             self._cached_chars -= old[2]
-        if total > self.limits.max_chars:
+        if total > self.limits.max_chars or n < 8:  # small ones are cheap to walk again (their items are cached)
             return
         self._sizes[id(value)] = (value, n, total)
         self._cached_chars += total
@@ -525,8 +539,11 @@ def _tracer(budget: _Budget) -> Callable[[FrameType, str, Any], Any]:
         if event == "line":
             budget.step()
             for value in frame.f_locals.values():
-                budget.check_value(value)
+                if size(value) > cap:
+                    budget.check_value(value)
         return local
+
+    size, cap = budget.size, budget.limits.max_chars
 
     def global_(frame: FrameType, event: str, arg: Any) -> Any:
         return local if frame.f_code.co_filename == _TEMPLATE_FILE else None
