@@ -145,6 +145,26 @@ def test_bad_parameter_is_a_400_naming_it(client: openai.OpenAI) -> None:
     assert err.value.body["param"] == "temperature"
 
 
+def test_token_ids_outside_the_vocabulary_are_a_400_naming_the_field(client: openai.OpenAI) -> None:
+    """Prompt ids and stop ids are checked against one vocabulary size, the model's."""
+    hi = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.BadRequestError) as prompt_err:
+        client.completions.create(model="tiny", prompt=[1, 10**6], max_tokens=2)
+    with pytest.raises(openai.BadRequestError) as stop_err:
+        client.completions.create(model="tiny", prompt="Hi", max_tokens=2, extra_body={"stop_token_ids": [10**6]})
+    with pytest.raises(openai.BadRequestError) as chat_err:
+        client.chat.completions.create(model="tiny", messages=hi, max_tokens=2, extra_body={"stop_token_ids": [10**6]})
+    errors = [prompt_err.value.body, stop_err.value.body, chat_err.value.body]
+    assert [e["param"] for e in errors] == ["prompt", "stop_token_ids", "stop_token_ids"]
+    vocab = {e["message"].split("the vocabulary has ")[1] for e in errors}
+    assert len(vocab) == 1, errors  # one definition of the vocabulary size
+    last_id = int(vocab.pop().split()[0]) - 1
+    out = client.completions.create(
+        model="tiny", prompt=[1, last_id], max_tokens=2, extra_body={"stop_token_ids": [last_id]}
+    )
+    assert out.choices[0].finish_reason in ("length", "stop")
+
+
 def test_context_overflow_is_a_400_with_both_numbers(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         client.completions.create(model="tiny", prompt="Hello " * 40, max_tokens=250)
