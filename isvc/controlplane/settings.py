@@ -7,19 +7,18 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from isvc.devices import visible_gpus
+
 CPU_FALLBACK_ENV = "ISVC_CPU_FALLBACK"
 GPUS_ENV = "ISVC_GPUS"
 
 
 def detect_gpus() -> int:
-    """``$ISVC_GPUS`` (a count) if set, else the NVIDIA devices the driver lists, else 0."""
+    """``$ISVC_GPUS`` (a count) if set, else the GPUs this machine shows (``isvc.devices``)."""
     raw = os.environ.get(GPUS_ENV)
     if raw is not None and raw.strip():
         return int(raw)
-    try:
-        return len(list(Path("/proc/driver/nvidia/gpus").iterdir()))
-    except OSError:
-        return 0
+    return visible_gpus()
 
 
 def env_flag(name: str) -> bool:

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
+from isvc.engine.client import EncodeInput, ModelInfo, PoolingOutput, PoolingParams, Task, WrongTask
 from isvc.engine.config import EngineConfig
 from isvc.engine.core import EngineCore
 from isvc.engine.errors import ContextLengthExceeded, EngineDeadError, EngineOverloaded, GenerationFailed
@@ -62,8 +63,24 @@ class AsyncEngine:
             self.on_dead(exc)
 
     @property
+    def model_info(self) -> ModelInfo:
+        core = self._core()
+        config = core.model.config
+        return ModelInfo(
+            task=Task.TEXT_GENERATION,
+            architecture=(config.get("architectures") or ["?"])[0],
+            max_model_len=core.max_model_len,
+            vocab_size=int(core.model.vocab_size),
+            hidden_size=int(config["hidden_size"]),
+        )
+
+    @property
     def tokenizer(self) -> Any:
         return self._core().tokenizer
+
+    @property
+    def max_queue(self) -> int:
+        return self.config.max_queue
 
     @property
     def max_model_len(self) -> int:
@@ -155,6 +172,13 @@ class AsyncEngine:
             # The client went away, or the consumer stopped early: free the slot.
             if not finished:
                 core.abort(request_id)
+
+    async def encode(self, request_id: str, inputs: EncodeInput, params: PoolingParams) -> PoolingOutput:
+        raise WrongTask(
+            f"this model serves the {Task.TEXT_GENERATION.value} task (chat and completions); "
+            f"it does not answer {params.kind} requests",
+            param="model",
+        )
 
     def stats(self) -> dict[str, int]:
         core = self._core()

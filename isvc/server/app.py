@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from isvc.engine.async_engine import AsyncEngine
+from isvc.engine.client import EngineClient
 from isvc.http_errors import EdgeMiddleware
 from isvc.http_limits import LimitRequests, RequestLimits
 from isvc.server import errors
@@ -48,7 +48,7 @@ class ServerSettings:
     """Body size, read deadlines and JSON shape each request is held to."""
 
 
-def create_app(settings: ServerSettings, engine: AsyncEngine) -> FastAPI:
+def create_app(settings: ServerSettings, engine: EngineClient) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
@@ -99,7 +99,7 @@ def create_app(settings: ServerSettings, engine: AsyncEngine) -> FastAPI:
     return app
 
 
-def load_engine(engine: AsyncEngine, model_name: str) -> None:
+def load_engine(engine: EngineClient, model_name: str) -> None:
     """Load the weights and run the warm-up step (blocking), before the server binds its port."""
     started = time.monotonic()
     engine.load()

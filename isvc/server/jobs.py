@@ -7,7 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from isvc.engine.async_engine import AsyncEngine
+from isvc.engine.client import EngineClient
 from isvc.engine.outputs import RequestOutput
 from isvc.engine.params import SamplingParams
 from isvc.errors import InvalidRequest
@@ -20,7 +20,7 @@ class Job:
     params: SamplingParams
 
 
-async def run_jobs(engine: AsyncEngine, request_id: str, jobs: list[Job]) -> AsyncIterator[tuple[int, RequestOutput]]:
+async def run_jobs(engine: EngineClient, request_id: str, jobs: list[Job]) -> AsyncIterator[tuple[int, RequestOutput]]:
     """Yield (choice index, output delta) as they come, across all jobs; cancelling aborts them all."""
     if len(jobs) == 1:
         job = jobs[0]
@@ -58,13 +58,13 @@ async def run_jobs(engine: AsyncEngine, request_id: str, jobs: list[Job]) -> Asy
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def check_fits_queue(engine: AsyncEngine, num_jobs: int, param: str) -> None:
+def check_fits_queue(engine: EngineClient, num_jobs: int, param: str) -> None:
     """Refuse a request that needs more engine requests than the queue ever holds.
 
     The queue's 429/503 + Retry-After says "try again shortly"; for a request larger than the
     whole queue that is never true, and a client honouring Retry-After would retry forever.
     """
-    limit = engine.config.max_queue
+    limit = engine.max_queue
     if num_jobs > limit:
         raise InvalidRequest(
             f"this request needs {num_jobs} generations but the server queues at most {limit} at once "

@@ -174,12 +174,9 @@ def _vllm_importable() -> bool:
 
 
 def _gpu_present() -> bool:
-    try:
-        import torch
+    from isvc.devices import visible_gpus
 
-        return bool(torch.cuda.is_available())
-    except Exception:
-        return False
+    return visible_gpus() > 0
 
 
 def _threads_from_env() -> int | None:

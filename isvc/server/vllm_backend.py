@@ -65,12 +65,6 @@ def exec_vllm(args: argparse.Namespace, model_dir: Path) -> int:
 
 
 def _visible_gpus() -> int:
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([d for d in visible.split(",") if d.strip()])
-    try:
-        import torch
+    from isvc.devices import visible_gpus
 
-        return torch.cuda.device_count()
-    except Exception:
-        return 0
+    return visible_gpus()

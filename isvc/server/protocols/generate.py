@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from isvc.engine.async_engine import AsyncEngine
+from isvc.engine.client import EngineClient
 from isvc.engine.params import SamplingParams
 from isvc.errors import InvalidRequest
 from isvc.server.jobs import Job, check_fits_queue, run_jobs
@@ -48,7 +48,7 @@ def params_from(parameters: Any) -> GenerateParameters:
 
 
 async def generate_texts(
-    engine: AsyncEngine, prompts: list[str], parameters: GenerateParameters, param: str = "instances"
+    engine: EngineClient, prompts: list[str], parameters: GenerateParameters, param: str = "instances"
 ) -> list[str]:
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise InvalidRequest("expected one or more text prompts", param=param)

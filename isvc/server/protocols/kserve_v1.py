@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
-from isvc.engine.async_engine import AsyncEngine
+from isvc.engine.client import EngineClient
 from isvc.errors import InvalidRequest, NotFound
 from isvc.server.protocols.bounds import one_of
 from isvc.server.protocols.generate import GenerateParameters, generate_texts
@@ -48,7 +48,7 @@ class _AnyContentType(APIRoute):
         return as_json
 
 
-def build_router(engine: AsyncEngine, model_name: str) -> APIRouter:
+def build_router(engine: EngineClient, model_name: str) -> APIRouter:
     router = APIRouter(route_class=_AnyContentType)
 
     @router.post("/v1/models/{name}:predict")

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from isvc import __version__
-from isvc.engine.async_engine import AsyncEngine
+from isvc.engine.client import EngineClient
 from isvc.errors import InvalidRequest, NotFound, NotReady
 from isvc.server.protocols.generate import generate_texts, params_from
 
@@ -30,7 +30,7 @@ class InferRequest(BaseModel):
     parameters: dict[str, Any] | None = None
 
 
-def build_router(engine: AsyncEngine, model_name: str) -> APIRouter:
+def build_router(engine: EngineClient, model_name: str) -> APIRouter:
     router = APIRouter(prefix="/v2")
 
     def check(name: str) -> None:

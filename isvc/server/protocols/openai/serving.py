@@ -7,7 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from isvc.engine.async_engine import AsyncEngine
+from isvc.engine.client import EngineClient
 from isvc.engine.outputs import RequestOutput, TokenLogprob
 from isvc.engine.params import SamplingParams
 from isvc.errors import InvalidRequest, NotFound
@@ -39,7 +39,7 @@ from isvc.sse import DONE, event
 
 class OpenAIServing:
     def __init__(
-        self, engine: AsyncEngine, model_name: str, model_root: str, *, trust_request_chat_template: bool = False
+        self, engine: EngineClient, model_name: str, model_root: str, *, trust_request_chat_template: bool = False
     ) -> None:
         self.engine = engine
         self.model_name = model_name
@@ -306,7 +306,7 @@ class OpenAIServing:
         yield DONE
 
 
-async def _collect(engine: AsyncEngine, request_id: str, jobs: list[Job]) -> dict[int, list[RequestOutput]]:
+async def _collect(engine: EngineClient, request_id: str, jobs: list[Job]) -> dict[int, list[RequestOutput]]:
     collected: dict[int, list[RequestOutput]] = {job.index: [] for job in jobs}
     async for index, out in run_jobs(engine, request_id, jobs):
         collected[index].append(out)
