@@ -16,8 +16,9 @@ from typing import Any
 import yaml
 
 from isvc.controlplane.output import describe_text, isvc_table, runtime_table
-from isvc.controlplane.plan import InvalidServeArgs, build_plan
+from isvc.controlplane.plan import InvalidServeArgs, LaunchPlan, build_plan
 from isvc.controlplane.process import running_pid
+from isvc.controlplane.serving import Serving, serving_of
 from isvc.controlplane.store import Store, state_dir
 from isvc.errors import IsvcError
 from isvc.manifest import SHORT_NAMES, ManifestError, Resource, ServingRuntime, load_paths, parse_documents
@@ -141,6 +142,8 @@ def _print_dry_run(res: Resource, runtimes: list[ServingRuntime]) -> None:
     )
     print(f"  resources:   gpus={plan.gpus} threads={plan.cpu_threads} memory_limit={plan.memory_limit_bytes}")
     print(f"  replicas:    {plan.replicas}; model name(s): {', '.join(plan.model_names)}")
+    for label, text in serving_of(plan).lines():
+        print(f"  {(label + ':') if label else '':<12} {text}")
     for note in plan.notes:
         print(f"  note:        {note}")
 
@@ -274,10 +277,27 @@ def describe(argv: list[str]) -> int:
         events = store.events(args.namespace, name)
         gateway = store.get_meta("gateway_url", "http://127.0.0.1:8080") or "http://127.0.0.1:8080"
         revisions = store.revisions(args.namespace, name)
-        print(describe_text(objs[0], warnings, events, revisions, gateway, running_pid(store.root) is not None))
+        serving = _serving(store, objs[0], revisions)
+        running = running_pid(store.root) is not None
+        print(describe_text(objs[0], warnings, events, revisions, gateway, running, serving))
         return 0
     except IsvcError as exc:
         return fail(exc)
+
+
+def _serving(store: Store, body: dict[str, Any], revisions: list[Any]) -> Serving | None:
+    """Task, engine and routes of the latest revision's plan (or of the plan the manifest would get)."""
+    try:
+        if revisions:
+            return serving_of(LaunchPlan.from_json(revisions[-1]["plan"]))
+        runtimes = [
+            ServingRuntime.model_validate(r.body)
+            for kind in ("ServingRuntime", "ClusterServingRuntime")
+            for r in store.resources(kind)
+        ]
+        return serving_of(build_plan(InferenceService.model_validate(body), runtimes))
+    except (IsvcError, ValueError):
+        return None  # a plan the controller cannot build: its conditions say why
 
 
 def logs(argv: list[str]) -> int:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import calendar
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from isvc.controlplane.serving import Serving
 
 
 def age(ts: str | float | None) -> str:
@@ -83,13 +86,19 @@ def runtime_table(objs: list[dict[str, Any]]) -> str:
 
 
 def describe_text(
-    obj: dict[str, Any], warnings: list[str], events: list[Any], revisions: list[Any], gateway: str, running: bool
+    obj: dict[str, Any],
+    warnings: list[str],
+    events: list[Any],
+    revisions: list[Any],
+    gateway: str,
+    running: bool,
+    serving: Serving | None = None,
 ) -> str:
     meta, st = obj["metadata"], obj.get("status") or {}
     name, ns = meta["name"], meta.get("namespace", "default")
     pred = st.get("components", {}).get("predictor", {})
     extra = st.get("isvc", {})
-    models = extra.get("modelNames") or [name]
+    models = extra.get("modelNames") or ([serving.model_name] if serving and serving.model_name else [name])
     out = [
         f"Name:         {name}",
         f"Namespace:    {ns}",
@@ -101,6 +110,8 @@ def describe_text(
     if revisions:
         plan = json.loads(revisions[-1]["plan"])
         out += [f"Runtime:      {plan['runtime']}", f"Command:      {' '.join(plan['command'])}"]
+    if serving is not None:
+        out += [f"{(label.capitalize() + ':') if label else '':<13} {text}" for label, text in serving.lines()]
     if not running:
         out.append("Control plane: NOT RUNNING (isvc up)")
     out.append("Traffic:")
@@ -127,10 +138,23 @@ def describe_text(
     for e in events:
         out.append(f"  {age(e['time']):>5}  {e['type']:<8} {e['reason']:<16} {e['message']}")
     host = st.get("url", "").removeprefix("http://")
-    body = json.dumps({"model": models[0], "prompt": "Hello", "max_tokens": 30, "stream": False})
+    path, body = _try_request(serving.task if serving else None, models[0])
+    route = path.removeprefix("/openai")
     out += [
         "Try it:",
-        f"  curl -H 'content-type: application/json' -H 'Host: {host}' {gateway}/openai/v1/completions -d '{body}'",
-        f"  curl -H 'content-type: application/json' {gateway}/serving/{ns}/{name}/v1/completions -d '{body}'",
+        f"  curl -H 'content-type: application/json' -H 'Host: {host}' {gateway}{path} -d '{body}'",
+        f"  curl -H 'content-type: application/json' {gateway}/serving/{ns}/{name}{route} -d '{body}'",
     ]
     return "\n".join(out)
+
+
+def _try_request(task: str | None, model: str) -> tuple[str, str]:
+    """A first request for the served task: (path, JSON body)."""
+    if task == "text_embedding":
+        return "/openai/v1/embeddings", json.dumps({"model": model, "input": ["Hello world"]})
+    if task == "rerank":
+        body = {"model": model, "query": "capital of France", "documents": ["Paris is in France.", "Rome is in Italy."]}
+        return "/openai/v1/rerank", json.dumps(body)
+    if task in ("fill_mask", "token_classification", "sequence_classification"):
+        return f"/v1/models/{model}:predict", json.dumps({"instances": ["Hello world"]})
+    return "/openai/v1/completions", json.dumps({"model": model, "prompt": "Hello", "max_tokens": 30, "stream": False})
