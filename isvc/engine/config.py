@@ -16,6 +16,10 @@ class EngineConfig(BaseModel):
     model_dir: str
     """Local HuggingFace model folder (config.json, safetensors, tokenizer)."""
 
+    task: str | None = Field(default=None, max_length=64)
+    """KServe's task name (``--task``: text_generation, text_embedding, rerank, fill_mask, ...);
+    None infers it from config.json's architectures. Picks the generative or the encoder engine."""
+
     dtype: str = "float32"
     """Weight and activation dtype: float32 (default on CPU), bfloat16 or float16."""
 
@@ -23,10 +27,16 @@ class EngineConfig(BaseModel):
     """Prompt + output token cap; defaults to the model's max_position_embeddings."""
 
     max_num_seqs: int = Field(default=32, ge=1, le=1024)
-    """Most requests decoded together in one step (vLLM's flag name)."""
+    """Most requests decoded together in one step (vLLM's flag name); for the encoder engine, the
+    most inputs in one forward pass."""
 
     max_num_batched_tokens: int = Field(default=256, ge=16)
     """Token budget per step: decode tokens plus prefill chunk tokens (vLLM's flag name)."""
+
+    max_batch_tokens: int = Field(default=8192, ge=16, le=1 << 20)
+    """Encoder engine: padded tokens per forward pass (rows x longest input in the batch); concurrent
+    inputs of similar length share a forward up to it and ``max_num_seqs`` rows. An input longer
+    than the budget runs alone."""
 
     max_queue: int = Field(default=256, ge=0)
     """Requests allowed to wait for a batch slot; beyond it new requests get 429/503."""

@@ -12,7 +12,6 @@ from isvc.runtime_args import ArgsError, parse
 
 logger = logging.getLogger("isvc.serve")
 
-SUPPORTED_TASKS = ("text_generation", "text2text_generation")
 _FLAG_OF_FIELD = {"kv_cache_space_gb": "kv_cache_space"}  # EngineConfig fields named unlike their flag
 
 
@@ -31,8 +30,11 @@ def main(argv: list[str]) -> int:
 
     try:
         model_dir = _resolve_model_dir(args)
-        _check_task(args.task)
         backend = _choose_backend(args.backend)
+        if backend == "isvc":  # the task the folder serves, or why it cannot be: before any weights load
+            from isvc.engine.factory import engine_task
+
+            task = engine_task(str(model_dir), args.task).value
         if backend == "isvc" and args.quantization:
             raise ConfigError(
                 f"--quantization {args.quantization} needs the vLLM backend on a GPU (--backend vllm, "
@@ -54,14 +56,15 @@ def main(argv: list[str]) -> int:
 
     from pydantic import ValidationError
 
-    from isvc.engine.async_engine import AsyncEngine
     from isvc.engine.config import EngineConfig
+    from isvc.engine.factory import build_engine
     from isvc.http_limits import RequestLimits, serve
     from isvc.server.app import ServerSettings, create_app, load_engine
 
     try:
         config = EngineConfig(
             model_dir=str(model_dir),
+            task=task,
             dtype="float32" if args.dtype == "auto" else args.dtype,
             max_model_len=args.max_model_len,
             max_num_seqs=args.max_num_seqs,
@@ -82,7 +85,7 @@ def main(argv: list[str]) -> int:
             field = str(error["loc"][0]) if error["loc"] else "?"
             print(f"isvc serve: error: --{_FLAG_OF_FIELD.get(field, field)}: {error['msg']}", file=sys.stderr)
         return 2
-    engine = AsyncEngine(config)
+    engine = build_engine(config)
     limits = RequestLimits(
         max_body_bytes=args.max_request_body_bytes,
         max_header_bytes=args.max_request_header_bytes,
@@ -140,13 +143,6 @@ def _resolve_model_dir(args: argparse.Namespace) -> Path:
         else args.model_dir
     )
     return resolve_model_dir(target)
-
-
-def _check_task(task: str | None) -> None:
-    from isvc.errors import ConfigError
-
-    if task is not None and task not in SUPPORTED_TASKS:
-        raise ConfigError(f"--task {task} is not served by isvc; supported: {', '.join(SUPPORTED_TASKS)}")
 
 
 def _choose_backend(requested: str) -> str:

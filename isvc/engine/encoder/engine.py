@@ -1,0 +1,370 @@
+"""AsyncEncoderEngine: encoder models (BERT, DistilBERT, XLM-RoBERTa ...) behind ``EngineClient``.
+
+``encode`` checks its input on the event loop (task, length, vocabulary), then hands it to the
+engine thread's inbox and awaits a future. The engine thread takes everything waiting, plans
+length-bucketed batches under the token budget (batching.py), runs one padded forward per batch
+(runner.py) and resolves each future with ``call_soon_threadsafe``: concurrent requests share
+forwards, one request alone runs at once. A failed forward fails its batch; a failure of the loop
+itself marks the engine dead (503s, ``on_dead``), as in the generative engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from isvc.engine.client import EncodeInput, EncodeKind, ModelInfo, PoolingOutput, PoolingParams, Task, WrongTask
+from isvc.engine.config import EngineConfig
+from isvc.engine.encoder.batching import EncodeRequest, Rows, plan_batches
+from isvc.engine.errors import ContextLengthExceeded, EngineDeadError, EngineOverloaded
+from isvc.engine.metrics import EngineMetrics
+from isvc.engine.outputs import RequestOutput
+from isvc.engine.params import SamplingParams
+from isvc.errors import ConfigError, InvalidRequest, IsvcError, NotReady
+
+logger = logging.getLogger(__name__)
+
+KINDS: dict[Task, tuple[EncodeKind, ...]] = {
+    Task.TEXT_EMBEDDING: ("embed",),
+    Task.SEQUENCE_CLASSIFICATION: ("classify", "score"),
+    Task.RERANK: ("score", "classify"),
+    Task.TOKEN_CLASSIFICATION: ("token_classify",),
+    Task.FILL_MASK: ("fill_mask",),
+}
+
+
+class EncodeFailed(IsvcError):
+    """The forward pass this request was in failed; the engine itself goes on."""
+
+    code = "encode_failed"
+
+
+class AsyncEncoderEngine:
+    """The encoder engine; the server sees it only as an ``EngineClient``."""
+
+    def __init__(
+        self, config: EngineConfig, task: Task, on_dead: Callable[[BaseException], None] | None = None
+    ) -> None:
+        if task not in KINDS:
+            raise ConfigError(f"the encoder engine does not serve {task.value}")
+        self.config = config
+        self.task = task
+        self.on_dead = on_dead
+        self.load_error: BaseException | None = None
+        self._runner: Any = None
+        self._tokenizer: Any = None
+        self._info: ModelInfo | None = None
+        self._inbox: deque[EncodeRequest] = deque()
+        self._inbox_lock = threading.Lock()  # orders submit() against the engine's death
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        self._dead: BaseException | None = None
+        self._running = 0
+        self._counts = {"batches": 0, "max_batch_seen": 0, "last_batch_size": 0, "requests": 0}
+        self.metrics = EngineMetrics(config.served_model_name or Path(config.model_dir).name)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Load tokenizer and weights, warm up with one batch, start the engine thread (blocking)."""
+        import torch
+
+        from isvc.engine.encoder.runner import EncoderRunner
+
+        torch.set_num_threads(self.config.num_threads or len(os.sched_getaffinity(0)))
+        model_dir = Path(self.config.model_dir)
+        self._tokenizer = load_tokenizer(model_dir, self.config.trust_remote_code)
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(
+            self.config.dtype, torch.float32
+        )
+        self._runner = EncoderRunner(model_dir, self.task, dtype, self.config.trust_remote_code)
+        self._info = self._model_info(self._runner)
+        self._warm_up()
+        self._thread = threading.Thread(target=self._run, name="isvc-encoder", daemon=True)
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        self._stopped = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    @property
+    def ready(self) -> bool:
+        return self._thread is not None and self._dead is None
+
+    @property
+    def dead(self) -> bool:
+        return self._dead is not None
+
+    @property
+    def model_info(self) -> ModelInfo:
+        self._check_alive()
+        assert self._info is not None
+        return self._info
+
+    @property
+    def tokenizer(self) -> Any:
+        self._check_alive()
+        return self._tokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        return self.model_info.max_model_len
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model_info.vocab_size
+
+    @property
+    def max_queue(self) -> int:
+        return self.config.max_queue
+
+    # -- requests --------------------------------------------------------------------------
+
+    def check_request(self, prompt_ids: list[int], max_tokens: int | None) -> int:
+        raise self._wrong_task("text generation")
+
+    def check_token_ids(self, ids: Iterable[int], param: str) -> None:
+        vocab = self.vocab_size
+        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise InvalidRequest(f"token id {bad} is out of range: the vocabulary has {vocab} tokens", param=param)
+
+    def check_capacity(self, num_requests: int = 1) -> None:
+        self._check_alive()
+        waiting = len(self._inbox)
+        if waiting + num_requests > self.config.max_queue:
+            raise EngineOverloaded(
+                f"the server is at capacity ({self._running} running, {waiting} waiting, "
+                f"max_queue {self.config.max_queue}); retry shortly",
+                retry_after_s=1,
+            )
+
+    async def generate(
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams
+    ) -> AsyncIterator[RequestOutput]:
+        raise self._wrong_task("chat and completions")
+        yield  # an async generator, like the generative engine's: it raises at the first step
+
+    async def encode(self, request_id: str, inputs: EncodeInput, params: PoolingParams) -> PoolingOutput:
+        info = self.model_info
+        if params.kind not in KINDS[self.task]:
+            raise self._wrong_task(f"{params.kind} requests")
+        inputs = self._fit(inputs, params, info)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Rows] = loop.create_future()
+
+        def done(result: Rows | BaseException) -> None:  # on the engine thread
+            try:
+                loop.call_soon_threadsafe(_resolve, future, result)
+            except RuntimeError:  # the caller's loop is closed: nobody is listening
+                pass
+
+        request = EncodeRequest(request_id, inputs, params, done, time.monotonic())
+        self._submit(request)
+        try:
+            rows = await future
+        except asyncio.CancelledError:
+            request.cancelled = True  # skipped if it has not run yet
+            raise
+        return PoolingOutput(request_id, rows, len(inputs.token_ids), token_ids=inputs.token_ids)
+
+    def stats(self) -> dict[str, int]:
+        return {"running": self._running, "waiting": len(self._inbox), **self._counts}
+
+    # -- checks ----------------------------------------------------------------------------
+
+    def _fit(self, inputs: EncodeInput, params: PoolingParams, info: ModelInfo) -> EncodeInput:
+        """The input as it will run: non-empty, known ids, within max_model_len (or cut to it)."""
+        ids = inputs.token_ids
+        if not ids:
+            raise InvalidRequest("the input is empty", param="input")
+        self.check_token_ids(ids, "input")
+        limit = info.max_model_len
+        if len(ids) > limit:
+            if not params.truncate:
+                raise ContextLengthExceeded(
+                    f"This model's maximum input length is {limit} tokens. However, the input has "
+                    f"{len(ids)} tokens. Please shorten the input, or ask for truncation.",
+                    param="input",
+                )
+            inputs = truncate(inputs, limit, set(self._tokenizer.all_special_ids))
+        dims, width = params.dimensions, info.embedding_dim
+        if dims is not None and width is not None and not 1 <= dims <= width:
+            raise InvalidRequest(
+                f"dimensions must be between 1 and the model's {info.embedding_dim}", param="dimensions"
+            )
+        if params.kind == "fill_mask" and self._tokenizer.mask_token_id not in inputs.token_ids:
+            raise InvalidRequest(f"the input has no mask token {info.mask_token}", param="input")
+        return inputs
+
+    def _wrong_task(self, what: str) -> WrongTask:
+        return WrongTask(f"this model serves the {self.task.value} task; it does not answer {what}", param="model")
+
+    def _check_alive(self) -> None:
+        if self._dead is not None:
+            raise EngineDeadError(f"the engine stopped: {self._dead}")
+        if self._info is None or self._thread is None:
+            raise NotReady("the model is still loading; retry when /v2/health/ready returns 200", retry_after_s=5)
+
+    def _model_info(self, runner: Any) -> ModelInfo:
+        limit = runner.max_positions
+        layout = runner.layout
+        if self.config.max_model_len is not None:
+            if self.config.max_model_len > limit:
+                raise ConfigError(
+                    f"--max_model_len {self.config.max_model_len} is longer than the {limit} positions "
+                    f"{runner.architecture} has"
+                )
+            limit = self.config.max_model_len
+        elif layout is not None and layout.max_seq_length:
+            limit = min(limit, layout.max_seq_length)
+        id2label = runner.config.get("id2label") or {}
+        return ModelInfo(
+            task=self.task,
+            architecture=runner.architecture,
+            max_model_len=limit,
+            vocab_size=runner.vocab_size,
+            hidden_size=runner.hidden_size,
+            embedding_dim=runner.hidden_size if layout is not None else None,
+            pooling=layout.pooling if layout is not None else None,
+            normalize=layout.normalize if layout is not None else False,
+            id2label={int(k): str(v) for k, v in id2label.items()} if self.task is not Task.TEXT_EMBEDDING else {},
+            mask_token=self._tokenizer.mask_token if self.task is Task.FILL_MASK else None,
+        )
+
+    # -- the engine thread -----------------------------------------------------------------
+
+    def _submit(self, request: EncodeRequest) -> None:
+        with self._inbox_lock:
+            if self._dead is None:
+                self._inbox.append(request)
+                self._wake.set()
+                return
+        request.done(EngineDeadError(f"the engine stopped: {self._dead}"))
+
+    def _run(self) -> None:
+        try:
+            while not self._stopped:
+                if not self._inbox:
+                    self.metrics.load(0, 0, 0.0, 0)
+                    self._wake.wait(timeout=0.5)
+                    self._wake.clear()
+                    continue
+                waiting: list[EncodeRequest] = []
+                while self._inbox:
+                    request = self._inbox.popleft()
+                    if request.cancelled:
+                        self.metrics.aborted()
+                    else:
+                        waiting.append(request)
+                max_rows, max_tokens = self.config.max_num_seqs, self.config.max_batch_tokens
+                for batch in plan_batches(waiting, max_rows, max_tokens):
+                    self._step(batch)
+        except BaseException as exc:  # the loop's own fault: nothing it tracks can be trusted
+            self._die(exc)
+
+    def _step(self, batch: list[EncodeRequest]) -> None:
+        batch = [r for r in batch if not r.cancelled]
+        if not batch:
+            return
+        started = time.perf_counter()
+        self._running = len(batch)
+        self.metrics.load(len(batch), len(self._inbox), 0.0, 0)
+        try:
+            rows = self._runner.run([r.inputs for r in batch], [r.params for r in batch], self._mask_id)
+        except Exception as exc:  # a shared fault (the forward pass): fails this batch only
+            logger.exception("encoder forward failed; failing the %d requests in it", len(batch))
+            for request in batch:
+                self.metrics.failed()
+                request.done(EncodeFailed(f"the forward pass failed: {type(exc).__name__}: {exc}"))
+            return
+        finally:
+            self._running = 0
+        now = time.monotonic()
+        for request, answer in zip(batch, rows, strict=True):
+            request.done(answer)
+            self.metrics.finished(now - request.arrival_s)
+        tokens = sum(r.num_tokens for r in batch)
+        counts = self._counts
+        counts["batches"] += 1
+        counts["requests"] += len(batch)
+        counts["last_batch_size"] = len(batch)
+        counts["max_batch_seen"] = max(counts["max_batch_seen"], len(batch))
+        self.metrics.step(
+            time.perf_counter() - started,
+            computed_prompt=tokens,
+            prompts_done=tokens,
+            generated=0,
+            batch=len(batch),
+            max_batch=counts["max_batch_seen"],
+        )
+
+    @property
+    def _mask_id(self) -> int | None:
+        return self._tokenizer.mask_token_id if self.task is Task.FILL_MASK else None
+
+    def _warm_up(self) -> None:
+        """Two batches through the whole path (one row, two rows) before we report ready."""
+        ids = list(self._tokenizer("Hello, world")["input_ids"])[: self._info.max_model_len if self._info else 8]
+        if self._mask_id is not None:
+            ids[len(ids) // 2] = self._mask_id
+        kind = KINDS[self.task][0]
+        with self.metrics.mute():
+            for rows in (1, 2):
+                self._runner.run([EncodeInput(ids)] * rows, [PoolingParams(kind)] * rows, self._mask_id)
+
+    def _die(self, exc: BaseException) -> None:
+        logger.critical("the encoder loop failed; the engine is dead", exc_info=exc)
+        with self._inbox_lock:
+            self._dead = exc
+            sent = list(self._inbox)
+            self._inbox.clear()
+        if self.on_dead is not None:
+            try:
+                self.on_dead(exc)
+            except Exception:
+                logger.exception("on_dead failed")
+        error = EngineDeadError(f"the engine stopped: {type(exc).__name__}: {exc}")
+        for request in sent:
+            request.done(error)
+
+
+def _resolve(future: asyncio.Future[Rows], result: Rows | BaseException) -> None:
+    if future.done():  # cancelled meanwhile
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+def truncate(inputs: EncodeInput, limit: int, special_ids: set[int]) -> EncodeInput:
+    """The first ``limit`` tokens, keeping a closing special token (``[SEP]``, ``</s>``) last, as
+    tokenizers' truncation does."""
+    ids, types = inputs.token_ids, inputs.token_type_ids
+    keep_last = ids[-1] in special_ids
+    cut = limit - 1 if keep_last else limit
+    new_ids = ids[:cut] + (ids[-1:] if keep_last else [])
+    new_types = None if types is None else types[:cut] + (types[-1:] if keep_last else [])
+    return EncodeInput(new_ids, new_types)
+
+
+def load_tokenizer(model_dir: Path, trust_remote_code: bool = False) -> Any:
+    """The folder's fast tokenizer from tokenizer.json when there is one (no model registry import)."""
+    if (model_dir / "tokenizer.json").exists() and not trust_remote_code:
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(str(model_dir))
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
