@@ -50,6 +50,11 @@ _OPENAI_PREFIXES = (
     "/v1/models",
     "/v1/embeddings",
     "/v1/responses",
+    "/v1/rerank",
+    "/v1/score",
+    "/v2/rerank",  # vLLM's rerank and score also answer outside /v1
+    "/rerank",
+    "/score",
 )
 _KSERVE_VERBS = (":predict", ":explain")  # /v1/models/{name}:predict is KServe V1, not OpenAI's /v1/models
 

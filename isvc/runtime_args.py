@@ -19,6 +19,16 @@ import difflib
 from collections.abc import Callable
 
 BACKENDS = ("auto", "huggingface", "vllm")
+TASKS = (
+    "text_generation",
+    "text2text_generation",
+    "fill_mask",
+    "token_classification",
+    "sequence_classification",
+    "text_embedding",
+    "rerank",
+)
+"""KServe huggingfaceserver's task names (``--task``), plus ``rerank`` for cross-encoders."""
 DTYPES = ("auto", "float32", "float", "bfloat16", "float16", "half")
 
 
@@ -94,19 +104,56 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="prompt + output tokens; defaults to the model's max_position_embeddings",
     )
-    add("--disable_lower_case", action="store_true", help="accepted for compatibility")
-    add("--disable_special_tokens", action="store_true", help="accepted for compatibility")
+    add(
+        "--disable_lower_case",
+        action="store_true",
+        help="encoder tasks: keep the text's case even when the tokenizer lower-cases (uncased models)",
+    )
+    add(
+        "--disable_special_tokens",
+        action="store_true",
+        help="encoder tasks: tokenize without the model's special tokens ([CLS], [SEP], <s>, ...)",
+    )
     add("--trust_remote_code", action="store_true", help="allow custom model code from the model folder")
     add(
         "--trust_request_chat_template",
         action="store_true",
         help="accept a chat template in chat requests (vLLM's flag; refused by default)",
     )
-    add("--tensor_input_names", default=None, help="accepted for compatibility")
-    add("--task", default=None, help="ML task; isvc serves text_generation")
+    add(
+        "--tensor_input_names",
+        type=_names,
+        default=None,
+        help="encoder tasks: the tokenizer outputs given to the model, comma-separated (default: all it makes)",
+    )
+    add(
+        "--task",
+        type=_task,
+        default=None,
+        help=f"the model's task (default: inferred from config.json architectures); one of: {', '.join(TASKS)}",
+    )
     add("--backend", default="auto", choices=BACKENDS, help="auto: vLLM with a GPU, else isvc's CPU engine")
-    add("--return_token_type_ids", action="store_true", help="accepted for compatibility")
-    add("--return_probabilities", action="store_true", help="accepted for compatibility")
+    add(
+        "--return_token_type_ids",
+        action="store_true",
+        help="encoder tasks: give the model token type ids even when its tokenizer does not make them",
+    )
+    add(
+        "--return_offsets_mapping",
+        action="store_true",
+        help="token_classification: add each token's character offsets to V1/V2 answers (KServe's offset_mapping)",
+    )
+    output_format = p.add_mutually_exclusive_group()
+    output_format.add_argument(
+        "--return_probabilities",
+        action="store_true",
+        help="classification and fill-mask V1/V2 answers: class probabilities instead of the top class",
+    )
+    output_format.add_argument(
+        "--return_raw_logits",
+        action="store_true",
+        help="classification and fill-mask V1/V2 answers: raw logits instead of the top class",
+    )
     add("--disable_log_requests", action="store_true", help="do not log requests")
     add("--max_log_len", type=int, default=None, help="max prompt characters in request logs")
     add("--dtype", default="auto", choices=DTYPES, help="float32 on CPU (auto); bf16 is slow without native support")
@@ -171,6 +218,24 @@ def _bounded(kind: type[int] | type[float], low: float, high: float) -> Callable
 
     convert.__name__ = kind.__name__  # argparse names the type in its messages
     return convert
+
+
+def _task(value: str) -> str:
+    """A task name as KServe spells it; ``text-embedding`` and ``TEXT_EMBEDDING`` are forgiven."""
+    task = value.strip().lower().replace("-", "_")
+    if task not in TASKS:
+        near = difflib.get_close_matches(task, TASKS, n=1, cutoff=0.6)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        raise argparse.ArgumentTypeError(f"unknown task {value!r}{hint}; choose one of: {', '.join(TASKS)}")
+    return task
+
+
+_task.__name__ = "task"
+
+
+def _names(value: str) -> list[str]:
+    """A comma-separated list (KServe's ``list_of_strings``), blanks dropped."""
+    return [name.strip() for name in value.split(",") if name.strip()]
 
 
 def _bool(value: str | bool) -> bool:

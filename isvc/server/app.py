@@ -26,7 +26,9 @@ from isvc.http_errors import EdgeMiddleware
 from isvc.http_limits import LimitRequests, RequestLimits
 from isvc.server import errors
 from isvc.server.protocols import kserve_v1, kserve_v2
+from isvc.server.protocols.encode import EncoderOptions
 from isvc.server.protocols.openai import routes as openai_routes
+from isvc.server.protocols.openai.pooling import OpenAIPooling
 from isvc.server.protocols.openai.serving import OpenAIServing
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,8 @@ class ServerSettings:
     """Accept ``chat_template`` in chat requests (vLLM's --trust-request-chat-template)."""
     limits: RequestLimits = field(default_factory=RequestLimits)
     """Body size, read deadlines and JSON shape each request is held to."""
+    encoder: EncoderOptions = field(default_factory=EncoderOptions)
+    """KServe's encoder flags (special tokens, token types, probabilities or logits in V1/V2 answers)."""
 
 
 def create_app(settings: ServerSettings, engine: EngineClient) -> FastAPI:
@@ -72,11 +76,13 @@ def create_app(settings: ServerSettings, engine: EngineClient) -> FastAPI:
         settings.model_root,
         trust_request_chat_template=settings.trust_request_chat_template,
     )
-    openai_router = openai_routes.build_router(serving)
+    pooling = OpenAIPooling(engine, settings.model_name, settings.encoder)
+    openai_router = openai_routes.build_router(serving, pooling)
     app.include_router(openai_router, prefix="/openai/v1")
-    app.include_router(kserve_v1.build_router(engine, settings.model_name))
+    app.include_router(kserve_v1.build_router(engine, settings.model_name, settings.encoder))
     app.include_router(openai_router, prefix="/v1")
-    app.include_router(kserve_v2.build_router(engine, settings.model_name))
+    app.include_router(kserve_v2.build_router(engine, settings.model_name, settings.encoder))
+    app.include_router(openai_routes.build_root_router(pooling))
 
     @app.get("/")
     async def root() -> JSONResponse:

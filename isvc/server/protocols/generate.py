@@ -12,6 +12,7 @@ from isvc.engine.params import SamplingParams
 from isvc.errors import InvalidRequest
 from isvc.server.jobs import Job, check_fits_queue, run_jobs
 from isvc.server.protocols.bounds import INT64_MAX, Seed, Stop, Temperature, TopK, TopP
+from isvc.server.protocols.encode import require_generative
 from isvc.server.protocols.preprocess import encode_all
 
 
@@ -50,6 +51,7 @@ def params_from(parameters: Any) -> GenerateParameters:
 async def generate_texts(
     engine: EngineClient, prompts: list[str], parameters: GenerateParameters, param: str = "instances"
 ) -> list[str]:
+    require_generative(engine, "text generation")
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise InvalidRequest("expected one or more text prompts", param=param)
     check_fits_queue(engine, len(prompts), param=param)

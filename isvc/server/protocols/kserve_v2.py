@@ -1,4 +1,8 @@
-"""Open Inference Protocol (KServe V2): server/model metadata, health, and /infer with a BYTES text input."""
+"""Open Inference Protocol (KServe V2): server/model metadata, health, and /infer with a BYTES text input.
+
+A generative model answers ``text_output``; an encoder task answers ``output-0`` shaped as
+KServe's huggingfaceserver shapes it (``isvc.server.protocols.kserve_tasks``).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ from pydantic import BaseModel, Field
 from isvc import __version__
 from isvc.engine.client import EngineClient
 from isvc.errors import InvalidRequest, NotFound, NotReady
+from isvc.server.protocols import kserve_tasks
+from isvc.server.protocols.encode import EncoderOptions
 from isvc.server.protocols.generate import generate_texts, params_from
 
 
@@ -30,8 +36,9 @@ class InferRequest(BaseModel):
     parameters: dict[str, Any] | None = None
 
 
-def build_router(engine: EngineClient, model_name: str) -> APIRouter:
+def build_router(engine: EngineClient, model_name: str, encoder: EncoderOptions | None = None) -> APIRouter:
     router = APIRouter(prefix="/v2")
+    options = encoder or EncoderOptions()
 
     def check(name: str) -> None:
         if name != model_name:
@@ -52,13 +59,17 @@ def build_router(engine: EngineClient, model_name: str) -> APIRouter:
     @router.get("/models/{name}")
     async def model_metadata(name: str) -> dict[str, Any]:
         check(name)
-        return {
-            "name": name,
-            "versions": [],
-            "platform": "isvc-huggingface",
-            "inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [-1]}],
-            "outputs": [{"name": "text_output", "datatype": "BYTES", "shape": [-1]}],
-        }
+        info = engine.model_info if engine.ready else None
+        if info is None or info.task.generative:
+            inputs = [{"name": "text_input", "datatype": "BYTES", "shape": [-1]}]
+            outputs = [{"name": "text_output", "datatype": "BYTES", "shape": [-1]}]
+        else:
+            inputs = [{"name": "input-0", "datatype": "BYTES", "shape": [-1]}]
+            outputs = [kserve_tasks.output_metadata(info.task, info.embedding_dim, options)]
+        metadata: dict[str, Any] = {"name": name, "versions": [], "platform": "isvc-huggingface"}
+        if info is not None:
+            metadata["parameters"] = {"task": info.task.value}
+        return {**metadata, "inputs": inputs, "outputs": outputs}
 
     @router.get("/models/{name}/ready")
     async def model_ready(name: str) -> JSONResponse:
@@ -76,6 +87,15 @@ def build_router(engine: EngineClient, model_name: str) -> APIRouter:
                 "expected a BYTES input holding the prompt text (e.g. name text_input)", param="inputs"
             )
         prompts = _prompts(text_inputs[0])
+        if not engine.model_info.task.generative:
+            result = await kserve_tasks.predict(engine, prompts, options)
+            return {
+                "model_name": name,
+                "model_version": None,
+                "id": body.id or str(uuid.uuid4()),
+                "parameters": {},
+                "outputs": [t.as_json() for t in (result.tensor, *result.extra)],
+            }
         texts = await generate_texts(
             engine,
             prompts,

@@ -1,4 +1,8 @@
-"""OpenAI routes, mounted under both /openai/v1 (KServe) and /v1 (vLLM and the OpenAI default)."""
+"""OpenAI routes, mounted under both /openai/v1 (KServe) and /v1 (vLLM and the OpenAI default).
+
+Also vLLM's rerank and score routes outside that prefix (``/rerank``, ``/v2/rerank``, ``/score``),
+for the clients that call them there (Jina's and Cohere's use ``/v1/rerank`` and ``/v2/rerank``).
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,20 @@ from pydantic import BaseModel
 
 from isvc.engine import metrics
 from isvc.server.errors import guarded_stream
-from isvc.server.protocols.openai.schema import ChatCompletionRequest, CompletionRequest
+from isvc.server.protocols.openai.pooling import OpenAIPooling
+from isvc.server.protocols.openai.schema import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    RerankRequest,
+    ScoreRequest,
+)
 from isvc.server.protocols.openai.serving import OpenAIServing
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def build_router(serving: OpenAIServing) -> APIRouter:
+def build_router(serving: OpenAIServing, pooling: OpenAIPooling) -> APIRouter:
     router = APIRouter()
 
     @router.get("/models")
@@ -41,7 +52,38 @@ def build_router(serving: OpenAIServing) -> APIRouter:
     async def chat_completions(body: ChatCompletionRequest) -> Response:
         return await _respond("chat", body, serving.chat_stream, serving.chat)
 
+    @router.post("/embeddings")
+    async def embeddings(body: EmbeddingRequest) -> JSONResponse:
+        return _ok("embeddings", await pooling.embeddings(body))
+
+    add_score_routes(router, pooling)
     return router
+
+
+def add_score_routes(router: APIRouter, pooling: OpenAIPooling, rerank_paths: tuple[str, ...] = ("/rerank",)) -> None:
+    """vLLM's rerank and score, under the router's prefix (``/v1/rerank``, ``/v1/score``...)."""
+
+    async def rerank(body: RerankRequest) -> JSONResponse:
+        return _ok("rerank", await pooling.rerank(body))
+
+    async def score(body: ScoreRequest) -> JSONResponse:
+        return _ok("score", await pooling.score(body))
+
+    for path in rerank_paths:
+        router.add_api_route(path, rerank, methods=["POST"], name=f"rerank {path}")
+    router.add_api_route("/score", score, methods=["POST"], name="score")
+
+
+def build_root_router(pooling: OpenAIPooling) -> APIRouter:
+    """vLLM's rerank and score outside /v1: ``/rerank``, ``/v2/rerank`` (Cohere's v2 client), ``/score``."""
+    router = APIRouter()
+    add_score_routes(router, pooling, rerank_paths=("/rerank", "/v2/rerank"))
+    return router
+
+
+def _ok(route: str, body: dict[str, Any]) -> JSONResponse:
+    metrics.REQUESTS.labels(route, "ok").inc()
+    return JSONResponse(body)
 
 
 async def _respond(

@@ -225,3 +225,50 @@ class ErrorInfo(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorInfo
+
+
+# -- pooling: embeddings, rerank, score (OpenAI's embeddings; vLLM's, Jina's and Cohere's rerank; vLLM's score)
+
+TokenIdList = list[Annotated[int, Field(ge=0, le=INT64_MAX)]]
+
+
+class EmbeddingRequest(OpenAIBaseModel):
+    model: str | None = None
+    """The served model's name (vLLM: optional)."""
+    input: Annotated[
+        str | list[str] | TokenIdList | list[TokenIdList],
+        one_of("a string, a list of strings, a list of token ids, or a list of lists of token ids"),
+    ]
+    encoding_format: Literal["float", "base64"] = "float"
+    """base64: each vector as base64 of little-endian float32 (OpenAI's and vLLM's)."""
+    dimensions: int | None = Field(default=None, ge=1, le=1 << 20)
+    """Keep the first ``dimensions`` numbers of each vector (Matryoshka), re-normalized."""
+    user: str | None = None
+    truncate_prompt_tokens: int | None = Field(default=None, ge=-1, le=INT64_MAX)
+    """vLLM's: cut each input to this many tokens (-1: to the model's limit); unset, longer inputs are a 400."""
+    add_special_tokens: bool | None = None
+    """vLLM's: None follows the server (``--disable_special_tokens``)."""
+
+
+class RerankDocument(OpenAIBaseModel):
+    text: str
+
+
+class RerankRequest(OpenAIBaseModel):
+    model: str | None = None
+    query: str
+    documents: list[Annotated[str | RerankDocument, one_of('a string or {"text": ...}')]]
+    top_n: int | None = Field(default=None, ge=0, le=INT64_MAX)
+    """The best ``top_n`` results only (None or 0: all, as vLLM)."""
+    return_documents: bool = True
+    """Echo each result's document text (Jina/Cohere's field; vLLM always does)."""
+    truncate_prompt_tokens: int | None = Field(default=None, ge=-1, le=INT64_MAX)
+
+
+class ScoreRequest(OpenAIBaseModel):
+    """vLLM's /score: text_1 against each text_2 (a single text_1 is paired with every text_2)."""
+
+    model: str | None = None
+    text_1: Annotated[str | list[str], one_of("a string or a list of strings")]
+    text_2: Annotated[str | list[str], one_of("a string or a list of strings")]
+    truncate_prompt_tokens: int | None = Field(default=None, ge=-1, le=INT64_MAX)

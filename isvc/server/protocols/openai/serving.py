@@ -13,6 +13,7 @@ from isvc.engine.params import SamplingParams
 from isvc.errors import InvalidRequest, NotFound
 from isvc.server.jobs import Job, check_fits_queue, run_jobs
 from isvc.server.protocols.chat_template import RenderLimits, render
+from isvc.server.protocols.encode import require_generative
 from isvc.server.protocols.openai.schema import (
     AssistantMessage,
     ChatChoice,
@@ -63,6 +64,7 @@ class OpenAIServing:
 
     async def completion_jobs(self, req: CompletionRequest) -> tuple[list[Job], list[list[int]], int]:
         self.check_model(req.model)
+        require_generative(self.engine, "completions")
         if req.suffix:
             raise InvalidRequest("suffix is not supported", param="suffix")
         if req.best_of is not None and req.best_of != req.n:
@@ -213,6 +215,7 @@ class OpenAIServing:
 
     async def chat_jobs(self, req: ChatCompletionRequest) -> tuple[list[Job], list[int]]:
         self.check_model(req.model)
+        require_generative(self.engine, "chat completions")
         check_fits_queue(self.engine, req.n, param="n")
         self._check_stop_token_ids(req)
         source, param = self._chat_template(req)
