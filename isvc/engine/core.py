@@ -1,4 +1,11 @@
-"""EngineCore: the busy loop `schedule -> model step -> sample -> outputs` on its own thread.
+"""EngineCore: the busy loop `schedule -> run -> sample -> update -> outputs` on its own thread.
+
+One step is a one-way flow of data: the scheduler's output goes to the runner
+(runner.py), which runs the model and returns the logits with their layout (step.py:
+which rows are whose, and why); the output processor samples them into tokens; the
+scheduler is updated from those tokens (``update_from_output``); the output processor
+turns what the scheduler appended into text and emits it. This module owns the loop
+(the inbox, the guards, the engine's death) and wires those parts together.
 
 Failures are contained at three depths:
 - one request's own work (admission, sampling, stop checks, detokenizing, emitting) is
@@ -8,9 +15,7 @@ Failures are contained at three depths:
   and the loop goes on;
 - a fault in the loop itself (the inbox, idling) marks the engine dead: every request gets
   EngineDeadError, new ones fail at once, and ``on_dead`` tells the server to exit.
-What happens to a request's tokens after the forward pass (sampling, stop checks,
-detokenizing, emitting) is the OutputProcessor's (output_processor.py). The event loop
-talks to the core only through ``submit``/``abort`` (thread-safe) and the ``emit``
+The event loop talks to the core only through ``submit``/``abort`` (thread-safe) and the ``emit``
 callback it was given.
 """
 
@@ -32,15 +37,15 @@ from isvc.engine import metrics
 from isvc.engine.config import EngineConfig
 from isvc.engine.errors import EngineDeadError
 from isvc.engine.kv_cache import KVCacheFull
-from isvc.engine.llama import ChunkInput, LlamaModel, StepInput, torch_dtype
+from isvc.engine.llama import LlamaModel, torch_dtype
 from isvc.engine.output_processor import Emit, OutputProcessor, failed_output
 from isvc.engine.outputs import RequestOutput
 from isvc.engine.params import SamplingParams
-from isvc.engine.prefix_cache import PrefixCache, PrefixHit
+from isvc.engine.prefix_cache import PrefixCache
 from isvc.engine.request import EngineRequest, RequestStatus
+from isvc.engine.runner import ModelRunner
 from isvc.engine.sampler import Sampler
-from isvc.engine.scheduler import PrefillChunk, Scheduler
-from isvc.engine.speculation import accepted, can_speculate, propose
+from isvc.engine.scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -75,24 +80,23 @@ class EngineCore:
         # Prefix reuse and speculation keep answers exact only on the native ops (row-exact
         # across batch shapes and chunkings); on torch's they stay off.
         row_exact = self.model.ops.native_attention
-        self.prefix_cache = (
+        prefix_cache = (
             PrefixCache(int(config.prefix_cache_space_gb * 2**30))
             if config.enable_prefix_caching and row_exact
             else None
         )
-        self.num_speculative_tokens = config.num_speculative_tokens if row_exact else 0
-        self._prefix_loads: list[tuple[EngineRequest, PrefixHit]] = []  # admitted, KV not yet copied
+        self.metrics = metrics.EngineMetrics(config.served_model_name or model_dir.name)
+        self.runner = ModelRunner(self.model, self.cache, prefix_cache, self.metrics)
         self.scheduler = Scheduler(
             config.max_num_seqs,
             config.max_num_batched_tokens,
-            on_admit=self._reuse_prefix if self.prefix_cache is not None else None,
+            on_admit=self.runner.reuse_prefix if prefix_cache is not None else None,
+            max_model_len=self.max_model_len,
+            eos_ids=_eos_ids(model_dir, self.tokenizer),
+            num_speculative_tokens=config.num_speculative_tokens if row_exact else 0,
+            speculative_max_batch=config.speculative_max_batch,
         )
-        self.sampler = Sampler(config.seed)
-        self.eos_ids = _eos_ids(model_dir, self.tokenizer)
-        self.metrics = metrics.EngineMetrics(config.served_model_name or model_dir.name)
-        self.output = OutputProcessor(
-            self.tokenizer, self.eos_ids, self.max_model_len, self.scheduler, self.sampler, self.metrics
-        )
+        self.output = OutputProcessor(self.tokenizer, self.scheduler, Sampler(config.seed), self.metrics)
         self._inbox: deque[tuple[str, Any]] = deque()
         self._inbox_lock = threading.Lock()  # orders submit() against the engine's death
         self._wake = threading.Event()
@@ -201,154 +205,35 @@ class EngineCore:
         if self.output.add(request, emit):  # its own setup failing fails it alone
             self.scheduler.add(request)
 
-    def _reuse_prefix(self, req: EngineRequest) -> None:
-        """Scheduler hook at admission: start the prompt after its longest cached prefix."""
-        if self.prefix_cache is None or req.params.prompt_logprobs is not None:
-            return  # scoring every prompt token needs every row computed
-        hit = self.prefix_cache.lookup(req.prompt_token_ids)
-        self.metrics.prefix_lookup(req.num_prompt_tokens, hit.num_tokens if hit is not None else 0)
-        if hit is not None:
-            req.num_computed_tokens = hit.num_tokens
-            self._prefix_loads.append((req, hit))
-
     def step(self) -> None:
-        for move in self.scheduler.take_moves():
-            self.cache.move(move.src, move.dst, move.length)
+        self.runner.move_slots(self.scheduler.take_moves())
         out = self.scheduler.schedule()
         if out.empty:
             return
         started = time.perf_counter()
-        drafts = self._drafts(out)
-        plain = [r for r in out.decode if r not in drafts]
-        need = max(
-            [r.num_computed_tokens + 1 + len(drafts.get(r, ())) for r in out.decode] + [c.end for c in out.prefill]
-        )
         try:
-            self.cache.ensure(self.scheduler.num_running, need)
+            result = self.runner.execute(out)
         except KVCacheFull:
             longest = max(self.scheduler.running, key=lambda r: r.num_tokens)
             logger.warning("KV cache budget reached; finishing %s at %d tokens", longest.request_id, longest.num_tokens)
             self.output.finish(self.output.requests[longest.request_id], RequestStatus.FINISHED_LENGTH)
             return  # nothing ran: every request keeps its position and is scheduled again
-        for req, hit in self._prefix_loads:
-            if req.slot is not None:  # not finished meanwhile
-                PrefixCache.load(hit, self.cache, req.slot)
-        self._prefix_loads.clear()
-        step = StepInput(
-            num_slots=self.scheduler.num_running,
-            decode_slots=[_slot(r) for r in plain],
-            decode_tokens=[r.token_at(r.num_computed_tokens) for r in plain],
-            decode_positions=[r.num_computed_tokens for r in plain],
-            # a speculating request runs its last token and its drafts as one chunk, logits for each
-            chunks=[
-                ChunkInput(_slot(r), [r.token_at(r.num_computed_tokens), *d], r.num_computed_tokens, "all")
-                for r, d in drafts.items()
-            ]
-            + [
-                ChunkInput(
-                    _slot(c.request),
-                    c.request.prompt_token_ids[c.start : c.end],
-                    c.start,
-                    _logit_rows(c),
-                )
-                for c in out.prefill
-            ],
-        )
-        logits = self.model.forward(step, self.cache)
-        self.output.num_accepted = 0
-        self._after_forward(out, logits, plain, drafts)
+        tokens = self.output.sample(result)
+        updates = self.scheduler.update_from_output(out, tokens)
+        generated = self.output.process(updates, tokens)
         self.max_batch_seen = max(self.max_batch_seen, len(out.decode))
         self.metrics.step(
             time.perf_counter() - started,
             computed_prompt=sum(c.end - c.start for c in out.prefill),
             prompts_done=sum(c.request.num_prompt_tokens for c in out.prefill if c.completes_prompt),
-            generated=self.output.num_accepted,
+            generated=generated,
             batch=len(out.decode),
             max_batch=self.max_batch_seen,
         )
-        # The share of the KV budget this batch needs: dense slots x the longest request.
-        kv_usage = self.scheduler.num_running * need * self.cache.bytes_per_slot_token / self.cache.budget_bytes
-        self.metrics.load(self.scheduler.num_running, self.scheduler.num_waiting, min(kv_usage, 1.0), self.cache.nbytes)
-
-    def _drafts(self, out: Any) -> dict[EngineRequest, list[int]]:
-        """Prompt-lookup drafts for the greedy requests of a small decode-only step."""
-        k = self.num_speculative_tokens
-        if k == 0 or out.prefill or len(out.decode) > self.config.speculative_max_batch:
-            return {}
-        drafts = {}
-        for req in out.decode:
-            room = min(
-                k, req.params.max_tokens - len(req.output_token_ids) - 1, self.max_model_len - req.num_tokens - 1
-            )
-            try:
-                if room > 0 and can_speculate(req.params):
-                    proposal = propose(req.prompt_token_ids + req.output_token_ids, room)
-                    if proposal:
-                        drafts[req] = proposal
-            except Exception:  # drafting only saves time: this request decodes plainly
-                logger.exception("no drafts for request %s", req.request_id)
-        return drafts
-
-    def _after_forward(
-        self, out: Any, logits: torch.Tensor, plain: list[EngineRequest], drafts: dict[EngineRequest, list[int]]
-    ) -> None:
-        rows: list[EngineRequest] = []
-        row_index: list[int] = []
-        r = 0
-        for req in plain:
-            req.num_computed_tokens += 1
-            rows.append(req)
-            row_index.append(r)
-            r += 1
-        verified: list[tuple[EngineRequest, list[int]]] = []
-        for req, proposal in drafts.items():
-            tokens = accepted(proposal, logits[r : r + len(proposal) + 1].argmax(dim=-1).tolist())
-            r += len(proposal) + 1
-            req.num_computed_tokens += len(tokens)  # the last token and the accepted drafts are cached
-            verified.append((req, tokens))
-            self.metrics.speculated(len(proposal), len(tokens) - 1)
-        for chunk in out.prefill:
-            req = chunk.request
-            n_rows = _num_logit_rows(chunk)
-            req.num_computed_tokens = chunk.end
-            try:
-                if n_rows > 1:  # echo + logprobs: score each prompt token
-                    self.output.record_prompt_logprobs(chunk, logits[r : r + n_rows])
-                if chunk.completes_prompt:
-                    if self.prefix_cache is not None and req.slot is not None:
-                        self.prefix_cache.store(req.prompt_token_ids, self.cache, req.slot)
-                    rows.append(req)
-                    row_index.append(r + n_rows - 1)
-            except Exception as exc:
-                self.output.fail(req, exc)
-            r += n_rows
-        now = time.monotonic()
-        for req, tokens in verified:
-            self.output.accept_verified(req, tokens, now)
-        if rows:
-            sel = logits if len(row_index) == logits.shape[0] else logits[torch.tensor(row_index)]
-            self.output.sample_and_accept(sel, rows)
-
-
-def _slot(req: EngineRequest) -> int:
-    assert req.slot is not None, "a scheduled request holds a slot"
-    return req.slot
-
-
-def _logit_rows(chunk: PrefillChunk) -> str:
-    if chunk.request.params.prompt_logprobs is not None:
-        return "all"
-    return "last" if chunk.completes_prompt else "none"
-
-
-def _num_logit_rows(chunk: PrefillChunk) -> int:
-    kind = _logit_rows(chunk)
-    return chunk.end - chunk.start if kind == "all" else (1 if kind == "last" else 0)
+        self.metrics.load(self.scheduler.num_running, self.scheduler.num_waiting, result.kv_usage, self.cache.nbytes)
 
 
 def _eos_ids(model_dir: Path, tokenizer: Any) -> set[int]:
-    import json
-
     ids: set[int] = set()
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))

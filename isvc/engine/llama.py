@@ -22,27 +22,11 @@ import torch.nn.functional as F
 from isvc.engine.errors import UnsupportedModel
 from isvc.engine.kernels import TorchOps, ops_for
 from isvc.engine.kv_cache import KVCache
+from isvc.engine.step import ChunkInput, StepLayout
 
 logger = logging.getLogger(__name__)
 
 SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"}
-
-
-@dataclass(slots=True)
-class ChunkInput:
-    slot: int
-    token_ids: list[int]
-    start: int
-    logits: str  # "last", "all" or "none": which rows of this chunk need logits
-
-
-@dataclass(slots=True)
-class StepInput:
-    num_slots: int  # slots in use (dense 0..n-1)
-    decode_slots: list[int]
-    decode_tokens: list[int]
-    decode_positions: list[int]
-    chunks: list[ChunkInput]
 
 
 @dataclass(slots=True)
@@ -166,8 +150,8 @@ class LlamaModel:
     # -- the step --------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def forward(self, step: StepInput, cache: KVCache) -> torch.Tensor:
-        """Run one step; returns logits [R, V] for decode rows, then each chunk's requested rows."""
+    def forward(self, step: StepLayout, cache: KVCache) -> torch.Tensor:
+        """Run one step; returns logits [R, V] for the step's rows ``step.logit_rows``, in that order."""
         D = len(step.decode_tokens)
         tokens = list(step.decode_tokens)
         positions = list(step.decode_positions)
@@ -216,15 +200,7 @@ class LlamaModel:
             h = ops.rms_norm(x, layer.ln2, self.eps)
             ops.linear_add_(x, ops.silu_mul(ops.linear(h, layer.wgu)), layer.wd)
 
-        rows = list(range(D))
-        row = D
-        for ch in step.chunks:
-            T = len(ch.token_ids)
-            if ch.logits == "all":
-                rows.extend(range(row, row + T))
-            elif ch.logits == "last":
-                rows.append(row + T - 1)
-            row += T
+        rows = step.logit_rows
         if not rows:
             return torch.empty(0, self.vocab_size)
         sel = x if len(rows) == N else x[torch.tensor(rows)]
@@ -242,7 +218,7 @@ class _DecodeAttention:
     K [n, KVH, L, Dh].
     """
 
-    def __init__(self, step: StepInput, cache: KVCache) -> None:
+    def __init__(self, step: StepLayout, cache: KVCache) -> None:
         n = step.num_slots
         self.n = n
         self.slots = torch.tensor(step.decode_slots, dtype=torch.long)

@@ -1,11 +1,16 @@
 """OutputProcessor: what happens to a request's tokens after the forward pass.
 
-The engine core owns the loop and the step (schedule, forward, logit rows); this module
-owns each request from its logits on, as vLLM's ``OutputProcessor`` does: sampling the
-step's rows, accepting each token (EOS, stop strings, length), detokenizing, building
-logprobs, emitting deltas, and finishing or failing the request. One request's work here
-is guarded: an error fails that request alone, and the rest of the batch keeps its tokens.
-It runs on the engine thread only.
+The runner returns the step's logits and their layout (which rows are whose, and why);
+this module owns each request from its logits on, as vLLM's ``OutputProcessor`` does,
+in two phases around the scheduler's update:
+
+- ``sample``: the step's logits -> its tokens per request (sampling the sampled rows,
+  verifying drafts, scoring prompt tokens); data for ``Scheduler.update_from_output``;
+- ``process``: the tokens the scheduler appended -> text (detokenizing, stop strings,
+  logprobs), emitted deltas, and the end of the requests that finished.
+
+One request's work here is guarded: an error fails that request alone, and the rest of
+the batch keeps its tokens. It runs on the engine thread only.
 """
 
 from __future__ import annotations
@@ -22,8 +27,11 @@ from isvc.engine.detokenizer import IncrementalDetokenizer
 from isvc.engine.metrics import EngineMetrics
 from isvc.engine.outputs import RequestOutput, TokenLogprob
 from isvc.engine.request import EngineRequest, RequestStatus
+from isvc.engine.runner import StepResult
 from isvc.engine.sampler import Sampler, SampleResult
-from isvc.engine.scheduler import PrefillChunk, Scheduler
+from isvc.engine.scheduler import RequestUpdate, Scheduler, StepTokens
+from isvc.engine.speculation import accepted
+from isvc.engine.step import RowSpan
 from isvc.engine.stop import StopChecker
 
 logger = logging.getLogger(__name__)
@@ -48,24 +56,13 @@ class TrackedRequest:
 
 
 class OutputProcessor:
-    def __init__(
-        self,
-        tokenizer: Any,
-        eos_ids: set[int],
-        max_model_len: int,
-        scheduler: Scheduler,
-        sampler: Sampler,
-        metrics: EngineMetrics,
-    ) -> None:
+    def __init__(self, tokenizer: Any, scheduler: Scheduler, sampler: Sampler, metrics: EngineMetrics) -> None:
         self.tokenizer = tokenizer
-        self.eos_ids = eos_ids
-        self.max_model_len = max_model_len
         self.scheduler = scheduler
         self.sampler = sampler
         self.metrics = metrics
         self.requests: dict[str, TrackedRequest] = {}
-        self.num_accepted = 0
-        """Tokens accepted since the core last reset it (once per step)."""
+        self._num_taken = 0  # tokens taken by the current process() call
 
     # -- admission and the end of a request ------------------------------------------------
 
@@ -119,9 +116,11 @@ class OutputProcessor:
             logger.exception("could not report the failure of request %s", req.request_id)
 
     def fail_running(self, exc: BaseException) -> None:
-        """A shared fault (the forward pass): every running request ends with it."""
+        """A shared fault (the forward pass): every request past the waiting queue ends with it.
+
+        That includes one the scheduler finished in the failed step but nobody told yet."""
         for t in list(self.requests.values()):
-            if t.request.status == RequestStatus.RUNNING:
+            if t.request.status != RequestStatus.WAITING:
                 self.metrics.failed()
                 self.finish(t, RequestStatus.FINISHED_ERROR, error=exc)
 
@@ -131,9 +130,33 @@ class OutputProcessor:
         self.requests.clear()
         return held
 
-    # -- a step's results -------------------------------------------------------------------
+    # -- phase 1: the step's logits -> its tokens ------------------------------------------------
 
-    def sample_and_accept(self, logits: torch.Tensor, rows: list[EngineRequest]) -> None:
+    def sample(self, result: StepResult) -> StepTokens:
+        """Each request's new tokens from ``result``'s logits, and the requests whose own work failed."""
+        step = StepTokens(errors=dict(result.errors))
+        layout, logits = result.layout, result.logits
+        for span in layout.prompt_scored:
+            try:
+                self._score_prompt(span, logits[span.row : span.row + span.num_rows])
+            except Exception as exc:
+                step.errors[span.request] = exc
+        for span in layout.verified:
+            proposal = result.scheduled.drafts[span.request]
+            targets = logits[span.row : span.row + span.num_rows].argmax(dim=-1).tolist()
+            tokens = accepted(proposal, targets)
+            step.token_ids[span.request] = tokens
+            self.metrics.speculated(len(proposal), len(tokens) - 1)
+        spans = layout.sampled
+        if step.errors:
+            spans = [s for s in spans if s.request not in step.errors]
+        if spans:
+            rows = [s.row for s in spans]
+            sel = logits if len(rows) == logits.shape[0] else logits[torch.tensor(rows)]
+            self._sample_rows(sel, [s.request for s in spans], step)
+        return step
+
+    def _sample_rows(self, logits: torch.Tensor, rows: list[EngineRequest], step: StepTokens) -> None:
         """One batched sample for all rows; if it raises, row by row, failing only the rows that raise.
 
         Row by row gives greedy rows the very same tokens (an argmax per row); a seeded row
@@ -149,38 +172,32 @@ class OutputProcessor:
             for i, req in enumerate(rows):
                 try:
                     one = self.sampler.sample(logits[i : i + 1], [req.request_id], [req.params], [req.output_token_ids])
+                    self._take_sample(req, one, 0, step)
                 except Exception as exc:
-                    self.fail(req, exc)
-                    continue
-                tracked = self.requests.get(req.request_id)
-                if tracked is not None:
-                    self._accept_row(tracked, one.token_ids[0], self._logprob(req, one, 0), time.monotonic())
+                    step.errors[req] = exc
             return
-        now = time.monotonic()
         for i, req in enumerate(rows):
-            tracked = self.requests.get(req.request_id)
-            if tracked is not None:
-                lp = self._logprob(req, result, i) if result.logprobs is not None else None
-                self._accept_row(tracked, result.token_ids[i], lp, now)
+            try:
+                self._take_sample(req, result, i, step)
+            except Exception as exc:
+                step.errors[req] = exc
 
-    def accept_verified(self, req: EngineRequest, tokens: list[int], now: float) -> None:
-        """A speculating request's confirmed tokens, in order, up to the first that ends it."""
-        for token in tokens:
-            tracked = self.requests.get(req.request_id)
-            if tracked is None or req.status.finished:
-                return  # a stop, EOS or max_tokens among them ends the request there
-            self._accept_row(tracked, token, None, now)
+    def _take_sample(self, req: EngineRequest, result: SampleResult, i: int, step: StepTokens) -> None:
+        t = self.requests[req.request_id]
+        if result.logprobs is not None and req.params.logprobs is not None:
+            t.pending_logprobs.append(self._logprob(result, i))  # sent with the token, in process()
+        step.token_ids[req] = [result.token_ids[i]]
 
-    def record_prompt_logprobs(self, chunk: PrefillChunk, logits: torch.Tensor) -> None:
-        """Echo + logprobs: score each prompt token of ``chunk`` (row j predicts token start + j + 1)."""
-        t = self.requests[chunk.request.request_id]
-        prompt = chunk.request.prompt_token_ids
-        k = min(chunk.request.params.prompt_logprobs or 0, logits.shape[-1])
+    def _score_prompt(self, span: RowSpan, logits: torch.Tensor) -> None:
+        """Echo + logprobs: score each prompt token of a chunk (row j predicts token position + j + 1)."""
+        req = span.request
+        t = self.requests[req.request_id]
+        k = min(req.params.prompt_logprobs or 0, logits.shape[-1])
         logprobs = torch.log_softmax(logits, dim=-1)
-        if chunk.start == 0:
+        if span.position == 0:
             t.prompt_logprobs.append(None)  # the first prompt token has no logprob
         # Up to the first token of the next chunk; the slice stops at the prompt's end.
-        targets = prompt[chunk.start + 1 : chunk.end + 1]
+        targets = req.prompt_token_ids[span.position + 1 : span.position + span.num_rows + 1]
         rows = logprobs[: len(targets)]
         picked = rows.gather(1, torch.tensor(targets, dtype=torch.long)[:, None])[:, 0].tolist()
         tops = rows.topk(k, dim=-1) if k > 0 else None
@@ -190,45 +207,56 @@ class OutputProcessor:
                 top = [(i, self._piece(i), v) for i, v in zip(tops.indices[j].tolist(), tops.values[j].tolist())]
             t.prompt_logprobs.append(TokenLogprob(tok, self._piece(tok), picked[j], top))
 
-    # -- one token of one request -------------------------------------------------------------
+    # -- phase 2: the appended tokens -> text, deltas, finishes -------------------------------------
 
-    def _accept_row(self, t: TrackedRequest, token_id: int, lp: TokenLogprob | None, now: float) -> None:
-        """Stop checks, detokenizing and emitting for one request: a failure fails it alone."""
-        try:
-            self._accept_token(t, token_id, lp, now)
-        except Exception as exc:
-            self.fail(t.request, exc)
+    def process(self, updates: list[RequestUpdate], step: StepTokens) -> int:
+        """After the scheduler's update: fail ``step``'s failed requests, then take each update's tokens.
 
-    def _accept_token(self, t: TrackedRequest, token_id: int, lp: TokenLogprob | None, now: float) -> None:
+        Returns the number of tokens taken (the step's generated tokens)."""
+        for req, exc in step.errors.items():
+            self.fail(req, exc)
+        now = time.monotonic()
+        self._num_taken = 0
+        for update in updates:
+            t = self.requests.get(update.request.request_id)
+            if t is None:
+                continue
+            try:
+                self._take_tokens(t, update, now)
+            except Exception as exc:  # stop checks, detokenizing, emitting: this request alone
+                self.fail(t.request, exc)
+        return self._num_taken
+
+    def _take_tokens(self, t: TrackedRequest, update: RequestUpdate, now: float) -> None:
+        """Detokenize and stop-check ``update``'s tokens in order, one delta per token, as a decode would."""
         req = t.request
-        p = req.params
         if t.first_token_s is None:
             t.first_token_s = now
             self.metrics.first_token(now - req.arrival_s)
-        req.output_token_ids.append(token_id)
-        self.num_accepted += 1
-        t.pending_ids.append(token_id)
-        if lp is not None:
-            t.pending_logprobs.append(lp)
-        status: RequestStatus | None = None
-        is_eos = (token_id in self.eos_ids and not p.ignore_eos) or token_id in p.stop_token_ids
-        if not is_eos:
+        tokens, status = update.token_ids, update.status
+        last = len(tokens) - 1
+        for j, token_id in enumerate(tokens):
+            t.pending_ids.append(token_id)
+            self._num_taken += 1
+            if j == last and status == RequestStatus.FINISHED_STOPPED:
+                break  # an EOS or stop token id: it ends the request and is no text
             before = len(t.text)
             t.text += t.detok.add(token_id)
             cut = t.stop.check(t.text, before)
             if cut is not None:
                 t.text = t.text[:cut]
+                if j < last:  # the verified tokens after the stop string are not the request's
+                    del req.output_token_ids[j - last :]
                 status = RequestStatus.FINISHED_STOPPED
-        else:
-            status = RequestStatus.FINISHED_STOPPED
-        if status is None and (len(req.output_token_ids) >= p.max_tokens or req.num_tokens >= self.max_model_len):
-            status = RequestStatus.FINISHED_LENGTH
-        if status is not None:
-            if status == RequestStatus.FINISHED_LENGTH:
-                t.text += t.detok.flush()
-            self.finish(t, status)
-        else:
+                break
+            if j < last:
+                self._emit_delta(t, final=False)
+        if status is None:
             self._emit_delta(t, final=False)
+            return
+        if status == RequestStatus.FINISHED_LENGTH:
+            t.text += t.detok.flush()
+        self.finish(t, status)
 
     def _emit_delta(
         self, t: TrackedRequest, final: bool, finish_reason: str | None = None, error: BaseException | None = None
@@ -254,9 +282,8 @@ class OutputProcessor:
         t.pending_ids, t.pending_logprobs, t.prompt_logprobs = [], [], []
         t.emit(out)
 
-    def _logprob(self, req: EngineRequest, result: SampleResult, i: int) -> TokenLogprob | None:
-        if result.logprobs is None or req.params.logprobs is None:
-            return None
+    def _logprob(self, result: SampleResult, i: int) -> TokenLogprob:
+        assert result.logprobs is not None
         token_id = result.token_ids[i]
         top = result.top[i] if result.top else []
         return TokenLogprob(

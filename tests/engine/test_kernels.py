@@ -7,7 +7,8 @@ import torch
 
 from isvc.engine import kernels
 from isvc.engine.kernels import NativeOps, TorchOps
-from isvc.engine.llama import ChunkInput, StepInput, _chunk_attention, _chunk_mask, _DecodeAttention
+from isvc.engine.llama import _chunk_attention, _chunk_mask, _DecodeAttention
+from isvc.engine.step import ChunkInput, StepLayout
 
 REF = TorchOps()
 
@@ -82,7 +83,7 @@ def test_rms_norm_rope_and_silu_mul_match_torch(native, m):
 def test_attention_matches_sdpa_for_decode_and_prompt_rows(native, decode_slots, decode_positions, cache_dtype):
     """Decode rows for some slots plus a 6-token prompt chunk continuing at position 10 of slot 3."""
     KVH, G, Dh, S, cap = 3, 3, 64, 5, 40
-    chunk = ChunkInput(slot=3, token_ids=[0] * 6, start=10, logits="last")
+    chunk = ChunkInput(slot=3, token_ids=[0] * 6, start=10)
     slots = decode_slots + [3] * 6
     positions = decode_positions + list(range(10, 16))
     R, D = len(slots), len(decode_slots)
@@ -93,8 +94,16 @@ def test_attention_matches_sdpa_for_decode_and_prompt_rows(native, decode_slots,
     kc, vc = randn(S, KVH, cap, Dh, seed=8).to(cache_dtype), randn(S, KVH, cap, Dh, seed=9).to(cache_dtype)
     kc_ref, vc_ref = kc.float(), vc.float()
 
-    step = StepInput(
-        num_slots=S, decode_slots=decode_slots, decode_tokens=[0] * D, decode_positions=decode_positions, chunks=[chunk]
+    step = StepLayout(
+        num_slots=S,
+        decode_slots=decode_slots,
+        decode_tokens=[0] * D,
+        decode_positions=decode_positions,
+        chunks=[chunk],
+        logit_rows=[],
+        sampled=[],
+        verified=[],
+        prompt_scored=[],
     )
     cache = type("Cache", (), {"num_kv_heads": KVH, "capacity": cap})()
     expected = torch.cat(
