@@ -188,16 +188,6 @@ def test_describe_names_task_engine_routes_and_an_embeddings_request(models: Pat
     assert '/serving/default/embedding-model/v1/embeddings -d \'{"model": "sentence-transformer"' in text
 
 
-def _serves_encoders() -> bool:
-    """Whether `isvc serve` has an embeddings route yet (the encoder engine lands in the same issue)."""
-    try:
-        from isvc.server.protocols.openai import pooling  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _serves_encoders(), reason="isvc serve has no encoder engine/embeddings route yet")
 def test_embedding_manifest_becomes_ready_and_embeds_through_the_gateway(
     start_control_plane,  # type: ignore[no-untyped-def]
     pvc_root: Path,
