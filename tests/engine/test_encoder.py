@@ -356,3 +356,22 @@ def test_a_folder_without_weights_fails_load_with_a_config_error(tmp_path: Path,
     engine = build_engine(EngineConfig(model_dir=str(folder)))
     with pytest.raises(ConfigError, match="cannot load BertModel"):
         engine.load()
+
+
+async def test_a_bert_pair_gets_its_segment_ids(started: Started, tmp_path: Path, tiny_cross_encoder_dir: Path) -> None:
+    """A tokenizer_config.json without token_type_ids (like all-MiniLM's) still yields them for pairs,
+    and an input sent without them gets segment 1 after its first [SEP], as BERT's tokenizer does."""
+    folder = tmp_path / "no-types"
+    shutil.copytree(tiny_cross_encoder_dir, folder)
+    config_file = folder / "tokenizer_config.json"
+    tokenizer_config = json.loads(config_file.read_text())
+    tokenizer_config.pop("model_input_names", None)
+    config_file.write_text(json.dumps(tokenizer_config))
+    engine = started(folder)
+    query, doc = "what is the capital of france?", DOCS[0]
+    with_types = _tokenize(engine, query, doc)
+    assert with_types.token_type_ids is not None and 1 in with_types.token_type_ids
+    expected = _reference(tiny_cross_encoder_dir, "AutoModelForSequenceClassification", query, doc)[0]
+    for inputs in (with_types, EncodeInput(with_types.token_ids)):
+        out = await engine.encode("r", inputs, PoolingParams("score"))
+        assert torch.allclose(torch.tensor(out.data), expected, atol=1e-5)

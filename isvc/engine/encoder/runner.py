@@ -47,8 +47,21 @@ class EncoderRunner:
             "token_type_ids" in inspect.signature(self.model.forward).parameters
             and int(self.config.get("type_vocab_size", 0) or 0) > 1
         )
+        self.sep_id: int | None = None
+        """The separator between a pair's texts (set from the tokenizer), for inputs without segment ids."""
         self.hidden_size = int(self.config.get("hidden_size") or self.config.get("dim") or 0)
         self.vocab_size = int(self.config.get("vocab_size", 0))
+
+    def _token_types(self, x: EncodeInput) -> list[int]:
+        """The input's segment ids: as given, else 0 through the first separator and 1 after it (a pair)."""
+        if x.token_type_ids is not None:
+            return x.token_type_ids
+        n = len(x.token_ids)
+        try:
+            first_sep = x.token_ids.index(self.sep_id) if self.sep_id is not None else n
+        except ValueError:
+            first_sep = n
+        return [0] * min(n, first_sep + 1) + [1] * max(0, n - first_sep - 1)
 
     @property
     def max_positions(self) -> int:
@@ -62,15 +75,15 @@ class EncoderRunner:
         """One forward over ``inputs`` (already within the length limit); one answer per input."""
         lengths = [len(x.token_ids) for x in inputs]
         width = max(lengths)
-        ids = torch.full((len(inputs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(inputs), width), dtype=torch.long)
-        types = torch.zeros((len(inputs), width), dtype=torch.long) if self.takes_token_types else None
-        for row, x in enumerate(inputs):
-            n = lengths[row]
-            ids[row, :n] = torch.tensor(x.token_ids)
-            mask[row, :n] = 1
-            if types is not None and x.token_type_ids is not None:
-                types[row, :n] = torch.tensor(x.token_type_ids)
+        pad = self.pad_id
+        # one tensor from padded lists: cheaper than a tensor per row at small sizes
+        ids = torch.tensor([x.token_ids + [pad] * (width - n) for x, n in zip(inputs, lengths, strict=True)])
+        mask = torch.tensor([[1] * n + [0] * (width - n) for n in lengths])
+        types = None
+        if self.takes_token_types:
+            types = torch.tensor(
+                [self._token_types(x) + [0] * (width - n) for x, n in zip(inputs, lengths, strict=True)]
+            )
         kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
         if types is not None:
             kwargs["token_type_ids"] = types
@@ -85,7 +98,7 @@ class EncoderRunner:
             if self.task is Task.TOKEN_CLASSIFICATION:
                 return [logits[row, :n].tolist() for row, n in enumerate(lengths)]
             # fill_mask: vocabulary logits at each mask position, in order
-            return [logits[row, ids[row, :n] == mask_id].tolist() for row, n in enumerate(lengths)]
+            return [logits[row, :n][ids[row, :n] == mask_id].tolist() for row, n in enumerate(lengths)]
 
 
 def _embed(
