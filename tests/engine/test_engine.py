@@ -220,3 +220,33 @@ def test_speculation_gives_the_same_tokens_as_plain_greedy_decoding(tiny_model_d
     assert counter_value(metrics.SPEC_DRAFT_TOKENS) > before  # drafts ran (this random model rejects them)
     assert speculated == answers(0)
     assert all(len(a) == 40 for a in speculated)  # never past max_tokens
+
+
+def test_a_stop_string_inside_a_verified_run_ends_the_request_at_that_token(tiny_model_dir: Path) -> None:
+    """The scheduler appends a verified run whole; a stop string in its middle drops the tokens after it."""
+    from isvc.engine.core import load_tokenizer
+    from isvc.engine.metrics import EngineMetrics
+    from isvc.engine.output_processor import OutputProcessor
+    from isvc.engine.outputs import RequestOutput
+    from isvc.engine.request import EngineRequest
+    from isvc.engine.sampler import Sampler
+    from isvc.engine.scheduler import Scheduler, StepTokens
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    w, orr, ld, bang = tok.encode(" world!", add_special_tokens=False)
+    assert [tok.decode([i]) for i in (w, orr, ld, bang)] == [" w", "or", "ld", "!"]
+    sched = Scheduler(max_num_seqs=2, max_num_batched_tokens=64)
+    output = OutputProcessor(tok, sched, Sampler(), EngineMetrics("tiny-unit"))
+    req = EngineRequest("r", tok.encode("Hello"), SamplingParams(max_tokens=10, temperature=0, stop=("orl",)))
+    outs: list[RequestOutput] = []
+    with output.metrics.mute():
+        assert output.add(req, outs.append)
+        sched.add(req)
+        for tokens in ([w], [orr, ld, bang]):  # the prompt's step, then a verified run
+            step = StepTokens({req: tokens})
+            output.process(sched.update_from_output(sched.schedule(), step), step)
+    assert req.output_token_ids == [w, orr, ld]
+    assert [t for o in outs for t in o.token_ids] == [w, orr, ld]
+    assert "".join(o.text for o in outs) == " w"
+    assert outs[-1].finish_reason == "stop" and outs[-1].num_output_tokens == 3
+    assert not sched.has_work()

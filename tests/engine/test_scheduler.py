@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from isvc.engine.params import SamplingParams
 from isvc.engine.request import EngineRequest, RequestStatus
-from isvc.engine.scheduler import Scheduler
+from isvc.engine.scheduler import Scheduler, StepTokens
 
 
 def make_requests(n: int, prompt_len: int) -> list[EngineRequest]:
@@ -73,3 +73,97 @@ def test_abort_of_a_waiting_request_removes_it() -> None:
     sched.schedule()
     sched.finish(b, RequestStatus.FINISHED_ABORTED)
     assert sched.num_waiting == 0 and b.status == RequestStatus.FINISHED_ABORTED
+
+
+# -- update_from_output: the step's tokens in, advanced and finished requests out -----------
+
+
+def test_update_advances_each_request_and_appends_its_token() -> None:
+    sched = Scheduler(max_num_seqs=4, max_num_batched_tokens=10)
+    done, long = make_requests(2, prompt_len=3)
+    long.prompt_token_ids = list(range(20))
+    for r in (done, long):
+        sched.add(r)
+    out = sched.schedule()  # all of done's prompt, 7 tokens of long's
+    updates = sched.update_from_output(out, StepTokens({done: [7]}))
+    assert done.num_computed_tokens == 3 and long.num_computed_tokens == 7
+    assert [(u.request, u.token_ids, u.status) for u in updates] == [(done, [7], None)]
+    assert done.output_token_ids == [7] and long.output_token_ids == []
+
+    out = sched.schedule()
+    assert out.decode == [done] and [(c.start, c.end) for c in out.prefill] == [(7, 16)]
+    sched.update_from_output(out, StepTokens({done: [8]}))
+    assert done.num_computed_tokens == 4 and done.output_token_ids == [7, 8]
+    assert long.num_computed_tokens == 16
+
+
+def test_eos_stop_ids_and_max_tokens_finish_the_request_and_free_its_slot() -> None:
+    sched = Scheduler(max_num_seqs=4, max_num_batched_tokens=100, eos_ids={0})
+    eos, stop_id, length, ignoring = (
+        EngineRequest(name, [1, 2, 3], params)
+        for name, params in (
+            ("eos", SamplingParams(max_tokens=8)),
+            ("stop-id", SamplingParams(max_tokens=8, stop_token_ids=(9,))),
+            ("length", SamplingParams(max_tokens=1)),
+            ("ignoring", SamplingParams(max_tokens=8, ignore_eos=True)),
+        )
+    )
+    for r in (eos, stop_id, length, ignoring):
+        sched.add(r)
+    out = sched.schedule()
+    updates = sched.update_from_output(out, StepTokens({eos: [0], stop_id: [9], length: [5], ignoring: [0]}))
+    assert [u.status for u in updates] == [
+        RequestStatus.FINISHED_STOPPED,
+        RequestStatus.FINISHED_STOPPED,
+        RequestStatus.FINISHED_LENGTH,
+        None,
+    ]
+    assert sched.running == [ignoring] and ignoring.slot == 0
+    assert all(r.status.finished and r.slot is None for r in (eos, stop_id, length))
+
+
+def test_a_verified_run_stops_at_the_first_token_that_ends_the_request() -> None:
+    sched = Scheduler(max_num_seqs=2, max_num_batched_tokens=100, eos_ids={0}, num_speculative_tokens=3)
+    a = EngineRequest("a", [1, 2, 3, 1, 2], SamplingParams(max_tokens=10, temperature=0))
+    sched.add(a)
+    sched.update_from_output(sched.schedule(), StepTokens({a: [3]}))
+    out = sched.schedule()
+    assert out.drafts == {a: [1, 2, 3]}  # what followed the last "1 2 3"
+    computed = a.num_computed_tokens
+    update = sched.update_from_output(out, StepTokens({a: [1, 2, 7]}))[0]
+    assert a.num_computed_tokens == computed + 3  # the last token and the two accepted drafts
+    assert update.token_ids == [1, 2, 7] and update.status is None
+
+    out = sched.schedule()
+    update = sched.update_from_output(out, StepTokens({a: [4, 0, 5]}))[0]
+    assert update.token_ids == [4, 0] and update.status == RequestStatus.FINISHED_STOPPED
+    assert a.output_token_ids == [3, 1, 2, 7, 4, 0]
+
+
+def test_drafts_only_in_small_decode_only_steps_and_within_max_tokens() -> None:
+    sched = Scheduler(max_num_seqs=4, max_num_batched_tokens=100, num_speculative_tokens=3, speculative_max_batch=1)
+    a = EngineRequest("a", [1, 2, 1, 2, 1, 2], SamplingParams(max_tokens=3, temperature=0))
+    sampled = EngineRequest("s", [1, 2, 1, 2, 1, 2], SamplingParams(max_tokens=8, temperature=0.7))
+    sched.add(a)
+    out = sched.schedule()
+    assert out.prefill and not out.drafts  # a prefill step
+    sched.update_from_output(out, StepTokens({a: [1]}))
+    assert sched.schedule().drafts == {a: [2]}  # room for one draft: max_tokens 3, one out, one to verify
+    sched.add(sampled)
+    out = sched.schedule()
+    assert out.prefill and not out.drafts
+    sched.update_from_output(out, StepTokens({a: [2], sampled: [1]}))
+    assert sched.schedule().drafts == {}  # two decoding: above speculative_max_batch
+
+
+def test_a_finish_moves_the_last_request_with_what_it_computed_in_the_same_step() -> None:
+    """Every request advances before any finishes: the moved KV includes this step's positions."""
+    sched = Scheduler(max_num_seqs=3, max_num_batched_tokens=100, eos_ids={0})
+    a, b, c = make_requests(3, prompt_len=4)
+    for r in (a, b, c):
+        sched.add(r)
+    out = sched.schedule()
+    sched.update_from_output(out, StepTokens({a: [0], b: [5]}, errors={c: RuntimeError("its own fault")}))
+    assert a.status == RequestStatus.FINISHED_STOPPED and c.slot == 0
+    assert [(m.src, m.dst, m.length) for m in sched.take_moves()] == [(2, 0, 4)]
+    assert c.output_token_ids == []  # a failed request gets no tokens (the output processor fails it)
