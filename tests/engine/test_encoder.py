@@ -359,8 +359,8 @@ def test_a_folder_without_weights_fails_load_with_a_config_error(tmp_path: Path,
 
 
 async def test_a_bert_pair_gets_its_segment_ids(started: Started, tmp_path: Path, tiny_cross_encoder_dir: Path) -> None:
-    """A tokenizer_config.json without token_type_ids (like all-MiniLM's) still yields them for pairs,
-    and an input sent without them gets segment 1 after its first [SEP], as BERT's tokenizer does."""
+    """A tokenizer_config.json without token_type_ids (like all-MiniLM's) still yields them for
+    pairs, as BertTokenizer does; an input sent without them runs as one segment (zeros)."""
     folder = tmp_path / "no-types"
     shutil.copytree(tiny_cross_encoder_dir, folder)
     config_file = folder / "tokenizer_config.json"
@@ -372,6 +372,7 @@ async def test_a_bert_pair_gets_its_segment_ids(started: Started, tmp_path: Path
     with_types = _tokenize(engine, query, doc)
     assert with_types.token_type_ids is not None and 1 in with_types.token_type_ids
     expected = _reference(tiny_cross_encoder_dir, "AutoModelForSequenceClassification", query, doc)[0]
-    for inputs in (with_types, EncodeInput(with_types.token_ids)):
-        out = await engine.encode("r", inputs, PoolingParams("score"))
-        assert torch.allclose(torch.tensor(out.data), expected, atol=1e-5)
+    out = await engine.encode("r", with_types, PoolingParams("score"))
+    assert torch.allclose(torch.tensor(out.data), expected, atol=1e-5)
+    one_segment = await engine.encode("r", EncodeInput(with_types.token_ids), PoolingParams("score"))
+    assert not torch.allclose(torch.tensor(one_segment.data), expected, atol=1e-5)

@@ -86,10 +86,10 @@ class AsyncEncoderEngine:
             self.config.dtype, torch.float32
         )
         self._runner = EncoderRunner(model_dir, self.task, dtype, self.config.trust_remote_code)
-        self._runner.sep_id = self._tokenizer.sep_token_id
         names = list(self._tokenizer.model_input_names)
         if self._runner.takes_token_types and "token_type_ids" not in names:
-            # a BERT pair's second text is segment 1: the server's tokenizing must return them
+            # a BERT pair's second text is segment 1, as BertTokenizer (KServe's AutoTokenizer) says;
+            # the plain fast tokenizer only returns what tokenizer_config.json lists
             self._tokenizer.model_input_names = [*names, "token_type_ids"]
         self._info = self._model_info(self._runner)
         self._warm_up()

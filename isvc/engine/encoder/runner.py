@@ -47,21 +47,8 @@ class EncoderRunner:
             "token_type_ids" in inspect.signature(self.model.forward).parameters
             and int(self.config.get("type_vocab_size", 0) or 0) > 1
         )
-        self.sep_id: int | None = None
-        """The separator between a pair's texts (set from the tokenizer), for inputs without segment ids."""
         self.hidden_size = int(self.config.get("hidden_size") or self.config.get("dim") or 0)
         self.vocab_size = int(self.config.get("vocab_size", 0))
-
-    def _token_types(self, x: EncodeInput) -> list[int]:
-        """The input's segment ids: as given, else 0 through the first separator and 1 after it (a pair)."""
-        if x.token_type_ids is not None:
-            return x.token_type_ids
-        n = len(x.token_ids)
-        try:
-            first_sep = x.token_ids.index(self.sep_id) if self.sep_id is not None else n
-        except ValueError:
-            first_sep = n
-        return [0] * min(n, first_sep + 1) + [1] * max(0, n - first_sep - 1)
 
     @property
     def max_positions(self) -> int:
@@ -82,7 +69,7 @@ class EncoderRunner:
         types = None
         if self.takes_token_types:
             types = torch.tensor(
-                [self._token_types(x) + [0] * (width - n) for x, n in zip(inputs, lengths, strict=True)]
+                [(x.token_type_ids or [0] * n) + [0] * (width - n) for x, n in zip(inputs, lengths, strict=True)]
             )
         kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
         if types is not None:
