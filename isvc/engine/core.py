@@ -15,8 +15,8 @@ Failures are contained at three depths:
   and the loop goes on;
 - a fault in the loop itself (the inbox, idling) marks the engine dead: every request gets
   EngineDeadError, new ones fail at once, and ``on_dead`` tells the server to exit.
-The event loop talks to the core only through ``submit``/``abort`` (thread-safe) and the ``emit``
-callback it was given.
+The event loop talks to the core only through ``submit``/``abort`` (thread-safe) and the
+``emit`` callback it was given.
 """
 
 from __future__ import annotations
@@ -206,6 +206,7 @@ class EngineCore:
             self.scheduler.add(request)
 
     def step(self) -> None:
+        """One step: schedule, run, sample, update the scheduler, then detokenize and emit."""
         self.runner.move_slots(self.scheduler.take_moves())
         out = self.scheduler.schedule()
         if out.empty:
