@@ -8,6 +8,15 @@ from pathlib import Path
 import pytest
 
 from isvc import runtime_args, tasks
+from tests.encoder_fixtures import (  # noqa: F401
+    tiny_classifier_dir,
+    tiny_cross_encoder_dir,
+    tiny_distilbert_classifier_dir,
+    tiny_embedding_dir,
+    tiny_fill_mask_dir,
+    tiny_ner_dir,
+    tiny_xlmr_embedding_dir,
+)
 
 
 @pytest.mark.parametrize(
@@ -57,3 +66,24 @@ def test_task_names_are_the_serve_flags_names() -> None:
     assert set(tasks.ALIASES.values()) <= set(tasks.TASKS)
     assert tasks.routes("text_embedding", "m")[0] == "POST /openai/v1/embeddings"
     assert tasks.routes("fill_mask", "m") == ["POST /v1/models/m:predict", "POST /v2/models/m/infer"]
+
+
+@pytest.mark.parametrize(
+    "fixture",
+    [
+        "tiny_embedding_dir",
+        "tiny_classifier_dir",
+        "tiny_cross_encoder_dir",
+        "tiny_ner_dir",
+        "tiny_fill_mask_dir",
+        "tiny_distilbert_classifier_dir",
+        "tiny_xlmr_embedding_dir",
+        "tiny_model_dir",
+    ],
+)
+def test_the_dry_run_and_the_engine_infer_the_same_task(fixture: str, request: pytest.FixtureRequest) -> None:
+    """What `apply --dry-run` says (isvc.tasks) is what `isvc serve` serves (the engine's own resolution)."""
+    from isvc.engine.encoder.task import resolve_task
+
+    folder: Path = request.getfixturevalue(fixture)
+    assert tasks.infer_task_from_folder(folder) == resolve_task(folder, None).value
