@@ -118,6 +118,7 @@ def test_task_is_inferred_from_the_architecture(
         ("BertForMaskedLM", "text-embedding", Task.TEXT_EMBEDDING),
         ("BertModel", "embed", Task.TEXT_EMBEDDING),
         ("XLMRobertaForSequenceClassification", "score", Task.RERANK),
+        ("Qwen2ForCausalLM", "text_embedding", Task.TEXT_EMBEDDING),
     ],
 )
 def test_task_flag_overrides_within_what_the_weights_serve(
@@ -376,3 +377,21 @@ async def test_a_bert_pair_gets_its_segment_ids(started: Started, tmp_path: Path
     assert torch.allclose(torch.tensor(out.data), expected, atol=1e-5)
     one_segment = await engine.encode("r", EncodeInput(with_types.token_ids), PoolingParams("score"))
     assert not torch.allclose(torch.tensor(one_segment.data), expected, atol=1e-5)
+
+
+async def test_a_decoder_embeds_with_its_last_token(started: Started, tiny_model_dir: Path) -> None:
+    """--task text_embedding on a *ForCausalLM folder: the last token's hidden state, L2-normalized."""
+    import transformers
+
+    engine = started(tiny_model_dir, task="text_embedding")
+    info = engine.model_info
+    assert (info.task, info.pooling, info.normalize, info.embedding_dim) == (Task.TEXT_EMBEDDING, "last", True, 64)
+    model = transformers.LlamaModel.from_pretrained(str(tiny_model_dir)).eval()
+    texts = [DOCS[0], DOCS[1], DOCS[2]]
+    inputs = [EncodeInput(list(engine.tokenizer(t)["input_ids"])) for t in texts]
+    together = await asyncio.gather(*(engine.encode(f"r{i}", x, PoolingParams("embed")) for i, x in enumerate(inputs)))
+    for x, out in zip(inputs, together, strict=True):
+        with torch.inference_mode():
+            states = model(input_ids=torch.tensor([x.token_ids])).last_hidden_state[0]
+        expected = torch.nn.functional.normalize(states[-1], dim=-1)
+        assert _cosine(out.data, expected.tolist()) >= 0.9999  # type: ignore[arg-type]

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from isvc.engine.client import EncodeInput, Pooling, PoolingParams, Task
-from isvc.engine.encoder.task import EmbeddingLayout, architecture, embedding_layout, read_config
+from isvc.engine.encoder.task import EmbeddingLayout, architecture, embedding_layout, natural_task, read_config
 from isvc.errors import ConfigError
 
 _AUTO_CLASS = {
@@ -37,7 +37,8 @@ class EncoderRunner:
         self.task = task
         self.config = read_config(model_dir)
         self.architecture = architecture(self.config)
-        self.layout = embedding_layout(model_dir) if task is Task.TEXT_EMBEDDING else None
+        decoder = natural_task(model_dir, self.config) is Task.TEXT_GENERATION
+        self.layout = embedding_layout(model_dir, decoder) if task is Task.TEXT_EMBEDDING else None
         model = _load(model_dir, task, self.architecture, dtype, trust_remote_code)
         if task is Task.TEXT_EMBEDDING and model is not model.base_model:
             model = model.base_model  # e.g. --task text_embedding on a classifier: its encoder alone

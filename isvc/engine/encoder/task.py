@@ -18,7 +18,7 @@ from isvc.errors import ConfigError
 
 # Which tasks the weights of a model whose own task is the key can also serve.
 _SERVABLE = {
-    Task.TEXT_GENERATION: {Task.TEXT_GENERATION},
+    Task.TEXT_GENERATION: {Task.TEXT_GENERATION, Task.TEXT_EMBEDDING},  # decoder embeddings: last token
     Task.TEXT2TEXT_GENERATION: {Task.TEXT2TEXT_GENERATION},
     Task.FILL_MASK: {Task.FILL_MASK, Task.TEXT_EMBEDDING},
     Task.SEQUENCE_CLASSIFICATION: {Task.SEQUENCE_CLASSIFICATION, Task.RERANK, Task.TEXT_EMBEDDING},
@@ -101,11 +101,12 @@ def parse_task(name: str) -> Task:
         raise ConfigError(f"--task {name} is unknown; choose one of: {', '.join(t.value for t in Task)}") from None
 
 
-def embedding_layout(model_dir: Path) -> EmbeddingLayout:
-    """Pooling and normalization from a sentence-transformers folder; mean + L2 without one."""
+def embedding_layout(model_dir: Path, decoder: bool = False) -> EmbeddingLayout:
+    """Pooling and normalization from a sentence-transformers folder; without one, L2-normalized
+    mean pooling (last-token pooling for a ``decoder``, whose last token has seen every other)."""
     modules_file = Path(model_dir) / "modules.json"
     if not modules_file.exists():
-        return EmbeddingLayout()
+        return EmbeddingLayout(pooling="last" if decoder else "mean")
     modules = json.loads(modules_file.read_text())
     pooling: Pooling = "mean"
     normalize = False
