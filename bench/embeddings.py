@@ -81,8 +81,9 @@ class InfinityServer(Server):
     def command(self, model_dir: Path, model: str, port: int) -> tuple[list[str], dict[str, str]]:
         argv = [str(self.venv / "bin" / "infinity_emb"), "v2", "--model-id", str(model_dir)]
         argv += ["--served-model-name", model, "--engine", "torch", "--device", "cpu", "--dtype", "float32"]
-        argv += ["--batch-size", "64", "--no-bettertransformer", "--host", "127.0.0.1", "--port", str(port)]
-        return argv, {"DO_NOT_TRACK": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"}
+        argv += ["--batch-size", "64", "--host", "127.0.0.1", "--port", str(port)]
+        # BetterTransformer needs optimum, which is not installed: off by its env variable (a list-typed CLI flag)
+        return argv, {"DO_NOT_TRACK": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "INFINITY_BETTERTRANSFORMER": "false"}
 
 
 class VllmPoolingServer(Server):

@@ -208,3 +208,7 @@ def test_embedding_manifest_becomes_ready_and_embeds_through_the_gateway(
     chat = {"model": "sentence-transformer", "messages": [{"role": "user", "content": "hi"}]}
     refused = httpx.post(f"{cp.url}/openai/v1/chat/completions", headers={"Host": host}, json=chat, timeout=60)
     assert refused.status_code == 400 and "text_embedding" in refused.json()["error"]["message"]
+    # describe of the running service reads its revision's plan: the same task, engine and routes
+    text = isvc("describe", "isvc", "embedding-model", stdin="", state=cp.state_dir).stdout
+    assert "Task:         text_embedding (from --task)" in text
+    assert "Routes:       POST /openai/v1/embeddings" in text
