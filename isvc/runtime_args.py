@@ -4,7 +4,7 @@ The contract between a manifest's runtime ``args`` and ``isvc serve``: the serve
 argv with it, and the control plane checks a manifest's args with it at apply time. A leaf
 module (argparse only), so both can import it.
 
-Accepted as KServe users write them in manifests:
+Accepted as KServe users write them in manifests (task names from the leaf ``isvc.tasks``):
 - both spellings of a flag: ``--trust-remote-code`` and ``--trust_remote_code``;
 - one list item holding flag and value: ``"--quantization gptq"``;
 - ``--max_length`` as the old name of ``--max_model_len``.
@@ -18,17 +18,9 @@ import argparse
 import difflib
 from collections.abc import Callable
 
+from isvc.tasks import ALIASES, TASKS
+
 BACKENDS = ("auto", "huggingface", "vllm")
-TASKS = (
-    "text_generation",
-    "text2text_generation",
-    "fill_mask",
-    "token_classification",
-    "sequence_classification",
-    "text_embedding",
-    "rerank",
-)
-"""KServe huggingfaceserver's task names (``--task``), plus ``rerank`` for cross-encoders."""
 DTYPES = ("auto", "float32", "float", "bfloat16", "float16", "half")
 
 
@@ -221,10 +213,12 @@ def _bounded(kind: type[int] | type[float], low: float, high: float) -> Callable
 
 
 def _task(value: str) -> str:
-    """A task name as KServe spells it; ``text-embedding`` and ``TEXT_EMBEDDING`` are forgiven."""
+    """A task's KServe name; ``text-embedding``, ``TEXT_EMBEDDING`` and other servers' names (``embed``,
+    ``ner``: ``isvc.tasks.ALIASES``) are forgiven and answered with KServe's."""
     task = value.strip().lower().replace("-", "_")
+    task = ALIASES.get(task, task)
     if task not in TASKS:
-        near = difflib.get_close_matches(task, TASKS, n=1, cutoff=0.6)
+        near = difflib.get_close_matches(task, [*TASKS, *ALIASES], n=1, cutoff=0.6)
         hint = f" (did you mean {near[0]}?)" if near else ""
         raise argparse.ArgumentTypeError(f"unknown task {value!r}{hint}; choose one of: {', '.join(TASKS)}")
     return task

@@ -60,6 +60,7 @@ def main(argv: list[str]) -> int:
     from isvc.engine.factory import build_engine
     from isvc.http_limits import RequestLimits, serve
     from isvc.server.app import ServerSettings, create_app, load_engine
+    from isvc.server.protocols.encode import EncoderOptions
 
     try:
         config = EngineConfig(
@@ -99,6 +100,7 @@ def main(argv: list[str]) -> int:
         log_requests=not args.disable_log_requests,
         trust_request_chat_template=args.trust_request_chat_template,
         limits=limits,
+        encoder=EncoderOptions.from_args(args),
     )
     app = create_app(settings, engine)
     # Load and warm up before binding (like KServe's huggingfaceserver and vLLM): an open port

@@ -497,7 +497,8 @@ def test_kserve_encoder_flags_become_encoder_options() -> None:
 @pytest.mark.parametrize(
     ("argv", "words"),
     [
-        (["--task=embeding"], ["unknown task", "did you mean text_embedding"]),
+        (["--task=text_embeding"], ["unknown task", "did you mean text_embedding"]),
+        (["--task=sentiment"], ["unknown task", "choose one of: text_generation"]),
         (["--return_probabilities", "--return_raw_logits"], ["not allowed with"]),
     ],
 )
