@@ -395,3 +395,34 @@ async def test_a_decoder_embeds_with_its_last_token(started: Started, tiny_model
             states = model(input_ids=torch.tensor([x.token_ids])).last_hidden_state[0]
         expected = torch.nn.functional.normalize(states[-1], dim=-1)
         assert _cosine(out.data, expected.tolist()) >= 0.9999  # type: ignore[arg-type]
+
+
+async def test_a_failed_forward_fails_its_batch_and_the_engine_goes_on(
+    started: Started, tiny_embedding_dir: Path
+) -> None:
+    from isvc.engine.encoder.engine import EncodeFailed
+
+    engine = started(tiny_embedding_dir)
+    runner = engine._runner
+    real_run = runner.run
+
+    def fail_once(*args: Any) -> Any:
+        runner.run = real_run
+        raise RuntimeError("out of memory")
+
+    runner.run = fail_once
+    with pytest.raises(EncodeFailed, match="the forward pass failed: RuntimeError: out of memory") as failed:
+        await engine.encode("r", _tokenize(engine, DOCS[0]), PoolingParams("embed"))
+    assert failed.value.http_status == 500
+    out = await engine.encode("r", _tokenize(engine, DOCS[0]), PoolingParams("embed"))
+    assert len(out.data) == 32 and engine.ready
+
+
+async def test_a_full_queue_is_refused_before_any_work(started: Started, tiny_embedding_dir: Path) -> None:
+    from isvc.engine.errors import EngineOverloaded
+
+    engine = started(tiny_embedding_dir, max_queue=4)
+    assert engine.max_queue == 4
+    engine.check_capacity(4)
+    with pytest.raises(EngineOverloaded, match="max_queue 4"):
+        engine.check_capacity(5)
