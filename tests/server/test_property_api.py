@@ -5,6 +5,10 @@ OpenAI and KServe routes. The model name is fixed in most cases so requests reac
 (a free string would spend nearly every case on a 404), and token counts are kept small so a
 case finishes in milliseconds. What must hold for every case: no response >= 500, no hang (a
 per-request timeout), and every error in its protocol's own body.
+
+A tiny embedding server gets the same treatment on the pooling routes (embeddings, rerank,
+score) and KServe's V1/V2 for encoder tasks; each server's other routes get fewer cases, which
+all end in a 400 naming the model's task.
 """
 
 from __future__ import annotations
@@ -23,16 +27,31 @@ from hypothesis import strategies as st  # noqa: E402
 from hypothesis.errors import Unsatisfiable  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 
+from tests.encoder_fixtures import *  # noqa: E402, F403 (the tiny encoder folders: session fixtures)
+
 MODEL = "tiny"
 MAX_TOKENS = 4
 REQUEST_TIMEOUT_S = 30.0
 EXAMPLES_PER_POST = 140  # x 2 modes x 6 POST operations, plus the GETs: > 1,000 requests
 EXAMPLES_PER_GET = 15
+EXAMPLES_PER_POOLING_POST = 50  # x 2 modes x 11 POST operations (the same 3 routes under several paths)
+EXAMPLES_OFF_TASK = 12
+"""For the routes the served task does not answer (a 400 before any work)."""
+MAX_INPUTS = 8
+"""Inputs per steered pooling request: enough to batch, few enough to stay fast."""
+POOLING_PATHS = ("/embeddings", "/rerank", "/score")
+EMBEDDING_PATHS = ("/embeddings",)
+KSERVE_PATHS = (":predict", "/infer")
 
 
 @pytest.fixture(scope="module")
 def api_server(start_server, tiny_model_dir):
     return start_server(["--model_dir", str(tiny_model_dir), "--model_name", MODEL, "--enable_docs_url"])
+
+
+@pytest.fixture(scope="module")
+def embedding_api_server(start_server, tiny_embedding_dir):
+    return start_server(["--model_dir", str(tiny_embedding_dir), "--model_name", MODEL, "--enable_docs_url"])
 
 
 def _steer(case: Any, fix_name: bool) -> Any:
@@ -52,6 +71,7 @@ def _steer(case: Any, fix_name: bool) -> Any:
             body["prompt"] = "Hello"
         if isinstance(body.get("instances"), list):
             body["instances"] = [_text_instance(x) for x in body["instances"]] or ["Hello"]
+        _steer_pooling(body)
     targets = [body]
     if isinstance(body.get("parameters"), dict):
         targets.append(body["parameters"])
@@ -76,6 +96,23 @@ def _steer(case: Any, fix_name: bool) -> Any:
     return case
 
 
+def _steer_pooling(body: dict[str, Any]) -> None:
+    """Keep pooling requests small and mostly servable (the empty ones are a 400 of their own)."""
+    for key in ("input", "documents", "text_1", "text_2"):
+        value = body.get(key)
+        if isinstance(value, list):
+            body[key] = value[:MAX_INPUTS] or ["Hello"]
+        elif value == "":
+            body[key] = "Hello"
+    if isinstance(body.get("input"), list) and body["input"] and isinstance(body["input"][0], int):
+        body["input"] = [min(x, 200) if isinstance(x, int) and x >= 0 else x for x in body["input"]]
+    if isinstance(body.get("text_1"), list) and isinstance(body.get("text_2"), list):
+        body["text_1"] = body["text_1"][:1]  # one text_1 pairs with every text_2; else the counts must match
+    if isinstance(body.get("dimensions"), int) and body["dimensions"] > 32:
+        body["dimensions"] = 1 + body["dimensions"] % 32  # the tiny model's vectors have 32
+    body.pop("user", None)
+
+
 def _text_instance(x: Any) -> Any:
     if isinstance(x, dict) and not any(isinstance(x.get(k), str) and x[k] for k in ("text", "prompt", "text_input")):
         return {**x, "text": "Hello"}
@@ -90,8 +127,9 @@ def _protocol_error(path: str, content: bytes) -> str | None:
         return "not JSON"
     error = body.get("error") if isinstance(body, dict) else None
     openai_route = (
-        path.startswith(("/openai/", "/v1/completions", "/v1/chat/", "/v1/models")) and ":predict" not in path
-    )
+        path.startswith(("/openai/", "/v1/completions", "/v1/chat/", "/v1/models", "/v1/embeddings"))
+        or path.startswith(("/v1/rerank", "/v1/score", "/rerank", "/v2/rerank", "/score"))
+    ) and ":predict" not in path
     if openai_route:
         ok = isinstance(error, dict) and isinstance(error.get("message"), str) and "type" in error
         return None if ok else "not the OpenAI error envelope"
@@ -99,11 +137,31 @@ def _protocol_error(path: str, content: bytes) -> str | None:
 
 
 def test_generated_requests_never_get_a_5xx_or_hang(api_server) -> None:
-    schema = schemathesis.openapi.from_url(f"{api_server.base_url}/openapi.json")
-    schema.config.base_url = api_server.base_url
+    sent, served = _explore_server(api_server.base_url, served_paths=("/completions", *KSERVE_PATHS))
+    assert sum(sent.values()) >= 1000
+    # the pooling routes refuse a generative model before any work; the rest served some cases
+    assert not any(served[label] for label in sent if label.endswith(POOLING_PATHS)), served
+
+
+def test_generated_pooling_requests_never_get_a_5xx_or_hang(embedding_api_server) -> None:
+    sent, served = _explore_server(
+        embedding_api_server.base_url, served_paths=(*POOLING_PATHS, *KSERVE_PATHS), examples=EXAMPLES_PER_POOLING_POST
+    )
+    assert sum(sent.values()) >= 1000
+    assert not any(served[label] for label in sent if label.endswith("/completions")), served
+
+
+def _explore_server(
+    base_url: str, served_paths: tuple[str, ...], examples: int = EXAMPLES_PER_POST
+) -> tuple[Counter[str], Counter[str]]:
+    """Send generated cases to every operation; the POSTs whose path ends in ``served_paths`` get the
+    full count of cases and must serve some (200s), the others a few."""
+    schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
+    schema.config.base_url = base_url
     operations = [result.ok() for result in schema.get_all_operations()]
     posts = [op for op in operations if op.method.upper() == "POST"]
-    assert len(posts) >= 6, [op.label for op in operations]  # completions + chat twice, V1 predict, V2 infer
+    served_posts = [op for op in posts if op.path.endswith(served_paths)]
+    assert len(served_posts) >= 6, [op.label for op in operations]  # each route under both prefixes
     sent: Counter[str] = Counter()
     served: Counter[str] = Counter()  # 200s: cases that went through the engine
     failures: list[str] = []
@@ -127,18 +185,21 @@ def test_generated_requests_never_get_a_5xx_or_hang(api_server) -> None:
                 failures.append(f"{why}: {response.status_code} {op.label} {path} -> {text[:200]}")
 
         for op in operations:
-            examples = EXAMPLES_PER_POST if op.method.upper() == "POST" else EXAMPLES_PER_GET
+            if op.method.upper() != "POST":
+                count = EXAMPLES_PER_GET
+            else:
+                count = examples if op in served_posts else EXAMPLES_OFF_TASK
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-                _explore(op, mode, examples, send)
+                _explore(op, mode, count, send)
 
     total = sum(sent.values())
     print(
         f"\n{total} generated requests (200s): " + ", ".join(f"{k} {v} ({served[k]})" for k, v in sorted(sent.items()))
     )
     assert not failures, f"{len(failures)} of {total} requests failed:\n" + "\n".join(failures[:30])
-    assert total >= 1000
-    for op in posts:  # the steering works: every generation route served some generated requests
+    for op in served_posts:  # the steering works: every route of the task served some generated requests
         assert served[op.label] >= 10, (op.label, served[op.label])
+    return sent, served
 
 
 def _explore(op: Any, mode: GenerationMode, examples: int, send: Any) -> None:
