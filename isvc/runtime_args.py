@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="max_model_len",
         type=int,
         default=None,
-        help="prompt + output tokens; defaults to the model's max_position_embeddings",
+        help="longest input: prompt + output tokens for generation, the whole input for encoder tasks "
+        "(V1/V2 inputs are cut to it, like KServe); defaults to the model's max_position_embeddings",
     )
     add(
         "--disable_lower_case",

@@ -50,18 +50,16 @@ class OpenAIPooling:
             )
         inputs = await self._embedding_inputs(req)
         params = PoolingParams(kind="embed", dimensions=req.dimensions, truncate=req.truncate_prompt_tokens is not None)
-        outs = await encode.encode_all(self.engine, f"embd-{uuid.uuid4().hex}", inputs, params)
-        normalize = info.normalize
+        request_id = f"embd-{uuid.uuid4().hex}"
+        outs = await encode.encode_all(self.engine, request_id, inputs, params)  # cut to dimensions by the engine
         data = []
         for i, out in enumerate(outs):
             vector: list[float] = out.data  # type: ignore[assignment]  # embed: one vector
-            if req.dimensions is not None and len(vector) > req.dimensions:  # an engine that did not cut it
-                vector = _unit(vector[: req.dimensions]) if normalize else vector[: req.dimensions]
             embedding: list[float] | str = _base64(vector) if req.encoding_format == "base64" else vector
             data.append({"object": "embedding", "index": i, "embedding": embedding})
         tokens = sum(out.num_prompt_tokens for out in outs)
         return {
-            "id": f"embd-{uuid.uuid4().hex}",
+            "id": request_id,
             "object": "list",
             "created": int(time.time()),
             "model": self.model_name,
@@ -156,11 +154,6 @@ def _cosine(a: Any, b: Any) -> float:
     dot = sum(x * y for x, y in zip(a, b, strict=True))
     norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
     return dot / norm if norm else 0.0
-
-
-def _unit(vector: list[float]) -> list[float]:
-    norm = math.sqrt(sum(x * x for x in vector))
-    return [x / norm for x in vector] if norm else vector
 
 
 def _base64(vector: list[float]) -> str:
