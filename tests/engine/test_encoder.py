@@ -426,3 +426,29 @@ async def test_a_full_queue_is_refused_before_any_work(started: Started, tiny_em
     engine.check_capacity(4)
     with pytest.raises(EngineOverloaded, match="max_queue 4"):
         engine.check_capacity(5)
+
+
+@pytest.mark.parametrize(
+    ("arch", "head", "kind", "auto"),
+    [
+        ("distilbert", "mlm", "fill_mask", "AutoModelForMaskedLM"),
+        ("xlm-roberta", "mlm", "fill_mask", "AutoModelForMaskedLM"),
+        ("distilbert", "token", "token_classify", "AutoModelForTokenClassification"),
+        ("xlm-roberta", "token", "token_classify", "AutoModelForTokenClassification"),
+    ],
+)
+async def test_distilbert_and_xlm_roberta_heads_equal_transformers(
+    started: Started, tmp_path_factory: pytest.TempPathFactory, arch: str, head: str, kind: str, auto: str
+) -> None:
+    from tests.encoder_fixtures import build_tiny_encoder
+
+    labels = NER_LABELS if head == "token" else None
+    folder = build_tiny_encoder(tmp_path_factory.mktemp(f"{arch}-{head}"), head, arch=arch, id2label=labels)
+    engine = started(folder)
+    mask = engine.model_info.mask_token
+    text = f"George Washington lived in {mask}." if head == "mlm" else DOCS[3]
+    out = await engine.encode("r", _tokenize(engine, text), PoolingParams(kind))  # type: ignore[arg-type]
+    logits = _reference(folder, auto, text)[0]
+    if head == "mlm":
+        logits = logits[torch.tensor(out.token_ids) == engine.tokenizer.mask_token_id]
+    assert torch.allclose(torch.tensor(out.data), logits, atol=1e-4)
