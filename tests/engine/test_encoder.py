@@ -452,3 +452,17 @@ async def test_distilbert_and_xlm_roberta_heads_equal_transformers(
     if head == "mlm":
         logits = logits[torch.tensor(out.token_ids) == engine.tokenizer.mask_token_id]
     assert torch.allclose(torch.tensor(out.data), logits, atol=1e-4)
+
+
+async def test_fill_mask_rows_in_a_batch_equal_them_alone(started: Started, tiny_fill_mask_dir: Path) -> None:
+    engine = started(tiny_fill_mask_dir)
+    assert engine._runner._mlm_head is not None  # logits at the mask positions only
+    texts = ["The capital of [MASK] is Paris.", "[MASK] world, [MASK] are you today?", "Hello [MASK]!"]
+    inputs = [_tokenize(engine, t) for t in texts]
+    alone = [(await engine.encode("a", x, PoolingParams("fill_mask"))).data for x in inputs]
+    together = await asyncio.gather(
+        *(engine.encode(f"b{i}", x, PoolingParams("fill_mask")) for i, x in enumerate(inputs))
+    )
+    assert [len(out.data) for out in together] == [1, 2, 1]
+    for one, out in zip(alone, together, strict=True):
+        assert torch.allclose(torch.tensor(out.data), torch.tensor(one), atol=1e-4)

@@ -43,6 +43,11 @@ class EncoderRunner:
         if task is Task.TEXT_EMBEDDING and model is not model.base_model:
             model = model.base_model  # e.g. --task text_embedding on a classifier: its encoder alone
         self.model = model.eval()
+        # BERT's ``cls`` / RoBERTa's ``lm_head`` map hidden states to the vocabulary: applied to the
+        # mask positions only, not to every token (T x vocab logits, more work than the encoder)
+        self._mlm_head = (
+            (getattr(model, "cls", None) or getattr(model, "lm_head", None)) if task is Task.FILL_MASK else None
+        )
         self.pad_id = int(self.config.get("pad_token_id") or 0)
         self.takes_token_types = (
             "token_type_ids" in inspect.signature(self.model.forward).parameters
@@ -76,6 +81,8 @@ class EncoderRunner:
         if types is not None:
             kwargs["token_type_ids"] = types
         with torch.inference_mode():
+            if self.task is Task.FILL_MASK and self._mlm_head is not None:
+                return self._fill_mask(kwargs, mask_id)
             out = self.model(**kwargs)
             if self.task is Task.TEXT_EMBEDDING:
                 assert self.layout is not None
@@ -87,6 +94,14 @@ class EncoderRunner:
                 return [logits[row, :n].tolist() for row, n in enumerate(lengths)]
             # fill_mask: vocabulary logits at each mask position, in order
             return [logits[row, :n][ids[row, :n] == mask_id].tolist() for row, n in enumerate(lengths)]
+
+    def _fill_mask(self, kwargs: dict[str, Any], mask_id: int | None) -> list[Rows]:
+        assert self._mlm_head is not None
+        states = self.model.base_model(**kwargs).last_hidden_state  # [B, T, H]
+        at_mask = kwargs["input_ids"] == mask_id  # [B, T]; padding is never the mask token
+        logits = self._mlm_head(states[at_mask]).float()  # [masks in row-major order, vocab]
+        counts = at_mask.sum(dim=1).tolist()
+        return [part.tolist() for part in torch.split(logits, counts)]
 
 
 def _embed(
