@@ -153,6 +153,7 @@ async def test_embedding_inputs_longer_than_the_model_reads_are_refused_unless_t
         ({"input": 5}, ["input", "a string, a list of strings"]),
         ({"input": ["a", 3]}, ["input"]),
         ({"input": [1, -2]}, ["input"]),
+        ({"input": [True, 3]}, ["input"]),
         ({"input": [1, 100000]}, ["token id 100000 is out of range"]),
         ({"input": "a", "encoding_format": "hex"}, ["encoding_format"]),
         ({"input": "a", "dimensions": 0}, ["dimensions"]),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from isvc.server.protocols.bounds import (
     INT64_MAX,
@@ -229,7 +229,8 @@ class ErrorResponse(BaseModel):
 
 # -- pooling: embeddings, rerank, score (OpenAI's embeddings; vLLM's, Jina's and Cohere's rerank; vLLM's score)
 
-TokenIdList = list[Annotated[int, Field(ge=0, le=INT64_MAX)]]
+TokenIdList = list[Annotated[StrictInt, Field(ge=0, le=INT64_MAX)]]
+"""Token ids: integers, not booleans (which pydantic would read as 0 and 1)."""
 
 
 class EmbeddingRequest(OpenAIBaseModel):
