@@ -466,3 +466,26 @@ async def test_fill_mask_rows_in_a_batch_equal_them_alone(started: Started, tiny
     assert [len(out.data) for out in together] == [1, 2, 1]
     for one, out in zip(alone, together, strict=True):
         assert torch.allclose(torch.tensor(out.data), torch.tensor(one), atol=1e-4)
+
+
+async def test_a_failed_loop_marks_the_engine_dead_and_fails_every_request(
+    started: Started, tiny_embedding_dir: Path
+) -> None:
+    from isvc.engine.errors import EngineDeadError
+
+    engine = started(tiny_embedding_dir)
+    deaths: list[BaseException] = []
+    engine.on_dead = deaths.append
+
+    def broken_step(batch: Any) -> None:
+        raise SystemError("the loop broke")
+
+    engine._step = broken_step  # type: ignore[method-assign]
+    results = await asyncio.gather(
+        *(engine.encode(f"r{i}", _tokenize(engine, t), PoolingParams("embed")) for i, t in enumerate(DOCS)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, EngineDeadError) for r in results)
+    assert len(deaths) == 1 and engine.dead and not engine.ready
+    with pytest.raises(EngineDeadError):
+        await engine.encode("late", _tokenize(engine, DOCS[0]), PoolingParams("embed"))

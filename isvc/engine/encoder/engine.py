@@ -68,6 +68,10 @@ class AsyncEncoderEngine:
         self._stopped = False
         self._dead: BaseException | None = None
         self._running = 0
+        self._planned: list[EncodeRequest] = []
+        """Taken from the inbox by the engine thread for the batches it runs now."""
+        self._planned_left = 0
+        """How many of them no batch has taken yet (they still count as waiting)."""
         self._counts = {"batches": 0, "max_batch_seen": 0, "last_batch_size": 0, "requests": 0}
         self.metrics = EngineMetrics(config.served_model_name or Path(config.model_dir).name)
 
@@ -146,7 +150,7 @@ class AsyncEncoderEngine:
 
     def check_capacity(self, num_requests: int = 1) -> None:
         self._check_alive()
-        waiting = len(self._inbox)
+        waiting = self._num_waiting
         if waiting + num_requests > self.config.max_queue:
             raise EngineOverloaded(
                 f"the server is at capacity ({self._running} running, {waiting} waiting, "
@@ -184,7 +188,11 @@ class AsyncEncoderEngine:
         return PoolingOutput(request_id, rows, len(inputs.token_ids), token_ids=inputs.token_ids)
 
     def stats(self) -> dict[str, int]:
-        return {"running": self._running, "waiting": len(self._inbox), **self._counts}
+        return {"running": self._running, "waiting": self._num_waiting, **self._counts}
+
+    @property
+    def _num_waiting(self) -> int:
+        return len(self._inbox) + self._planned_left
 
     # -- checks ----------------------------------------------------------------------------
 
@@ -272,9 +280,12 @@ class AsyncEncoderEngine:
                         self.metrics.aborted()
                     else:
                         waiting.append(request)
+                self._planned, self._planned_left = waiting, len(waiting)
                 max_rows, max_tokens = self.config.max_num_seqs, self.config.max_batch_tokens
                 for batch in plan_batches(waiting, max_rows, max_tokens):
+                    self._planned_left -= len(batch)
                     self._step(batch)
+                self._planned = []
         except BaseException as exc:  # the loop's own fault: nothing it tracks can be trusted
             self._die(exc)
 
@@ -332,7 +343,7 @@ class AsyncEncoderEngine:
         logger.critical("the encoder loop failed; the engine is dead", exc_info=exc)
         with self._inbox_lock:
             self._dead = exc
-            sent = list(self._inbox)
+            sent = self._planned + list(self._inbox)  # answered ones ignore a second answer
             self._inbox.clear()
         if self.on_dead is not None:
             try:
