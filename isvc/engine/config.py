@@ -72,6 +72,10 @@ class EngineConfig(BaseModel):
     seed: int = 0
     """Seed for requests that give none."""
 
+    keep_case: bool = False
+    """Encoder tasks: feed the text's own case even when the tokenizer lower-cases (an uncased
+    model's normalizer); KServe's ``--disable_lower_case``. Off: the tokenizer's own choice."""
+
     served_model_name: str | None = None
     """The name clients use for the model: the ``model_name`` label of the vllm:* metrics
     (vLLM's flag name); defaults to the model folder's name."""

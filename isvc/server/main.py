@@ -80,6 +80,7 @@ def main(argv: list[str]) -> int:
             trust_remote_code=args.trust_remote_code,
             seed=args.seed,
             served_model_name=args.model_name,
+            keep_case=args.disable_lower_case,
         )
     except ValidationError as exc:  # a flag out of its bounds: name the flag, no traceback
         for error in exc.errors():

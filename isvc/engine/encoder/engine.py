@@ -86,6 +86,8 @@ class AsyncEncoderEngine:
         torch.set_num_threads(self.config.num_threads or len(os.sched_getaffinity(0)))
         model_dir = Path(self.config.model_dir)
         self._tokenizer = load_tokenizer(model_dir, self.config.trust_remote_code)
+        if self.config.keep_case:
+            keep_case(self._tokenizer)
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(
             self.config.dtype, torch.float32
         )
@@ -373,6 +375,27 @@ def truncate(inputs: EncodeInput, limit: int, special_ids: set[int]) -> EncodeIn
     new_ids = ids[:cut] + (ids[-1:] if keep_last else [])
     new_types = None if types is None else types[:cut] + (types[-1:] if keep_last else [])
     return EncodeInput(new_ids, new_types)
+
+
+def keep_case(tokenizer: Any) -> None:
+    """Turn off lower-casing (and the accent stripping that comes with it) in a fast tokenizer's normalizer."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.normalizer is None:
+        return
+    raw = json.loads(backend.to_str())
+    spec = raw["normalizer"]
+    parts = spec["normalizers"] if spec.get("type") == "Sequence" else [spec]
+    kept = [
+        {**part, "lowercase": False, "strip_accents": False} if part.get("type") == "BertNormalizer" else part
+        for part in parts
+        if part.get("type") != "Lowercase"
+    ]
+    raw["normalizer"] = {**spec, "normalizers": kept} if spec.get("type") == "Sequence" else (kept[0] if kept else None)
+    backend.normalizer = Tokenizer.from_str(json.dumps(raw)).normalizer
 
 
 def load_tokenizer(model_dir: Path, trust_remote_code: bool = False) -> Any:
