@@ -10,6 +10,7 @@ so the server can exit for its controller to restart it.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
@@ -21,6 +22,7 @@ from isvc.engine.errors import ContextLengthExceeded, EngineDeadError, EngineOve
 from isvc.engine.outputs import RequestOutput
 from isvc.engine.params import SamplingParams
 from isvc.engine.request import EngineRequest
+from isvc.engine.threads import start_engine_thread
 from isvc.errors import InvalidRequest, IsvcError, NotReady
 
 
@@ -28,6 +30,7 @@ class AsyncEngine:
     def __init__(self, config: EngineConfig, on_dead: Callable[[BaseException], None] | None = None) -> None:
         self.config = config
         self.core: EngineCore | None = None
+        self._thread: threading.Thread | None = None
         self._loaded = False
         self.load_error: BaseException | None = None
         self.on_dead = on_dead
@@ -37,16 +40,22 @@ class AsyncEngine:
 
     def load(self) -> None:
         """Load weights and run the warm-up step (blocking; call from a worker thread)."""
-        core = EngineCore(self.config)
-        core.warm_up()
-        core.on_dead = self._died
-        core.start()
+
+        def init() -> EngineCore:
+            core = EngineCore(self.config)
+            core.warm_up()
+            core.on_dead = self._died
+            return core
+
+        core, self._thread = start_engine_thread("isvc-engine", init, EngineCore.run)
         self.core = core
         self._loaded = True
 
     def shutdown(self) -> None:
         if self.core:
             self.core.shutdown()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
 
     @property
     def ready(self) -> bool:

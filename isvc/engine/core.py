@@ -126,8 +126,13 @@ class EngineCore:
         return self.scheduler.num_waiting + sum(1 for kind, _ in list(self._inbox) if kind == "add")
 
     def start(self) -> None:
+        """Run the loop on a new thread (tests; the server runs it on the thread that loaded the model)."""
         self._thread = threading.Thread(target=self._run, name="isvc-engine", daemon=True)
         self._thread.start()
+
+    def run(self) -> None:
+        """Run the loop on the calling thread until ``shutdown`` (see isvc.engine.threads for why)."""
+        self._run()
 
     def shutdown(self) -> None:
         self._stopped = True

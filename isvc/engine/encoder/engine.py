@@ -27,6 +27,7 @@ from isvc.engine.errors import ContextLengthExceeded, EngineDeadError, EngineOve
 from isvc.engine.metrics import EngineMetrics
 from isvc.engine.outputs import RequestOutput
 from isvc.engine.params import SamplingParams
+from isvc.engine.threads import start_engine_thread
 from isvc.errors import ConfigError, InvalidRequest, IsvcError, NotReady
 
 logger = logging.getLogger(__name__)
@@ -78,7 +79,10 @@ class AsyncEncoderEngine:
     # -- lifecycle -------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Load tokenizer and weights, warm up with one batch, start the engine thread (blocking)."""
+        """Load tokenizer and weights and warm up with one batch on the engine thread, which then runs the loop."""
+        _, self._thread = start_engine_thread("isvc-encoder", self._load, lambda _: self._run())
+
+    def _load(self) -> None:
         import torch
 
         from isvc.engine.encoder.runner import EncoderRunner
@@ -99,8 +103,6 @@ class AsyncEncoderEngine:
             self._tokenizer.model_input_names = [*names, "token_type_ids"]
         self._info = self._model_info(self._runner)
         self._warm_up()
-        self._thread = threading.Thread(target=self._run, name="isvc-encoder", daemon=True)
-        self._thread.start()
 
     def shutdown(self) -> None:
         self._stopped = True
