@@ -157,7 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--quantization", default=None, help="gptq/awq/... (vLLM backend on a GPU)")
     add("--max_num_seqs", type=int, default=32, help="requests decoded together per step")
     add("--max_num_batched_tokens", type=int, default=256, help="token budget per step (prefill chunks + decode)")
-    add("--max_queue", type=int, default=256, help="requests that may wait for a slot before 429/503")
+    add(
+        "--max_queue",
+        type=int,
+        default=None,
+        help="requests that may wait before 429/503 (default 256 generations, or 4096 encoder inputs)",
+    )
     add(
         "--kv_cache_dtype",
         default="auto",

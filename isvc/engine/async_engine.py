@@ -25,6 +25,9 @@ from isvc.engine.request import EngineRequest
 from isvc.engine.threads import start_engine_thread
 from isvc.errors import InvalidRequest, IsvcError, NotReady
 
+GENERATIONS_QUEUED = 256
+"""Default ``max_queue`` of the generative engine."""
+
 
 class AsyncEngine:
     def __init__(self, config: EngineConfig, on_dead: Callable[[BaseException], None] | None = None) -> None:
@@ -89,7 +92,7 @@ class AsyncEngine:
 
     @property
     def max_queue(self) -> int:
-        return self.config.max_queue
+        return GENERATIONS_QUEUED if self.config.max_queue is None else self.config.max_queue
 
     @property
     def max_model_len(self) -> int:
@@ -142,10 +145,10 @@ class AsyncEngine:
     def check_capacity(self, num_requests: int = 1) -> None:
         """Refuse before any work when the waiting queue is full (callers map it to 429/503)."""
         core = self._core()
-        if core.num_waiting + num_requests > self.config.max_queue:
+        if core.num_waiting + num_requests > self.max_queue:
             raise EngineOverloaded(
                 f"the server is at capacity ({core.scheduler.num_running} running, {core.num_waiting} waiting, "
-                f"max_queue {self.config.max_queue}); retry shortly",
+                f"max_queue {self.max_queue}); retry shortly",
                 retry_after_s=1,
             )
 

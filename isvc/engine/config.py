@@ -38,8 +38,10 @@ class EngineConfig(BaseModel):
     inputs of similar length share a forward up to it and ``max_num_seqs`` rows. An input longer
     than the budget runs alone."""
 
-    max_queue: int = Field(default=256, ge=0)
-    """Requests allowed to wait for a batch slot; beyond it new requests get 429/503."""
+    max_queue: int | None = Field(default=None, ge=0)
+    """Requests allowed to wait for the engine; beyond it new requests get 429/503. None: 256
+    generations (each holds a batch slot for seconds), or 4096 encoder inputs (a rerank of 16
+    documents is 16 inputs, each a few milliseconds of work)."""
 
     kv_cache_dtype: KVCacheDtype = "auto"
     """KV cache element type. auto: float16 where the native attention kernel runs (half the

@@ -32,6 +32,9 @@ from isvc.errors import ConfigError, InvalidRequest, IsvcError, NotReady
 
 logger = logging.getLogger(__name__)
 
+INPUTS_QUEUED = 4096
+"""Default ``max_queue`` of the encoder engine, in inputs."""
+
 KINDS: dict[Task, tuple[EncodeKind, ...]] = {
     Task.TEXT_EMBEDDING: ("embed",),
     Task.SEQUENCE_CLASSIFICATION: ("classify", "score"),
@@ -139,7 +142,7 @@ class AsyncEncoderEngine:
 
     @property
     def max_queue(self) -> int:
-        return self.config.max_queue
+        return INPUTS_QUEUED if self.config.max_queue is None else self.config.max_queue
 
     # -- requests --------------------------------------------------------------------------
 
@@ -155,10 +158,10 @@ class AsyncEncoderEngine:
     def check_capacity(self, num_requests: int = 1) -> None:
         self._check_alive()
         waiting = self._num_waiting
-        if waiting + num_requests > self.config.max_queue:
+        if waiting + num_requests > self.max_queue:
             raise EngineOverloaded(
                 f"the server is at capacity ({self._running} running, {waiting} waiting, "
-                f"max_queue {self.config.max_queue}); retry shortly",
+                f"max_queue {self.max_queue}); retry shortly",
                 retry_after_s=1,
             )
 
