@@ -174,8 +174,8 @@ async def run_level(
         ttft_p90_s=round(percentile([r.ttft_s for r in ok], 0.9), 3),
         itl_p50_ms=round(percentile(itl, 0.5) * 1000, 1),
         itl_p90_ms=round(percentile(itl, 0.9) * 1000, 1),
-        e2e_p50_s=round(percentile([r.e2e_s for r in ok], 0.5), 2),
-        e2e_p90_s=round(percentile([r.e2e_s for r in ok], 0.9), 2),
+        e2e_p50_s=round(percentile([r.e2e_s for r in ok], 0.5), 3),
+        e2e_p90_s=round(percentile([r.e2e_s for r in ok], 0.9), 3),
         peak_rss_mb=round(peak_rss, 1),
         first_error=next((r.error for r in results if r.error), ""),
     )
