@@ -34,7 +34,10 @@ def main(argv: list[str]) -> int:
         if backend == "isvc":  # the task the folder serves, or why it cannot be: before any weights load
             from isvc.engine.factory import engine_task
 
-            task = engine_task(str(model_dir), args.task).value
+            resolved = engine_task(str(model_dir), args.task)
+            task = resolved.value
+            if not resolved.generative:
+                _return_large_blocks_to_the_system()
         if backend == "isvc" and args.quantization:
             raise ConfigError(
                 f"--quantization {args.quantization} needs the vLLM backend on a GPU (--backend vllm, "
@@ -133,6 +136,26 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
 
     try:
         ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # -8 is M_ARENA_MAX
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _return_large_blocks_to_the_system(threshold: int = 4 << 20) -> None:
+    """Encoder servers: allocations of ``threshold`` bytes or more are mmapped, so freeing them returns the pages.
+
+    glibc raises its mmap threshold to the size of each large block freed, after which batches'
+    activation tensors (a few MB, of ever-changing shapes) are carved from the heap and their
+    freed pages stay in RSS. Measured with all-MiniLM-L6-v2 at 64 concurrent clients: peak RSS
+    665-670 MB -> 575-580 MB, throughput 139-144 -> 130 docs/s (the default dynamic threshold;
+    1 MiB cost 15 %). Not for the generative engine, whose per-step tensors are reused.
+    Unless ``MALLOC_MMAP_THRESHOLD_`` is set.
+    """
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, threshold)  # -3 is M_MMAP_THRESHOLD
     except (OSError, AttributeError):  # not glibc
         pass
 
