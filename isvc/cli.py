@@ -13,7 +13,7 @@ import sys
 # arguments after the subcommand) and returns a process exit code.
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "serve": ("isvc.server.main", "main", "run the model server (KServe huggingfaceserver flags)"),
-    "models": ("isvc.models.cli", "main", "prepare/list the embedded default model"),
+    "models": ("isvc.models.cli", "main", "prepare/list/locate the embedded models (SmolLM2, all-MiniLM-L6-v2)"),
     "storage-init": ("isvc.storage.__main__", "main", "fetch a storageUri into a folder (KServe storage initializer)"),
     "up": ("isvc.node.cli", "up", "start the control plane (controller + gateway)"),
     "down": ("isvc.node.cli", "down", "stop the control plane and its predictors"),
