@@ -15,10 +15,11 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
+from isvc.engine.admission import check_queue, check_token_ids
 from isvc.engine.client import EncodeInput, ModelInfo, PoolingOutput, PoolingParams, Task, WrongTask
 from isvc.engine.config import EngineConfig
 from isvc.engine.core import EngineCore
-from isvc.engine.errors import ContextLengthExceeded, EngineDeadError, EngineOverloaded, GenerationFailed
+from isvc.engine.errors import ContextLengthExceeded, EngineDeadError, GenerationFailed
 from isvc.engine.outputs import RequestOutput
 from isvc.engine.params import SamplingParams
 from isvc.engine.request import EngineRequest
@@ -137,20 +138,12 @@ class AsyncEngine:
 
     def check_token_ids(self, ids: Iterable[int], param: str) -> None:
         """Refuse ids the model has no row for (a prompt's, a stop list's): a 400 naming ``param``."""
-        vocab = self.vocab_size
-        bad = next((t for t in ids if not 0 <= t < vocab), None)
-        if bad is not None:
-            raise InvalidRequest(f"token id {bad} is out of range: the vocabulary has {vocab} tokens", param=param)
+        check_token_ids(ids, self.vocab_size, param)
 
     def check_capacity(self, num_requests: int = 1) -> None:
         """Refuse before any work when the waiting queue is full (callers map it to 429/503)."""
         core = self._core()
-        if core.num_waiting + num_requests > self.max_queue:
-            raise EngineOverloaded(
-                f"the server is at capacity ({core.scheduler.num_running} running, {core.num_waiting} waiting, "
-                f"max_queue {self.max_queue}); retry shortly",
-                retry_after_s=1,
-            )
+        check_queue(core.scheduler.num_running, core.num_waiting, num_requests, self.max_queue)
 
     async def generate(
         self, request_id: str, prompt_ids: list[int], params: SamplingParams

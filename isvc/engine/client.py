@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, Protocol
 
+from isvc import tasks
 from isvc.engine.outputs import RequestOutput
 from isvc.engine.params import SamplingParams
 from isvc.errors import InvalidRequest
@@ -29,13 +30,14 @@ from isvc.errors import InvalidRequest
 class Task(StrEnum):
     """KServe huggingfaceserver's task names (``--task``), plus ``rerank`` for cross-encoders."""
 
-    TEXT_GENERATION = "text_generation"
-    TEXT2TEXT_GENERATION = "text2text_generation"
-    FILL_MASK = "fill_mask"
-    TOKEN_CLASSIFICATION = "token_classification"
-    SEQUENCE_CLASSIFICATION = "sequence_classification"
-    TEXT_EMBEDDING = "text_embedding"
-    RERANK = "rerank"
+    # the names come from isvc.tasks, the torch-free table the control plane reads too
+    TEXT_GENERATION = tasks.TEXT_GENERATION
+    TEXT2TEXT_GENERATION = tasks.TEXT2TEXT_GENERATION
+    FILL_MASK = tasks.FILL_MASK
+    TOKEN_CLASSIFICATION = tasks.TOKEN_CLASSIFICATION
+    SEQUENCE_CLASSIFICATION = tasks.SEQUENCE_CLASSIFICATION
+    TEXT_EMBEDDING = tasks.TEXT_EMBEDDING
+    RERANK = tasks.RERANK
 
     @property
     def generative(self) -> bool:

@@ -20,10 +20,11 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from isvc.engine.admission import check_queue, check_token_ids
 from isvc.engine.client import EncodeInput, EncodeKind, ModelInfo, PoolingOutput, PoolingParams, Task, WrongTask
 from isvc.engine.config import EngineConfig
 from isvc.engine.encoder.batching import EncodeRequest, Rows, plan_batches
-from isvc.engine.errors import ContextLengthExceeded, EngineDeadError, EngineOverloaded
+from isvc.engine.errors import ContextLengthExceeded, EngineDeadError
 from isvc.engine.metrics import EngineMetrics
 from isvc.engine.outputs import RequestOutput
 from isvc.engine.params import SamplingParams
@@ -150,20 +151,11 @@ class AsyncEncoderEngine:
         raise self._wrong_task("text generation")
 
     def check_token_ids(self, ids: Iterable[int], param: str) -> None:
-        vocab = self.vocab_size
-        bad = next((t for t in ids if not 0 <= t < vocab), None)
-        if bad is not None:
-            raise InvalidRequest(f"token id {bad} is out of range: the vocabulary has {vocab} tokens", param=param)
+        check_token_ids(ids, self.vocab_size, param)
 
     def check_capacity(self, num_requests: int = 1) -> None:
         self._check_alive()
-        waiting = self._num_waiting
-        if waiting + num_requests > self.max_queue:
-            raise EngineOverloaded(
-                f"the server is at capacity ({self._running} running, {waiting} waiting, "
-                f"max_queue {self.max_queue}); retry shortly",
-                retry_after_s=1,
-            )
+        check_queue(self._running, self._num_waiting, num_requests, self.max_queue)
 
     async def generate(
         self, request_id: str, prompt_ids: list[int], params: SamplingParams
