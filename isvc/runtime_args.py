@@ -158,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max_num_seqs", type=int, default=32, help="requests decoded together per step")
     add("--max_num_batched_tokens", type=int, default=256, help="token budget per step (prefill chunks + decode)")
     add(
+        "--max_batch_tokens",
+        type=int,
+        default=8192,
+        help="encoder tasks: padded tokens per forward pass (rows x longest input; a longer input runs alone)",
+    )
+    add(
         "--max_queue",
         type=int,
         default=None,

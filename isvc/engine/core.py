@@ -26,7 +26,6 @@ import logging
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ import torch
 from isvc.engine import metrics
 from isvc.engine.config import EngineConfig
 from isvc.engine.errors import EngineDeadError
+from isvc.engine.inbox import Inbox
 from isvc.engine.kv_cache import KVCacheFull
 from isvc.engine.llama import LlamaModel, torch_dtype
 from isvc.engine.output_processor import Emit, OutputProcessor, failed_output
@@ -97,9 +97,7 @@ class EngineCore:
             speculative_max_batch=config.speculative_max_batch,
         )
         self.output = OutputProcessor(self.tokenizer, self.scheduler, Sampler(config.seed), self.metrics)
-        self._inbox: deque[tuple[str, Any]] = deque()
-        self._inbox_lock = threading.Lock()  # orders submit() against the engine's death
-        self._wake = threading.Event()
+        self._inbox: Inbox[tuple[str, Any]] = Inbox()
         self._stopped = False
         self._thread: threading.Thread | None = None
         self.max_batch_seen = 0
@@ -110,20 +108,15 @@ class EngineCore:
     # -- thread-safe API -------------------------------------------------------------------
 
     def submit(self, request: EngineRequest, emit: Emit) -> None:
-        with self._inbox_lock:
-            if self.dead is None:
-                self._inbox.append(("add", (request, emit)))
-                self._wake.set()
-                return
-        emit(failed_output(request, EngineDeadError(f"the engine stopped: {self.dead}")))
+        if not self._inbox.put(("add", (request, emit))):
+            emit(failed_output(request, EngineDeadError(f"the engine stopped: {self.dead}")))
 
     def abort(self, request_id: str) -> None:
-        self._inbox.append(("abort", request_id))
-        self._wake.set()
+        self._inbox.put(("abort", request_id))  # refused once dead: every request was failed already
 
     @property
     def num_waiting(self) -> int:
-        return self.scheduler.num_waiting + sum(1 for kind, _ in list(self._inbox) if kind == "add")
+        return self.scheduler.num_waiting + sum(1 for kind, _ in self._inbox.items() if kind == "add")
 
     def start(self) -> None:
         """Run the loop on a new thread (tests; the server runs it on the thread that loaded the model)."""
@@ -136,7 +129,7 @@ class EngineCore:
 
     def shutdown(self) -> None:
         self._stopped = True
-        self._wake.set()
+        self._inbox.wake_all()
         if self._thread:
             self._thread.join(timeout=10)
 
@@ -176,16 +169,13 @@ class EngineCore:
     def _idle(self) -> None:
         self.cache.shrink()
         self.metrics.load(0, 0, 0.0, self.cache.nbytes)
-        self._wake.wait(timeout=0.5)
-        self._wake.clear()
+        self._inbox.wait(timeout=0.5)
 
     def _die(self, exc: BaseException) -> None:
         """Mark the engine dead, fail every request it holds or was sent, and tell ``on_dead``."""
         logger.critical("the engine loop failed; the engine is dead", exc_info=exc)
-        with self._inbox_lock:
-            self.dead = exc
-            sent = [payload for kind, payload in self._inbox if kind == "add"]
-            self._inbox.clear()
+        self.dead = exc
+        sent = [payload for kind, payload in self._inbox.close(exc) if kind == "add"]
         if self.on_dead is not None:  # first: whoever sees a request fail sees the engine dead
             try:
                 self.on_dead(exc)
@@ -199,8 +189,8 @@ class EngineCore:
                 logger.exception("could not fail request %s", request.request_id)
 
     def _drain_inbox(self) -> None:
-        while self._inbox:
-            kind, payload = self._inbox.popleft()
+        while (item := self._inbox.pop()) is not None:
+            kind, payload = item
             if kind == "add":
                 self._add(*payload)
             elif kind == "abort":

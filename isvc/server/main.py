@@ -73,6 +73,7 @@ def main(argv: list[str]) -> int:
             max_model_len=args.max_model_len,
             max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens,
+            max_batch_tokens=args.max_batch_tokens,
             max_queue=args.max_queue,
             kv_cache_dtype=args.kv_cache_dtype,
             kv_cache_space_gb=args.kv_cache_space,

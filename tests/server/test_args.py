@@ -124,6 +124,8 @@ def test_serve_names_an_engine_flag_out_of_bounds(tiny_model_dir) -> None:
             "20",
             "--kv_cache_space",
             "0",
+            "--max_batch_tokens",
+            "8",
         ],
         capture_output=True,
         text=True,
@@ -131,6 +133,7 @@ def test_serve_names_an_engine_flag_out_of_bounds(tiny_model_dir) -> None:
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "--num_speculative_tokens: Input should be less than or equal to 8" in result.stderr
     assert "--kv_cache_space: Input should be greater than 0" in result.stderr
+    assert "--max_batch_tokens: Input should be greater than or equal to 16" in result.stderr
 
 
 def test_engine_flags_take_vllm_spellings() -> None:

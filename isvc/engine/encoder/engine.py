@@ -35,6 +35,7 @@ from isvc.engine.client import EncodeInput, EncodeKind, ModelInfo, PoolingOutput
 from isvc.engine.config import EngineConfig
 from isvc.engine.encoder.batching import EncodeRequest, Rows, plan_batches
 from isvc.engine.errors import ContextLengthExceeded, EngineDeadError
+from isvc.engine.inbox import Inbox
 from isvc.engine.metrics import EngineMetrics
 from isvc.engine.outputs import RequestOutput
 from isvc.engine.params import SamplingParams
@@ -76,14 +77,12 @@ class AsyncEncoderEngine:
         self._runner: Any = None
         self._tokenizer: Any = None
         self._info: ModelInfo | None = None
-        self._inbox: deque[EncodeRequest] = deque()
+        self._inbox: Inbox[EncodeRequest] = Inbox()
+        self._lock = self._inbox.lock  # also guards the plan and the running batches, and orders death
         self._plan: deque[list[EncodeRequest]] = deque()
         """Batches planned from the inbox that no worker has taken yet (their requests still wait)."""
         self._running: dict[int, list[EncodeRequest]] = {}
         """The batch each worker runs now, by worker index."""
-        self._lock = threading.Lock()  # guards the above and orders submit() against death
-        self._idle: dict[int, threading.Condition] = {}
-        """Workers waiting for work, each on its own condition of ``_lock``: work goes to the lowest."""
         self._workers: list[threading.Thread] = []
         self._stopped = False
         self._dead: BaseException | None = None
@@ -130,7 +129,7 @@ class AsyncEncoderEngine:
     def shutdown(self) -> None:
         with self._lock:
             self._stopped = True
-            self._wake_all()
+            self._inbox.wake_all()
         for thread in self._workers:
             thread.join(timeout=10)
 
@@ -278,15 +277,11 @@ class AsyncEncoderEngine:
             mask_token=self._tokenizer.mask_token if self.task is Task.FILL_MASK else None,
         )
 
-    # -- the engine thread -----------------------------------------------------------------
+    # -- the workers ----------------------------------------------------------------------
 
     def _submit(self, request: EncodeRequest) -> None:
-        with self._lock:
-            if self._dead is None:
-                self._inbox.append(request)
-                self._wake_one()
-                return
-        request.done(EngineDeadError(f"the engine stopped: {self._dead}"))
+        if not self._inbox.put(request):
+            request.done(EngineDeadError(f"the engine stopped: {self._dead}"))
 
     def _work(self, worker: int) -> None:
         """One worker's loop: take the next planned batch (planning one when none is left) and run it."""
@@ -322,30 +317,16 @@ class AsyncEncoderEngine:
                 continue
             if not self._running:
                 self.metrics.load(0, 0, 0.0, 0)
-            wakeup = self._idle[worker] = threading.Condition(self._lock)
-            try:
-                wakeup.wait(timeout=0.5)
-            finally:
-                del self._idle[worker]
+            self._inbox.wait(worker, timeout=0.5)
         batch = self._plan.popleft()
         self._running[worker] = batch
         if self._plan or self._inbox:
-            self._wake_one()  # an idle worker can take the rest
+            self._inbox.wake_one()  # an idle worker can take the rest
         return batch
-
-    def _wake_one(self) -> None:
-        """Wake the lowest idle worker (under the lock): worker 0 is the one that may use every core."""
-        if self._idle:
-            self._idle[min(self._idle)].notify()
-
-    def _wake_all(self) -> None:
-        for wakeup in self._idle.values():
-            wakeup.notify()
 
     def _plan_inbox(self) -> list[list[EncodeRequest]]:
         waiting: list[EncodeRequest] = []
-        while self._inbox:
-            request = self._inbox.popleft()
+        for request in self._inbox.take_all():
             if request.cancelled:
                 self.metrics.aborted()
             else:
@@ -409,11 +390,9 @@ class AsyncEncoderEngine:
             first = self._dead is None
             if first:
                 self._dead = exc
-            # answered ones ignore a second answer
-            sent = [r for batch in [*self._running.values(), *self._plan] for r in batch] + list(self._inbox)
-            self._inbox.clear()
+            # answered ones ignore a second answer; close() wakes the other workers, which stop
+            sent = [r for batch in [*self._running.values(), *self._plan] for r in batch] + self._inbox.close(exc)
             self._plan.clear()
-            self._wake_all()  # the other workers stop
         if first and self.on_dead is not None:
             try:
                 self.on_dead(exc)
