@@ -9,7 +9,6 @@ the level reports (query, document) pairs per second.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.loadgen import percentile, tree_rss_mb
+from bench.loadgen import closed_loop, percentile
 
 
 @dataclass
@@ -73,43 +72,20 @@ def rerank_call(url: str, model: str, requests: list[tuple[str, list[str]]]) -> 
 
 
 async def run_level(call: Call, concurrency: int, num_requests: int, pid: int | None, first_serial: int = 0) -> Level:
-    latencies: list[float] = []
-    errors: list[str] = []
-    items = 0
-    next_index = 0
-    peak_rss = 0.0
-    done = asyncio.Event()
-
-    async def sample_rss() -> None:
-        nonlocal peak_rss
-        while not done.is_set() and pid:
-            peak_rss = max(peak_rss, tree_rss_mb(pid))
-            await asyncio.sleep(0.25)
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal next_index, items
-        while next_index < num_requests:
-            serial = first_serial + next_index
-            next_index += 1
-            start = time.perf_counter()
-            try:
-                handled = await call(
-                    client, serial
-                )  # NOTE: not `items += await ...`: that reads items before the await
-            except (httpx.HTTPError, RuntimeError, ValueError, KeyError) as exc:
-                errors.append(f"{type(exc).__name__}: {exc}")
-                continue
-            items += handled
-            latencies.append(time.perf_counter() - start)
-
-    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(600, connect=10), limits=limits) as client:
-        sampler = asyncio.create_task(sample_rss())
+    async def one(client: httpx.AsyncClient, serial: int) -> tuple[int, float] | str:
+        """(items, latency) of one request, or its error."""
         start = time.perf_counter()
-        await asyncio.gather(*[worker(client) for _ in range(concurrency)])
-        duration = time.perf_counter() - start
-        done.set()
-        await sampler
+        try:
+            handled = await call(client, serial)
+        except (httpx.HTTPError, RuntimeError, ValueError, KeyError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return handled, time.perf_counter() - start
+
+    results, duration, peak_rss = await closed_loop(concurrency, num_requests, one, pid, first_serial, timeout_s=600)
+    errors = [r for r in results if isinstance(r, str)]
+    done = [r for r in results if not isinstance(r, str)]
+    items = sum(handled for handled, _ in done)
+    latencies = [latency for _, latency in done]
     return Level(
         concurrency=concurrency,
         requests=num_requests,

@@ -22,7 +22,6 @@ import datetime as dt
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ import httpx
 
 from bench.documents import build_documents, rerank_requests
 from bench.embed_load import embed_call, rerank_call, sweep
-from bench.peers import PEERS, REPO, Peer, venvs_root
+from bench.peers import PEERS, REPO, Peer, server_process, venvs_root
 from bench.run_all import free_port
 from isvc.models.catalog import ensure_model
 from isvc.paths import cache_root
@@ -147,34 +146,24 @@ def bench_server(server: Server, kind: str, model_dir: Path, levels: list[int], 
     port, model = free_port(), "bench-model"
     argv, env = server.command(model_dir, model, port)
     print(f"[bench] {server.label} ({kind}): {' '.join(argv)}", flush=True)
-    with open(log_dir / f"{server.name}-{kind}.log", "w") as log:
-        proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}, start_new_session=True
-        )
     base = f"http://127.0.0.1:{port}"
     result: dict = {"server": server.name, "label": server.label, "kind": kind}
-    try:
-        if kind == "embed":
-            url = base + server.embeddings_path
-            ready = wait_ready(url, {"model": model, "input": "hello"}, proc, 600)
-            call = embed_call(url, model, build_documents(4000))
-        else:
-            url = base + str(server.rerank_path)
-            ready = wait_ready(url, {"model": model, "query": "q", "documents": ["d"]}, proc, 600)
-            call = rerank_call(url, model, rerank_requests(2000, DOCS_PER_QUERY))
-        result["start_to_ready_s"] = round(ready, 1)
-        result["levels"] = [asdict(lv) for lv in asyncio.run(sweep(call, levels, proc.pid, scale))]
-    except Exception as exc:  # one failing peer must not lose the others' numbers
-        result["error"] = f"{type(exc).__name__}: {exc}"
-        result.setdefault("levels", [])
-        print(f"[bench] {server.label} failed: {result['error']}", flush=True)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+    with server_process(argv, env, log_dir / f"{server.name}-{kind}.log") as proc:
+        try:
+            if kind == "embed":
+                url = base + server.embeddings_path
+                ready = wait_ready(url, {"model": model, "input": "hello"}, proc, 600)
+                call = embed_call(url, model, build_documents(4000))
+            else:
+                url = base + str(server.rerank_path)
+                ready = wait_ready(url, {"model": model, "query": "q", "documents": ["d"]}, proc, 600)
+                call = rerank_call(url, model, rerank_requests(2000, DOCS_PER_QUERY))
+            result["start_to_ready_s"] = round(ready, 1)
+            result["levels"] = [asdict(lv) for lv in asyncio.run(sweep(call, levels, proc.pid, scale))]
+        except Exception as exc:  # one failing peer must not lose the others' numbers
+            result["error"] = f"{type(exc).__name__}: {exc}"
+            result.setdefault("levels", [])
+            print(f"[bench] {server.label} failed: {result['error']}", flush=True)
     return result
 
 

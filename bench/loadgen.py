@@ -14,8 +14,10 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
@@ -123,6 +125,52 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: s
     return result
 
 
+T = TypeVar("T")
+
+
+async def closed_loop(
+    concurrency: int,
+    num_requests: int,
+    one: Callable[[httpx.AsyncClient, int], Awaitable[T]],
+    pid: int | None,
+    first_serial: int = 0,
+    timeout_s: float = 1800,
+) -> tuple[list[T], float, float]:
+    """``concurrency`` clients each keep one request in flight until ``num_requests`` were sent.
+
+    ``one(client, serial)`` sends request number ``serial`` and returns its result. Returns the
+    results (in completion order), the duration in seconds and the peak RSS in MB of ``pid``'s
+    process tree, sampled every 0.25 s.
+    """
+    results: list[T] = []
+    next_index = 0
+    peak_rss = 0.0
+    done = asyncio.Event()
+
+    async def sample_rss() -> None:
+        nonlocal peak_rss
+        while not done.is_set() and pid:
+            peak_rss = max(peak_rss, tree_rss_mb(pid))
+            await asyncio.sleep(0.25)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal next_index
+        while next_index < num_requests:
+            serial = first_serial + next_index
+            next_index += 1
+            results.append(await one(client, serial))
+
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=10), limits=limits) as client:
+        sampler = asyncio.create_task(sample_rss())
+        start = time.perf_counter()
+        await asyncio.gather(*[worker(client) for _ in range(concurrency)])
+        duration = time.perf_counter() - start
+        done.set()
+        await sampler
+    return results, duration, peak_rss
+
+
 async def run_level(
     url: str,
     model: str,
@@ -133,33 +181,10 @@ async def run_level(
     pid: int | None,
     first_serial: int = 0,
 ) -> LevelResult:
-    results: list[RequestResult] = []
-    next_index = 0
-    peak_rss = 0.0
-    done = asyncio.Event()
+    async def one(client: httpx.AsyncClient, serial: int) -> RequestResult:
+        return await one_request(client, url, model, request_prompt(prompts, serial), max_tokens)
 
-    async def sample_rss() -> None:
-        nonlocal peak_rss
-        while not done.is_set() and pid:
-            peak_rss = max(peak_rss, tree_rss_mb(pid))
-            await asyncio.sleep(0.5)
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal next_index
-        while next_index < num_requests:
-            i = next_index
-            next_index += 1
-            prompt = request_prompt(prompts, first_serial + i)
-            results.append(await one_request(client, url, model, prompt, max_tokens))
-
-    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(1800, connect=10), limits=limits) as client:
-        sampler = asyncio.create_task(sample_rss())
-        start = time.perf_counter()
-        await asyncio.gather(*[worker(client) for _ in range(concurrency)])
-        duration = time.perf_counter() - start
-        done.set()
-        await sampler
+    results, duration, peak_rss = await closed_loop(concurrency, num_requests, one, pid, first_serial)
     ok = [r for r in results if r.ok]
     tokens = sum(r.output_tokens for r in ok)
     itl = [x for r in ok for x in r.itl_s]

@@ -15,7 +15,6 @@ import datetime as dt
 import json
 import os
 import platform
-import signal
 import socket
 import subprocess
 import tempfile
@@ -26,7 +25,7 @@ from pathlib import Path
 import httpx
 
 from bench.loadgen import sweep
-from bench.peers import KSERVE_REFERENCE, PEERS, REPO, Peer
+from bench.peers import KSERVE_REFERENCE, PEERS, REPO, Peer, server_process
 from isvc.models.prepare import ensure_default_model, fetch_gguf
 from isvc.paths import cache_root
 
@@ -71,34 +70,24 @@ def bench_peer(peer: Peer, levels: list[int], max_tokens: int, scale: float, log
     model_dir = ensure_default_model()
     port = free_port()
     argv, env, model = peer.command(model_dir, smollm2_gguf(), port)
-    log = open(log_dir / f"{peer.name}.log", "w")  # noqa: SIM115 (the server process owns it)
     print(f"[bench] {peer.label}: {' '.join(argv)}", flush=True)
-    proc = subprocess.Popen(
-        argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}, start_new_session=True
-    )
     base = f"http://127.0.0.1:{port}"
-    try:
-        ready_s = wait_ready(base, model, proc, timeout_s=900)
-        print(f"[bench] {peer.label} ready in {ready_s:.1f}s", flush=True)
-        results = asyncio.run(sweep(f"{base}/v1", model, levels, max_tokens, proc.pid, scale))
-        return {
-            "peer": peer.name,
-            "label": peer.label,
-            "weights": peer.weights,
-            "start_to_ready_s": round(ready_s, 1),
-            "levels": [asdict(r) for r in results],
-        }
-    except Exception as exc:
-        print(f"[bench] {peer.label} failed: {exc} (log: {log.name})", flush=True)
-        return {"peer": peer.name, "label": peer.label, "weights": peer.weights, "error": str(exc), "levels": []}
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+    log_path = log_dir / f"{peer.name}.log"
+    with server_process(argv, env, log_path) as proc:
+        try:
+            ready_s = wait_ready(base, model, proc, timeout_s=900)
+            print(f"[bench] {peer.label} ready in {ready_s:.1f}s", flush=True)
+            results = asyncio.run(sweep(f"{base}/v1", model, levels, max_tokens, proc.pid, scale))
+            return {
+                "peer": peer.name,
+                "label": peer.label,
+                "weights": peer.weights,
+                "start_to_ready_s": round(ready_s, 1),
+                "levels": [asdict(r) for r in results],
+            }
+        except Exception as exc:
+            print(f"[bench] {peer.label} failed: {exc} (log: {log_path})", flush=True)
+            return {"peer": peer.name, "label": peer.label, "weights": peer.weights, "error": str(exc), "levels": []}
 
 
 def markdown(run: dict) -> str:
