@@ -64,13 +64,18 @@ class Inbox(Generic[T]):
         Callers check their own state under ``lock`` first and call this while still holding it.
         """
         with self.lock:
-            if self._items:
+            if self._items and self.next_up(worker):
                 return
             wakeup = self._idle[worker] = threading.Condition(self.lock)
             try:
                 wakeup.wait(timeout)
             finally:
                 del self._idle[worker]
+
+    def next_up(self, worker: int) -> bool:
+        """Whether queued work is this worker's to take: no lower-numbered worker is idle."""
+        with self.lock:
+            return not any(idle < worker for idle in self._idle)
 
     def wake_one(self) -> None:
         with self.lock:

@@ -56,3 +56,18 @@ def test_wait_returns_at_once_when_something_is_queued() -> None:
     started = time.monotonic()
     inbox.wait(timeout=5)
     assert time.monotonic() - started < 1 and inbox.take_all() == [1]
+
+
+def test_queued_work_is_left_to_a_lower_idle_worker() -> None:
+    inbox: Inbox[str] = Inbox()
+    woken: list[int] = []
+    low = _waiter(inbox, 0, woken)
+    _until(lambda: 0 in inbox._idle)
+    with inbox.lock:  # worker 0 cannot run until the lock is free: "x" stays queued meanwhile
+        inbox.put("x")
+        assert not inbox.next_up(1) and inbox.next_up(0)
+        started = time.monotonic()
+        inbox.wait(1, timeout=0.2)  # does not return at once: the work is worker 0's
+        assert time.monotonic() - started >= 0.15
+    low.join(timeout=5)
+    assert woken == [0]

@@ -312,7 +312,7 @@ class AsyncEncoderEngine:
         while not self._plan:
             if self._stopped or self._dead is not None:
                 return None
-            if self._inbox:
+            if self._inbox and self._inbox.next_up(worker):  # else a lower worker was woken for it
                 self._plan.extend(self._plan_inbox())
                 continue
             if not self._running:
