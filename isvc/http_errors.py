@@ -55,6 +55,8 @@ _OPENAI_PREFIXES = (
     "/v2/rerank",  # vLLM's rerank and score also answer outside /v1
     "/rerank",
     "/score",
+    "/tokenize",  # vLLM's, at the root
+    "/detokenize",
 )
 _KSERVE_VERBS = (":predict", ":explain")  # /v1/models/{name}:predict is KServe V1, not OpenAI's /v1/models
 

@@ -96,7 +96,8 @@ class EngineCore:
             num_speculative_tokens=config.num_speculative_tokens if row_exact else 0,
             speculative_max_batch=config.speculative_max_batch,
         )
-        self.output = OutputProcessor(self.tokenizer, self.scheduler, Sampler(config.seed), self.metrics)
+        sampler = Sampler(config.seed, self.scheduler.eos_ids)
+        self.output = OutputProcessor(self.tokenizer, self.scheduler, sampler, self.metrics)
         self._inbox: Inbox[tuple[str, Any]] = Inbox()
         self._stopped = False
         self._thread: threading.Thread | None = None

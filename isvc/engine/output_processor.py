@@ -53,6 +53,8 @@ class TrackedRequest:
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
     prompt_logprobs: list[TokenLogprob | None] = field(default_factory=list)
     pending_ids: list[int] = field(default_factory=list)
+    stop_reason: int | str | None = None
+    """The stop string or stop token id that ended the output (vLLM's stop_reason); None for EOS."""
 
 
 class OutputProcessor:
@@ -165,13 +167,23 @@ class OutputProcessor:
         """
         try:
             result = self.sampler.sample(
-                logits, [q.request_id for q in rows], [q.params for q in rows], [q.output_token_ids for q in rows]
+                logits,
+                [q.request_id for q in rows],
+                [q.params for q in rows],
+                [q.output_token_ids for q in rows],
+                [q.prompt_token_ids for q in rows],
             )
         except Exception:
             logger.exception("batched sampling failed; sampling its %d rows one by one", len(rows))
             for i, req in enumerate(rows):
                 try:
-                    one = self.sampler.sample(logits[i : i + 1], [req.request_id], [req.params], [req.output_token_ids])
+                    one = self.sampler.sample(
+                        logits[i : i + 1],
+                        [req.request_id],
+                        [req.params],
+                        [req.output_token_ids],
+                        [req.prompt_token_ids],
+                    )
                     self._take_sample(req, one, 0, step)
                 except Exception as exc:
                     step.errors[req] = exc
@@ -239,12 +251,16 @@ class OutputProcessor:
             t.pending_ids.append(token_id)
             self._num_taken += 1
             if j == last and status == RequestStatus.FINISHED_STOPPED:
+                if token_id in req.params.stop_token_ids:
+                    t.stop_reason = token_id
                 break  # an EOS or stop token id: it ends the request and is no text
             before = len(t.text)
             t.text += t.detok.add(token_id)
-            cut = t.stop.check(t.text, before)
-            if cut is not None:
-                t.text = t.text[:cut]
+            output_len = len(req.output_token_ids) - (last - j)  # with this token
+            hit = t.stop.check(t.text, before) if output_len >= req.params.min_tokens else None
+            if hit is not None:
+                cut, t.stop_reason = hit
+                t.text = t.text[: cut + len(hit[1])] if req.params.include_stop_str_in_output else t.text[:cut]
                 if j < last:  # the verified tokens after the stop string are not the request's
                     del req.output_token_ids[j - last :]
                 status = RequestStatus.FINISHED_STOPPED
@@ -275,6 +291,7 @@ class OutputProcessor:
             num_prompt_tokens=req.num_prompt_tokens,
             num_output_tokens=len(req.output_token_ids),
             finish_reason=finish_reason,
+            stop_reason=t.stop_reason if finish_reason is not None else None,
             logprobs=t.pending_logprobs if req.params.logprobs is not None else None,
             prompt_logprobs=t.prompt_logprobs or None,  # complete once the first token is sampled
             error=error,

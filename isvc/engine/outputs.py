@@ -23,6 +23,8 @@ class RequestOutput:
     num_prompt_tokens: int
     num_output_tokens: int
     finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    """What stopped it when ``finish_reason`` is "stop": the stop string or stop token id; None for EOS."""
     logprobs: list[TokenLogprob] | None = None
     prompt_logprobs: list[TokenLogprob | None] | None = None
     error: BaseException | None = None

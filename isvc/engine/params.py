@@ -32,6 +32,19 @@ class SamplingParams:
     logprobs: int | None = None  # None: none; k >= 0: sampled token + top k
     prompt_logprobs: int | None = None  # echo + logprobs on completions
     skip_special_tokens: bool = True
+    min_p: float = 0.0
+    """Drop tokens whose probability is below ``min_p`` x the most likely token's (after temperature)."""
+    repetition_penalty: float = 1.0
+    """Tokens of the prompt or the output so far: a positive logit divided by it, a negative one
+    multiplied (the CTRL / transformers / vLLM rule); 1 is off."""
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    """(token id, bias) added to that token's logit before sampling (OpenAI's logit_bias, -100..100)."""
+    allowed_token_ids: tuple[int, ...] | None = None
+    """Only these tokens may be generated (vLLM's allowed_token_ids)."""
+    min_tokens: int = 0
+    """No EOS, stop token id or stop string ends the output before this many tokens (vLLM's)."""
+    include_stop_str_in_output: bool = False
+    """Keep the matched stop string at the end of the text (vLLM's)."""
     extra: dict[str, object] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -53,6 +66,25 @@ class SamplingParams:
             _int("logprobs", self.logprobs, 0, INT64_MAX)
         if self.prompt_logprobs is not None:
             _int("prompt_logprobs", self.prompt_logprobs, 0, INT64_MAX)
+        _float("min_p", self.min_p, 0.0, 1.0)
+        _float("repetition_penalty", self.repetition_penalty, 0.0, math.inf)
+        if self.repetition_penalty <= 0.0:
+            raise InvalidRequest(
+                f"repetition_penalty must be > 0, got {self.repetition_penalty}", param="repetition_penalty"
+            )
+        for token_id, bias in self.logit_bias:
+            _int("logit_bias", token_id, 0, INT64_MAX)
+            _float("logit_bias", bias, -100.0, 100.0)
+        if self.allowed_token_ids is not None:
+            if not self.allowed_token_ids:
+                raise InvalidRequest("allowed_token_ids must not be empty", param="allowed_token_ids")
+            for token_id in self.allowed_token_ids:
+                _int("allowed_token_ids", token_id, 0, INT64_MAX)
+        _int("min_tokens", self.min_tokens, 0, INT64_MAX)
+        if self.min_tokens > self.max_tokens:
+            raise InvalidRequest(
+                f"min_tokens ({self.min_tokens}) must be at most max_tokens ({self.max_tokens})", param="min_tokens"
+            )
 
     @property
     def greedy(self) -> bool:
@@ -61,6 +93,17 @@ class SamplingParams:
     @property
     def has_penalties(self) -> bool:
         return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+    @property
+    def shapes_logits(self) -> bool:
+        """Whether anything changes this request's logits before the pick (so even greedy needs the sampler)."""
+        return (
+            self.has_penalties
+            or self.repetition_penalty != 1.0
+            or bool(self.logit_bias)
+            or self.allowed_token_ids is not None
+            or self.min_tokens > 0
+        )
 
 
 def _int(name: str, value: object, lo: int, hi: int) -> int:

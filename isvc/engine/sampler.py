@@ -1,4 +1,8 @@
-"""Logits -> next tokens for a whole step at once: penalties, temperature, top-k/top-p, seeds, logprobs.
+"""Logits -> next tokens for a whole step at once: logit shaping, temperature, top-k/top-p/min-p, seeds, logprobs.
+
+Shaping (per row, only for rows that ask): repetition, presence and frequency penalties,
+``logit_bias``, ``allowed_token_ids``, and ``min_tokens`` (EOS and stop token ids masked until
+the output is that long). It changes the logits every pick and logprob of that row sees.
 
 Greedy rows take an argmax and nothing else. Sampled rows share one softmax; a row
 with its own seed draws its noise from its own torch.Generator, so a seeded request
@@ -7,6 +11,7 @@ gives the same text whatever else is in the batch.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -22,9 +27,10 @@ class SampleResult:
 
 
 class Sampler:
-    def __init__(self, default_seed: int = 0) -> None:
+    def __init__(self, default_seed: int = 0, eos_ids: Collection[int] = ()) -> None:
         self.generator = torch.Generator().manual_seed(default_seed)
         self.request_generators: dict[str, torch.Generator] = {}
+        self.eos_ids = tuple(eos_ids)
 
     def add(self, request_id: str, params: SamplingParams) -> None:
         """At admission: a seeded request's generator (a seed torch refuses fails that request only)."""
@@ -35,16 +41,24 @@ class Sampler:
         self.request_generators.pop(request_id, None)
 
     def sample(
-        self, logits: torch.Tensor, request_ids: list[str], params: list[SamplingParams], output_ids: list[list[int]]
+        self,
+        logits: torch.Tensor,
+        request_ids: list[str],
+        params: list[SamplingParams],
+        output_ids: list[list[int]],
+        prompt_ids: Sequence[list[int]] | None = None,
     ) -> SampleResult:
-        """logits [R, V] float32; one row per request in ``request_ids`` (a seeded one ``add``-ed first)."""
+        """logits [R, V] float32; one row per request in ``request_ids`` (a seeded one ``add``-ed first).
+
+        ``prompt_ids`` (per row) are needed by ``repetition_penalty`` only."""
         R = logits.shape[0]
         want_logprobs = any(p.logprobs is not None for p in params)
-        penalized = [i for i, p in enumerate(params) if p.has_penalties and output_ids[i]]
-        if penalized:
+        shaped = [i for i, p in enumerate(params) if p.shapes_logits]
+        if shaped:
             logits = logits.clone()
-            for i in penalized:
-                _apply_penalties(logits[i], params[i], output_ids[i])
+            for i in shaped:
+                prompt = prompt_ids[i] if prompt_ids is not None else []
+                self._shape(logits[i], params[i], output_ids[i], prompt)
         raw_logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
 
         chosen = logits.argmax(dim=-1)  # [R]
@@ -53,7 +67,12 @@ class Sampler:
             idx = torch.tensor(sampled)
             rows = logits[idx]
             temps = torch.tensor([params[i].temperature for i in sampled], dtype=rows.dtype)[:, None]
-            rows = _top_k_top_p(rows / temps, [params[i].top_k for i in sampled], [params[i].top_p for i in sampled])
+            rows = _top_k_top_p(
+                rows / temps,
+                [params[i].top_k for i in sampled],
+                [params[i].top_p for i in sampled],
+                [params[i].min_p for i in sampled],
+            )
             probs = torch.softmax(rows, dim=-1)
             noise = torch.empty_like(probs)
             for j, i in enumerate(sampled):
@@ -75,6 +94,29 @@ class Sampler:
                 top[i] = list(zip(ids[i, :n].tolist(), vals[i, :n].tolist()))
         return SampleResult(token_ids, picked, top)
 
+    def _shape(self, row: torch.Tensor, p: SamplingParams, output_ids: list[int], prompt_ids: list[int]) -> None:
+        """Apply ``p``'s logit shaping to ``row`` [V] in place."""
+        V = row.shape[0]
+        if p.repetition_penalty != 1.0 and (output_ids or prompt_ids):
+            seen = torch.tensor(sorted(set(prompt_ids) | set(output_ids)), dtype=torch.long)
+            seen = seen[seen < V]
+            values = row[seen]
+            row[seen] = torch.where(values > 0, values / p.repetition_penalty, values * p.repetition_penalty)
+        if p.has_penalties and output_ids:
+            _apply_penalties(row, p, output_ids)
+        for token_id, bias in p.logit_bias:
+            if token_id < V:
+                row[token_id] += bias
+        if p.allowed_token_ids is not None:
+            allowed = torch.tensor([t for t in p.allowed_token_ids if t < V], dtype=torch.long)
+            kept = row[allowed]
+            row.fill_(float("-inf"))
+            row[allowed] = kept
+        if len(output_ids) < p.min_tokens:  # nothing that would end the output may be picked yet
+            ending = [t for t in (*p.stop_token_ids, *(() if p.ignore_eos else self.eos_ids)) if 0 <= t < V]
+            if ending:
+                row[torch.tensor(ending, dtype=torch.long)] = float("-inf")
+
 
 def _apply_penalties(row: torch.Tensor, p: SamplingParams, output_ids: list[int]) -> None:
     """OpenAI semantics: subtract presence once per seen token, frequency per occurrence."""
@@ -83,8 +125,8 @@ def _apply_penalties(row: torch.Tensor, p: SamplingParams, output_ids: list[int]
     row -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(row.dtype)
 
 
-def _top_k_top_p(rows: torch.Tensor, top_ks: list[int], top_ps: list[float]) -> torch.Tensor:
-    if all(k <= 0 for k in top_ks) and all(p >= 1.0 for p in top_ps):
+def _top_k_top_p(rows: torch.Tensor, top_ks: list[int], top_ps: list[float], min_ps: list[float]) -> torch.Tensor:
+    if all(k <= 0 for k in top_ks) and all(p >= 1.0 for p in top_ps) and all(m <= 0.0 for m in min_ps):
         return rows
     sorted_rows, order = rows.sort(dim=-1, descending=True)
     V = rows.shape[-1]
@@ -94,6 +136,7 @@ def _top_k_top_p(rows: torch.Tensor, top_ks: list[int], top_ps: list[float]) -> 
     ps = torch.tensor(top_ps, dtype=rows.dtype)[:, None]
     probs = torch.softmax(sorted_rows, dim=-1)
     drop |= (probs.cumsum(dim=-1) - probs) >= ps  # keep the token that crosses p
+    drop |= probs < torch.tensor(min_ps, dtype=rows.dtype)[:, None] * probs[:, :1]  # min_p: against the top one
     drop[:, 0] = False  # the most likely token always stays (top_p=0 is greedy)
     sorted_rows = sorted_rows.masked_fill(drop, float("-inf"))
     return torch.empty_like(rows).scatter_(1, order, sorted_rows)

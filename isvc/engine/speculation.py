@@ -23,7 +23,7 @@ WINDOW = 1024  # tokens searched back from the end
 
 
 def can_speculate(params: SamplingParams) -> bool:
-    return params.greedy and params.logprobs is None and not params.has_penalties
+    return params.greedy and params.logprobs is None and not params.shapes_logits
 
 
 def propose(tokens: list[int], k: int) -> list[int]:

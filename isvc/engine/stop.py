@@ -8,13 +8,13 @@ class StopChecker:
         self.stops = tuple(s for s in stops if s)
         self.max_len = max((len(s) for s in self.stops), default=0)
 
-    def check(self, text: str, new_from: int) -> int | None:
-        """Index where the earliest stop string starts, searching only text that the new delta touched."""
+    def check(self, text: str, new_from: int) -> tuple[int, str] | None:
+        """Where the earliest stop string starts, and which one, searching only text the new delta touched."""
         if not self.stops:
             return None
         begin = max(0, new_from - self.max_len + 1)
-        hits = [i for i in (text.find(s, begin) for s in self.stops) if i != -1]
-        return min(hits) if hits else None
+        hits = [(i, s) for i, s in ((text.find(s, begin), s) for s in self.stops) if i != -1]
+        return min(hits, key=lambda hit: hit[0]) if hits else None
 
     def holdback(self, text: str) -> int:
         """How many trailing characters must wait: they may be the start of a stop string."""

@@ -82,7 +82,7 @@ def create_app(settings: ServerSettings, engine: EngineClient) -> FastAPI:
     app.include_router(kserve_v1.build_router(engine, settings.model_name, settings.encoder))
     app.include_router(openai_router, prefix="/v1")
     app.include_router(kserve_v2.build_router(engine, settings.model_name, settings.encoder))
-    app.include_router(openai_routes.build_root_router(pooling))
+    app.include_router(openai_routes.build_root_router(serving, pooling))
 
     @app.get("/")
     async def root() -> JSONResponse:

@@ -165,6 +165,79 @@ def test_token_ids_outside_the_vocabulary_are_a_400_naming_the_field(client: ope
     assert out.choices[0].finish_reason in ("length", "stop")
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("response_format", {"type": "json_object"}),
+        ("guided_json", {"type": "object"}),
+        ("structured_outputs", {"regex": "[a-z]+"}),
+        ("tools", [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]),
+        ("use_beam_search", True),
+    ],
+)
+def test_fields_that_would_change_the_answer_are_refused_not_ignored(
+    client: openai.OpenAI, field: str, value: object
+) -> None:
+    hi = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="tiny", messages=hi, max_tokens=2, extra_body={field: value})
+    assert err.value.body["param"] == field and "not supported" in err.value.body["message"]
+    # their "off" values, as clients send them by default, pass
+    out = client.chat.completions.create(
+        model="tiny", messages=hi, max_tokens=2, response_format={"type": "text"}, extra_body={"tools": []}
+    )
+    assert out.choices[0].finish_reason in ("length", "stop")
+
+
+def test_logit_bias_and_allowed_token_ids_steer_the_output(client: openai.OpenAI) -> None:
+    base = dict(model="tiny", prompt="Hello", max_tokens=6, temperature=0, extra_body={"ignore_eos": True})
+    forced = client.completions.create(**base, logit_bias={"42": 100}, logprobs=0)
+    assert forced.choices[0].logprobs.tokens == [forced.choices[0].logprobs.tokens[0]] * 6
+    allowed = client.completions.create(
+        model="tiny", prompt="Hello", max_tokens=6, temperature=1.0, seed=3, logprobs=0,
+        extra_body={"ignore_eos": True, "allowed_token_ids": [42, 43]},
+    )  # fmt: skip
+    assert set(allowed.choices[0].logprobs.tokens) <= set(
+        client.completions.create(**base, logit_bias={"43": 100}, logprobs=0).choices[0].logprobs.tokens
+        + forced.choices[0].logprobs.tokens
+    )
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(**base, logit_bias={"x": 1})
+    assert err.value.body["param"] == "logit_bias"
+
+
+def test_stop_reason_names_the_stop_and_include_stop_str_keeps_it(client: openai.OpenAI) -> None:
+    base = dict(model="tiny", prompt="Hello", max_tokens=24, temperature=0)
+    free = client.completions.create(**base, extra_body={"ignore_eos": True}).choices[0].text
+    stop = free[3:5]
+    upto = free.index(stop)
+    cut = client.completions.create(**base, stop=[stop], extra_body={"ignore_eos": True}).choices[0]
+    assert cut.finish_reason == "stop" and cut.stop_reason == stop and cut.text == free[:upto]
+    kept = client.completions.create(
+        **base, stop=[stop], extra_body={"ignore_eos": True, "include_stop_str_in_output": True}
+    )
+    assert kept.choices[0].text == free[: upto + len(stop)]
+    late = client.completions.create(**base, stop=[stop], extra_body={"ignore_eos": True, "min_tokens": 24})
+    assert late.choices[0].text.startswith(free[: upto + len(stop)])  # no stop string counts before min_tokens
+
+
+def test_tokenize_and_detokenize_as_vllm_serves_them(tiny_server, client: openai.OpenAI) -> None:
+    base = tiny_server.base_url
+    body = {"model": "tiny", "prompt": "Hello world", "add_special_tokens": False, "return_token_strs": True}
+    out = httpx.post(f"{base}/tokenize", json=body).json()
+    assert out["count"] == len(out["tokens"]) == len(out["token_strs"]) > 0 and out["max_model_len"] > 0
+    back = httpx.post(f"{base}/detokenize", json={"model": "tiny", "tokens": out["tokens"]}).json()
+    assert back == {"prompt": "Hello world"}
+    messages = [{"role": "user", "content": "Hello world!"}]
+    chat = httpx.post(f"{base}/tokenize", json={"model": "tiny", "messages": messages}).json()
+    used = client.chat.completions.create(model="tiny", messages=messages, max_tokens=1).usage.prompt_tokens
+    assert chat["count"] == used  # the same template rendering as chat completions
+    bad = httpx.post(f"{base}/detokenize", json={"model": "tiny", "tokens": [10**6]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "tokens"
+    wrong = httpx.post(f"{base}/tokenize", json={"model": "tiny", "messages": [{"role": "robot", "content": "x"}]})
+    assert wrong.status_code == 400 and wrong.json()["error"]["param"] == "messages.0.role"
+
+
 def test_context_overflow_is_a_400_with_both_numbers(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         client.completions.create(model="tiny", prompt="Hello " * 40, max_tokens=250)

@@ -1,7 +1,8 @@
 """OpenAI routes, mounted under both /openai/v1 (KServe) and /v1 (vLLM and the OpenAI default).
 
-Also vLLM's rerank and score routes outside that prefix (``/rerank``, ``/v2/rerank``, ``/score``),
-for the clients that call them there (Jina's and Cohere's use ``/v1/rerank`` and ``/v2/rerank``).
+Also vLLM's routes outside that prefix: ``/tokenize``, ``/detokenize``, and rerank and score
+(``/rerank``, ``/v2/rerank``, ``/score``) for the clients that call them there (Jina's and Cohere's
+use ``/v1/rerank`` and ``/v2/rerank``).
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from isvc.engine import metrics
 from isvc.server.errors import guarded_stream
@@ -19,9 +21,12 @@ from isvc.server.protocols.openai.pooling import OpenAIPooling
 from isvc.server.protocols.openai.schema import (
     ChatCompletionRequest,
     CompletionRequest,
+    DetokenizeRequest,
     EmbeddingRequest,
     RerankRequest,
     ScoreRequest,
+    TokenizeChatRequest,
+    TokenizeCompletionRequest,
 )
 from isvc.server.protocols.openai.serving import OpenAIServing
 
@@ -74,9 +79,25 @@ def add_score_routes(router: APIRouter, pooling: OpenAIPooling, rerank_paths: tu
     router.add_api_route("/score", score, methods=["POST"], name="score")
 
 
-def build_root_router(pooling: OpenAIPooling) -> APIRouter:
-    """vLLM's rerank and score outside /v1: ``/rerank``, ``/v2/rerank`` (Cohere's v2 client), ``/score``."""
+def build_root_router(serving: OpenAIServing, pooling: OpenAIPooling) -> APIRouter:
+    """vLLM's routes outside /v1: ``/tokenize``, ``/detokenize``, ``/rerank``, ``/v2/rerank`` (Cohere's v2
+    client), ``/score``."""
     router = APIRouter()
+
+    @router.post("/tokenize")
+    async def tokenize(body: dict[str, Any]) -> JSONResponse:
+        # chat messages or a prompt; chosen by hand so a bad body's error names its field, not a union branch
+        kind = TokenizeChatRequest if "messages" in body else TokenizeCompletionRequest
+        try:
+            request = kind.model_validate(body)
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors()) from None
+        return _ok("tokenize", (await serving.tokenize(request)).model_dump())
+
+    @router.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest) -> JSONResponse:
+        return _ok("detokenize", (await serving.detokenize(body)).model_dump())
+
     add_score_routes(router, pooling, rerank_paths=("/rerank", "/v2/rerank"))
     return router
 

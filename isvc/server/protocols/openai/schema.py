@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
+from isvc.errors import InvalidRequest
 from isvc.server.protocols.bounds import (
     INT64_MAX,
     MAX_LOGPROBS,
@@ -25,8 +26,60 @@ from isvc.server.protocols.bounds import (
 logger = logging.getLogger(__name__)
 
 
+NOT_IMPLEMENTED = frozenset(
+    {
+        # structured outputs (issue 12): ignoring them would hand back free text to a client that asked for JSON
+        "response_format",
+        "structured_outputs",
+        "guided_json",
+        "guided_regex",
+        "guided_choice",
+        "guided_grammar",
+        "guided_decoding_backend",
+        "guided_whitespace_pattern",
+        # tool calling (issue 12)
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "functions",
+        "function_call",
+        # sampling and output fields of OpenAI / vLLM that change the answer
+        "use_beam_search",
+        "length_penalty",
+        "bad_words",
+        "prompt_logprobs",
+        "truncate_prompt_tokens",
+        "logits_processors",
+        "continue_final_message",
+        "documents",
+        "audio",
+        "modalities",
+        "prediction",
+        "reasoning_effort",
+        "web_search_options",
+    }
+)
+"""OpenAI and vLLM request fields that would change the answer and isvc does not implement: a
+request that sets one (to anything but its "off" value, see ``_OFF``) gets a 400 naming it."""
+
+_OFF: dict[str, tuple[object, ...]] = {
+    "response_format": ({"type": "text"},),
+    "tools": ([],),
+    "tool_choice": ("none",),
+    "functions": ([],),
+    "function_call": ("none",),
+    "parallel_tool_calls": (True, False),  # meaningless without tools
+    "use_beam_search": (False,),
+    "length_penalty": (1, 1.0),
+    "bad_words": ([],),
+    "continue_final_message": (False,),
+    "modalities": (["text"],),
+}
+
+
 class OpenAIBaseModel(BaseModel):
-    # OpenAI clients send fields we don't use; accept them and log what was ignored.
+    # OpenAI clients send fields we don't use; accept them and log what was ignored, unless
+    # ignoring would change the answer (NOT_IMPLEMENTED).
     model_config = ConfigDict(extra="allow")
 
     @model_validator(mode="after")
@@ -34,6 +87,12 @@ class OpenAIBaseModel(BaseModel):
         if self.model_extra:
             logger.debug("ignoring unsupported fields: %s", sorted(self.model_extra))
         return self
+
+    def refuse_unimplemented(self) -> None:
+        """A 400 naming the first field in ``NOT_IMPLEMENTED`` that this request sets to something on."""
+        for name, value in (self.model_extra or {}).items():
+            if name in NOT_IMPLEMENTED and value is not None and value not in _OFF.get(name, ()):
+                raise InvalidRequest(f"{name} is not supported by this server", param=name)
 
 
 class StreamOptions(OpenAIBaseModel):
@@ -57,6 +116,13 @@ class _SamplingFields(OpenAIBaseModel):
     ignore_eos: bool = False
     skip_special_tokens: bool = True
     user: str | None = None
+    min_p: float = Field(default=0.0, ge=0.0, le=1.0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=100.0)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
+    """OpenAI's: token id (as a string key) -> bias added to its logit."""
+    allowed_token_ids: list[Annotated[StrictInt, Field(ge=0, le=INT64_MAX)]] | None = Field(default=None, min_length=1)
+    min_tokens: int = Field(default=0, ge=0, le=INT64_MAX)
+    include_stop_str_in_output: bool = False
 
     def stop_list(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -107,6 +173,43 @@ class ChatCompletionRequest(_SamplingFields):
     """A Jinja template replacing the model's (vLLM's field); refused unless the server trusts request templates."""
     chat_template_kwargs: dict[str, Any] | None = None
     """Extra variables for the template; ``chat_template`` here counts as the request's template."""
+
+
+class TokenizeCompletionRequest(OpenAIBaseModel):
+    """vLLM's /tokenize for a prompt."""
+
+    model: str | None = None
+    prompt: str
+    add_special_tokens: bool = True
+    return_token_strs: bool = False
+
+
+class TokenizeChatRequest(OpenAIBaseModel):
+    """vLLM's /tokenize for chat messages, rendered by the chat template as /v1/chat/completions would."""
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    add_generation_prompt: bool = True
+    add_special_tokens: bool = False
+    return_token_strs: bool = False
+    chat_template: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeRequest(OpenAIBaseModel):
+    model: str | None = None
+    tokens: list[Annotated[StrictInt, Field(ge=0, le=INT64_MAX)]]
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
 
 
 class UsageInfo(BaseModel):
@@ -187,6 +290,7 @@ class ChatChunkChoice(BaseModel):
     delta: DeltaMessage
     logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
+    stop_reason: int | str | None = None
 
 
 class ChatCompletionChunk(BaseModel):

@@ -29,7 +29,12 @@ from isvc.server.protocols.openai.schema import (
     CompletionRequest,
     CompletionResponse,
     DeltaMessage,
+    DetokenizeRequest,
+    DetokenizeResponse,
     ModelCard,
+    TokenizeChatRequest,
+    TokenizeCompletionRequest,
+    TokenizeResponse,
     TopLogprob,
     UsageInfo,
 )
@@ -72,7 +77,7 @@ class OpenAIServing:
         p = req.prompt
         num_prompts = 1 if isinstance(p, str) or (p and isinstance(p[0], int)) else len(p)
         check_fits_queue(self.engine, num_prompts * req.n, param="n" if req.n > 1 else "prompt")
-        self._check_stop_token_ids(req)
+        self._check_sampling_fields(req)
         tokenizer = self.engine.tokenizer
         prompts: list[list[int]]
         if isinstance(p, str):
@@ -112,7 +117,12 @@ class OpenAIServing:
             outs = collected[job.index]
             ids = prompts[job.index // req.n]
             text, logprobs, finish = self._completion_text(req, ids, outs, drop_generated=wanted == 0)
-            choices.append(CompletionChoice(index=job.index, text=text, logprobs=logprobs, finish_reason=finish))
+            stop_reason = outs[-1].stop_reason if outs and wanted != 0 else None
+            choices.append(
+                CompletionChoice(
+                    index=job.index, text=text, logprobs=logprobs, finish_reason=finish, stop_reason=stop_reason
+                )
+            )
             usage.completion_tokens += 0 if wanted == 0 else outs[-1].num_output_tokens
         usage.prompt_tokens = sum(len(x) for x in prompts)
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
@@ -167,7 +177,15 @@ class OpenAIServing:
                 id=request_id,
                 created=created,
                 model=self.model_name,
-                choices=[CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=out.finish_reason)],
+                choices=[
+                    CompletionChoice(
+                        index=index,
+                        text=text,
+                        logprobs=logprobs,
+                        finish_reason=out.finish_reason,
+                        stop_reason=out.stop_reason,
+                    )
+                ],
             )
             yield event(chunk)
         if req.stream_options and req.stream_options.include_usage:
@@ -186,13 +204,19 @@ class OpenAIServing:
             )
         yield DONE
 
-    def _check_stop_token_ids(self, req: CompletionRequest | ChatCompletionRequest) -> None:
+    def _check_sampling_fields(self, req: CompletionRequest | ChatCompletionRequest) -> None:
+        """Fields isvc does not implement (400), and token ids the vocabulary has no row for (400)."""
+        req.refuse_unimplemented()
         if req.stop_token_ids:
             self.engine.check_token_ids(req.stop_token_ids, "stop_token_ids")
+        if req.allowed_token_ids:
+            self.engine.check_token_ids(req.allowed_token_ids, "allowed_token_ids")
+        if req.logit_bias:
+            self.engine.check_token_ids(logit_bias(req.logit_bias), "logit_bias")
 
     # -- chat ------------------------------------------------------------------------------
 
-    def _chat_template(self, req: ChatCompletionRequest) -> tuple[str, str]:
+    def _chat_template(self, req: ChatCompletionRequest | TokenizeChatRequest) -> tuple[str, str]:
         """The template to render and the field its failures name: the request's own, or the model's."""
         kwargs = req.chat_template_kwargs or {}
         requested = req.chat_template if req.chat_template is not None else kwargs.get("chat_template")
@@ -217,7 +241,26 @@ class OpenAIServing:
         self.check_model(req.model)
         require_generative(self.engine, "chat completions")
         check_fits_queue(self.engine, req.n, param="n")
-        self._check_stop_token_ids(req)
+        self._check_sampling_fields(req)
+        ids = await self.chat_prompt_ids(req)
+        max_tokens = self.engine.check_request(ids, req.max_completion_tokens or req.max_tokens)
+        top = req.top_logprobs if req.logprobs else None
+        if req.top_logprobs and not req.logprobs:
+            raise InvalidRequest("top_logprobs requires logprobs=true", param="top_logprobs")
+        jobs = [
+            Job(j, ids, _params(req, max_tokens, logprobs=(top or 0) if req.logprobs else None, choice=j))
+            for j in range(req.n)
+        ]
+        self.engine.check_capacity(len(jobs))
+        return jobs, ids
+
+    async def chat_prompt_ids(
+        self, req: ChatCompletionRequest | TokenizeChatRequest, add_special_tokens: bool = False
+    ) -> list[int]:
+        """The request's messages through the chat template (the model's, or a trusted request's), as token ids.
+
+        ``add_special_tokens``: the tokenizer's own (a BOS) on top of what the template wrote (vLLM's
+        /tokenize field; chat requests never do)."""
         source, param = self._chat_template(req)
         tokenizer = self.engine.tokenizer
         kwargs = {k: v for k, v in (req.chat_template_kwargs or {}).items() if k != "chat_template"}
@@ -232,24 +275,34 @@ class OpenAIServing:
         if param == "chat_template":  # the client's code: in a process a deadline can kill
             assert self._sandbox is not None  # _chat_template refuses request templates unless trusted
             rendered = await self._sandbox.render(source, variables, limits, param)
-            ids = (await encode_all(tokenizer, [rendered], add_special_tokens=False))[0]
+            ids = (await encode_all(tokenizer, [rendered], add_special_tokens=add_special_tokens))[0]
         else:
 
             def render_and_encode() -> list[int]:
                 rendered = render(source, variables, limits, param=param)
-                return list(tokenizer.encode(rendered, add_special_tokens=False))
+                return list(tokenizer.encode(rendered, add_special_tokens=add_special_tokens))
 
             ids = await off_loop(render_and_encode)
-        max_tokens = self.engine.check_request(ids, req.max_completion_tokens or req.max_tokens)
-        top = req.top_logprobs if req.logprobs else None
-        if req.top_logprobs and not req.logprobs:
-            raise InvalidRequest("top_logprobs requires logprobs=true", param="top_logprobs")
-        jobs = [
-            Job(j, ids, _params(req, max_tokens, logprobs=(top or 0) if req.logprobs else None, choice=j))
-            for j in range(req.n)
-        ]
-        self.engine.check_capacity(len(jobs))
-        return jobs, ids
+        return ids
+
+    # -- vLLM's /tokenize and /detokenize --------------------------------------------------
+
+    async def tokenize(self, req: TokenizeCompletionRequest | TokenizeChatRequest) -> TokenizeResponse:
+        if req.model is not None:
+            self.check_model(req.model)
+        tokenizer = self.engine.tokenizer
+        if isinstance(req, TokenizeChatRequest):
+            ids = await self.chat_prompt_ids(req, add_special_tokens=req.add_special_tokens)
+        else:
+            ids = (await encode_all(tokenizer, [req.prompt], add_special_tokens=req.add_special_tokens))[0]
+        strs = list(tokenizer.convert_ids_to_tokens(ids)) if req.return_token_strs else None
+        return TokenizeResponse(count=len(ids), max_model_len=self.engine.max_model_len, tokens=ids, token_strs=strs)
+
+    async def detokenize(self, req: DetokenizeRequest) -> DetokenizeResponse:
+        if req.model is not None:
+            self.check_model(req.model)
+        self.engine.check_token_ids(req.tokens, "tokens")
+        return DetokenizeResponse(prompt=self.engine.tokenizer.decode(req.tokens))
 
     async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse:
         jobs, ids = await self.chat_jobs(req)
@@ -268,6 +321,7 @@ class OpenAIServing:
                     message=AssistantMessage(content="".join(o.text for o in outs)),
                     logprobs=logprobs,
                     finish_reason=outs[-1].finish_reason,
+                    stop_reason=outs[-1].stop_reason,
                 )
             )
             completion_tokens += outs[-1].num_output_tokens
@@ -302,7 +356,14 @@ class OpenAIServing:
             if not out.text and not out.finished and logprobs is None:
                 continue
             delta = DeltaMessage(content=out.text) if out.text or not out.finished else DeltaMessage()
-            yield chunk([ChatChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=out.finish_reason)])
+            choice = ChatChunkChoice(
+                index=index,
+                delta=delta,
+                logprobs=logprobs,
+                finish_reason=out.finish_reason,
+                stop_reason=out.stop_reason,
+            )
+            yield chunk([choice])
         if req.stream_options and req.stream_options.include_usage:
             done = sum(completion_tokens.values())
             yield chunk([], UsageInfo(prompt_tokens=len(ids), completion_tokens=done, total_tokens=len(ids) + done))
@@ -335,7 +396,24 @@ def _params(
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
         skip_special_tokens=req.skip_special_tokens,
+        min_p=req.min_p,
+        repetition_penalty=req.repetition_penalty,
+        logit_bias=tuple(logit_bias(req.logit_bias or {}).items()),
+        allowed_token_ids=tuple(req.allowed_token_ids) if req.allowed_token_ids else None,
+        min_tokens=req.min_tokens,
+        include_stop_str_in_output=req.include_stop_str_in_output,
     )
+
+
+def logit_bias(biases: dict[str, float]) -> dict[int, float]:
+    """OpenAI's ``logit_bias`` (token ids as JSON object keys) with integer keys; a 400 for a key that is not one."""
+    out: dict[int, float] = {}
+    for key, bias in biases.items():
+        try:
+            out[int(key)] = bias
+        except ValueError:
+            raise InvalidRequest(f"logit_bias keys must be token ids, got {key!r}", param="logit_bias") from None
+    return out
 
 
 def _completion_logprobs(entries: list[TokenLogprob | None], first_token: str = "") -> CompletionLogprobs:
