@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--max_batch_tokens",
         type=int,
-        default=8192,
+        default=512,
         help="encoder tasks: padded tokens per forward pass (rows x longest input; a longer input runs alone)",
     )
     add(
