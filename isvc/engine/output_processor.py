@@ -251,7 +251,8 @@ class OutputProcessor:
             t.pending_ids.append(token_id)
             self._num_taken += 1
             if j == last and status == RequestStatus.FINISHED_STOPPED:
-                if token_id in req.params.stop_token_ids:
+                live_eos = token_id in self.scheduler.eos_ids and not req.params.ignore_eos
+                if token_id in req.params.stop_token_ids and not live_eos:  # EOS first, as vLLM: no reason
                     t.stop_reason = token_id
                 break  # an EOS or stop token id: it ends the request and is no text
             before = len(t.text)

@@ -53,13 +53,14 @@ class Sampler:
         ``prompt_ids`` (per row) are needed by ``repetition_penalty`` only."""
         R = logits.shape[0]
         want_logprobs = any(p.logprobs is not None for p in params)
+        # the model's own logprobs, before any shaping (vLLM's default "raw_logprobs"): always finite
+        raw_logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
         shaped = [i for i, p in enumerate(params) if p.shapes_logits]
         if shaped:
             logits = logits.clone()
             for i in shaped:
                 prompt = prompt_ids[i] if prompt_ids is not None else []
                 self._shape(logits[i], params[i], output_ids[i], prompt)
-        raw_logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
 
         chosen = logits.argmax(dim=-1)  # [R]
         sampled = [i for i, p in enumerate(params) if not p.greedy]
@@ -95,18 +96,9 @@ class Sampler:
         return SampleResult(token_ids, picked, top)
 
     def _shape(self, row: torch.Tensor, p: SamplingParams, output_ids: list[int], prompt_ids: list[int]) -> None:
-        """Apply ``p``'s logit shaping to ``row`` [V] in place."""
+        """Apply ``p``'s logit shaping to ``row`` [V] in place, in vLLM's order: allowed tokens,
+        min_tokens, logit_bias, then the penalties."""
         V = row.shape[0]
-        if p.repetition_penalty != 1.0 and (output_ids or prompt_ids):
-            seen = torch.tensor(sorted(set(prompt_ids) | set(output_ids)), dtype=torch.long)
-            seen = seen[seen < V]
-            values = row[seen]
-            row[seen] = torch.where(values > 0, values / p.repetition_penalty, values * p.repetition_penalty)
-        if p.has_penalties and output_ids:
-            _apply_penalties(row, p, output_ids)
-        for token_id, bias in p.logit_bias:
-            if token_id < V:
-                row[token_id] += bias
         if p.allowed_token_ids is not None:
             allowed = torch.tensor([t for t in p.allowed_token_ids if t < V], dtype=torch.long)
             kept = row[allowed]
@@ -115,7 +107,21 @@ class Sampler:
         if len(output_ids) < p.min_tokens:  # nothing that would end the output may be picked yet
             ending = [t for t in (*p.stop_token_ids, *(() if p.ignore_eos else self.eos_ids)) if 0 <= t < V]
             if ending:
-                row[torch.tensor(ending, dtype=torch.long)] = float("-inf")
+                index = torch.tensor(ending, dtype=torch.long)
+                before = row[index].clone()
+                row[index] = float("-inf")
+                if not torch.isfinite(row).any():  # only ending tokens were allowed: min_tokens cannot hold
+                    row[index] = before
+        for token_id, bias in p.logit_bias:
+            if token_id < V:
+                row[token_id] += bias
+        if p.repetition_penalty != 1.0 and (output_ids or prompt_ids):
+            seen = torch.tensor(sorted(set(prompt_ids) | set(output_ids)), dtype=torch.long)
+            seen = seen[seen < V]
+            values = row[seen]
+            row[seen] = torch.where(values > 0, values / p.repetition_penalty, values * p.repetition_penalty)
+        if p.has_penalties and output_ids:
+            _apply_penalties(row, p, output_ids)
 
 
 def _apply_penalties(row: torch.Tensor, p: SamplingParams, output_ids: list[int]) -> None:

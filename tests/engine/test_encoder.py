@@ -489,3 +489,14 @@ async def test_a_failed_loop_marks_the_engine_dead_and_fails_every_request(
     assert len(deaths) == 1 and engine.dead and not engine.ready
     with pytest.raises(EngineDeadError):
         await engine.encode("late", _tokenize(engine, DOCS[0]), PoolingParams("embed"))
+
+
+async def test_a_shut_down_engine_answers_instead_of_leaving_requests_waiting(
+    started: Started, tiny_embedding_dir: Path
+) -> None:
+    from isvc.engine.errors import EngineDeadError
+
+    engine = started(tiny_embedding_dir)
+    engine.shutdown()
+    with pytest.raises(EngineDeadError, match="shut down"):
+        await asyncio.wait_for(engine.encode("late", _tokenize(engine, DOCS[0]), PoolingParams("embed")), 5)

@@ -70,6 +70,16 @@ def test_min_tokens_masks_eos_and_stop_token_ids_until_reached() -> None:
     assert _greedy(logits, params, [1, 1]) == 2  # two: the output may end
 
 
+def test_shaping_runs_in_vllms_order_and_never_masks_a_whole_row() -> None:
+    row = torch.zeros(10)
+    row[3] = 2.0
+    params = SamplingParams(max_tokens=4, repetition_penalty=2.0, logit_bias=((3, 1.0),))
+    Sampler()._shape(row, params, [3], [])
+    assert row[3] == pytest.approx((2.0 + 1.0) / 2.0)  # the bias first, then the penalty
+    only_eos = SamplingParams(max_tokens=4, temperature=0, allowed_token_ids=(2,), min_tokens=3)
+    assert _greedy(torch.zeros(10), only_eos, []) == 2  # min_tokens gives way rather than leave no token
+
+
 @pytest.mark.parametrize(
     ("fields", "param"),
     [

@@ -204,6 +204,13 @@ def test_logit_bias_and_allowed_token_ids_steer_the_output(client: openai.OpenAI
     with pytest.raises(openai.BadRequestError) as err:
         client.completions.create(**base, logit_bias={"x": 1})
     assert err.value.body["param"] == "logit_bias"
+    # logprobs are the model's own, before shaping: finite even for tokens the request disallows
+    hi = [{"role": "user", "content": "hi"}]
+    chat = client.chat.completions.create(
+        model="tiny", messages=hi, max_tokens=3, logprobs=True, top_logprobs=5, extra_body={"allowed_token_ids": [42]}
+    )
+    entries = chat.choices[0].logprobs.content
+    assert entries and all(len(e.top_logprobs) == 5 and e.logprob <= 0 for e in entries)
 
 
 def test_stop_reason_names_the_stop_and_include_stop_str_keeps_it(client: openai.OpenAI) -> None:

@@ -81,6 +81,8 @@ class AsyncEncoderEngine:
         self._lock = self._inbox.lock  # also guards the plan and the running batches, and orders death
         self._plan: deque[list[EncodeRequest]] = deque()
         """Batches planned from the inbox that no worker has taken yet (their requests still wait)."""
+        self._planning: list[EncodeRequest] = []
+        """Taken from the inbox and not yet in the plan (so a fault while planning still fails them)."""
         self._running: dict[int, list[EncodeRequest]] = {}
         """The batch each worker runs now, by worker index."""
         self._workers: list[threading.Thread] = []
@@ -132,6 +134,12 @@ class AsyncEncoderEngine:
             self._inbox.wake_all()
         for thread in self._workers:
             thread.join(timeout=10)
+        stopped = EngineDeadError("the engine was shut down")
+        with self._lock:  # what no worker took is answered, and later submissions are refused
+            left = [r for batch in self._plan for r in batch] + self._inbox.close(stopped)
+            self._plan.clear()
+        for request in left:
+            request.done(stopped)
 
     @property
     def ready(self) -> bool:
@@ -281,7 +289,7 @@ class AsyncEncoderEngine:
 
     def _submit(self, request: EncodeRequest) -> None:
         if not self._inbox.put(request):
-            request.done(EngineDeadError(f"the engine stopped: {self._dead}"))
+            request.done(EngineDeadError(f"the engine stopped: {self._dead or self._inbox.closed_by}"))
 
     def _work(self, worker: int) -> None:
         """One worker's loop: take the next planned batch (planning one when none is left) and run it."""
@@ -325,13 +333,16 @@ class AsyncEncoderEngine:
         return batch
 
     def _plan_inbox(self) -> list[list[EncodeRequest]]:
+        self._planning = self._inbox.take_all()
         waiting: list[EncodeRequest] = []
-        for request in self._inbox.take_all():
+        for request in self._planning:
             if request.cancelled:
                 self.metrics.aborted()
             else:
                 waiting.append(request)
-        return plan_batches(waiting, self.config.max_num_seqs, self.config.max_batch_tokens)
+        batches = plan_batches(waiting, self.config.max_num_seqs, self.config.max_batch_tokens)
+        self._planning = []  # the caller puts the batches in the plan under the same lock
+        return batches
 
     def _step(self, batch: list[EncodeRequest]) -> None:
         batch = [r for r in batch if not r.cancelled]
@@ -391,8 +402,10 @@ class AsyncEncoderEngine:
             if first:
                 self._dead = exc
             # answered ones ignore a second answer; close() wakes the other workers, which stop
-            sent = [r for batch in [*self._running.values(), *self._plan] for r in batch] + self._inbox.close(exc)
+            held = [*self._running.values(), *self._plan, self._planning]
+            sent = [r for batch in held for r in batch] + self._inbox.close(exc)
             self._plan.clear()
+            self._planning = []
         if first and self.on_dead is not None:
             try:
                 self.on_dead(exc)
