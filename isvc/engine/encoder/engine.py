@@ -136,8 +136,7 @@ class AsyncEncoderEngine:
             thread.join(timeout=10)
         stopped = EngineDeadError("the engine was shut down")
         with self._lock:  # what no worker took is answered, and later submissions are refused
-            left = [r for batch in self._plan for r in batch] + self._inbox.close(stopped)
-            self._plan.clear()
+            left = self._close(stopped)
         for request in left:
             request.done(stopped)
 
@@ -395,17 +394,21 @@ class AsyncEncoderEngine:
             for rows in (1, 2):
                 self._runner.run([EncodeInput(ids)] * rows, [PoolingParams(kind)] * rows, self._mask_id)
 
+    def _close(self, exc: BaseException) -> list[EncodeRequest]:
+        """Under the lock: refuse new requests (waking every worker, which then stops) and take every
+        request not answered yet: queued, being planned, planned or running."""
+        held = [*self._running.values(), *self._plan, self._planning]
+        self._plan.clear()
+        self._planning = []
+        return [r for batch in held for r in batch] + self._inbox.close(exc)
+
     def _die(self, exc: BaseException) -> None:
         logger.critical("an encoder worker failed; the engine is dead", exc_info=exc)
         with self._lock:
             first = self._dead is None
             if first:
                 self._dead = exc
-            # answered ones ignore a second answer; close() wakes the other workers, which stop
-            held = [*self._running.values(), *self._plan, self._planning]
-            sent = [r for batch in held for r in batch] + self._inbox.close(exc)
-            self._plan.clear()
-            self._planning = []
+            sent = self._close(exc)  # answered ones ignore a second answer
         if first and self.on_dead is not None:
             try:
                 self.on_dead(exc)

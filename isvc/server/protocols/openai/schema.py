@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from isvc.errors import InvalidRequest
 from isvc.server.protocols.bounds import (
@@ -118,11 +118,25 @@ class _SamplingFields(OpenAIBaseModel):
     user: str | None = None
     min_p: float = Field(default=0.0, ge=0.0, le=1.0)
     repetition_penalty: float = Field(default=1.0, gt=0.0, le=100.0)
-    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
-    """OpenAI's: token id (as a string key) -> bias added to its logit."""
+    logit_bias: dict[int, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
+    """OpenAI's: token id (a string key on the wire) -> bias added to its logit."""
     allowed_token_ids: list[Annotated[StrictInt, Field(ge=0, le=INT64_MAX)]] | None = Field(default=None, min_length=1)
     min_tokens: int = Field(default=0, ge=0, le=INT64_MAX)
     include_stop_str_in_output: bool = False
+
+    @field_validator("logit_bias", mode="before")
+    @classmethod
+    def _token_id_keys(cls, value: Any) -> Any:
+        """JSON object keys are strings: each must spell a token id (one error naming the field, not the key)."""
+        if not isinstance(value, dict):
+            return value
+        biases = {}
+        for key, bias in value.items():
+            try:
+                biases[int(key)] = bias
+            except (TypeError, ValueError):
+                raise ValueError(f"logit_bias keys must be token ids, got {key!r}") from None
+        return biases
 
     def stop_list(self) -> tuple[str, ...]:
         if self.stop is None:

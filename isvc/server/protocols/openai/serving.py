@@ -212,7 +212,7 @@ class OpenAIServing:
         if req.allowed_token_ids:
             self.engine.check_token_ids(req.allowed_token_ids, "allowed_token_ids")
         if req.logit_bias:
-            self.engine.check_token_ids(logit_bias(req.logit_bias), "logit_bias")
+            self.engine.check_token_ids(req.logit_bias, "logit_bias")
 
     # -- chat ------------------------------------------------------------------------------
 
@@ -398,22 +398,11 @@ def _params(
         skip_special_tokens=req.skip_special_tokens,
         min_p=req.min_p,
         repetition_penalty=req.repetition_penalty,
-        logit_bias=tuple(logit_bias(req.logit_bias or {}).items()),
+        logit_bias=tuple((req.logit_bias or {}).items()),
         allowed_token_ids=tuple(req.allowed_token_ids) if req.allowed_token_ids else None,
         min_tokens=req.min_tokens,
         include_stop_str_in_output=req.include_stop_str_in_output,
     )
-
-
-def logit_bias(biases: dict[str, float]) -> dict[int, float]:
-    """OpenAI's ``logit_bias`` (token ids as JSON object keys) with integer keys; a 400 for a key that is not one."""
-    out: dict[int, float] = {}
-    for key, bias in biases.items():
-        try:
-            out[int(key)] = bias
-        except ValueError:
-            raise InvalidRequest(f"logit_bias keys must be token ids, got {key!r}", param="logit_bias") from None
-    return out
 
 
 def _completion_logprobs(entries: list[TokenLogprob | None], first_token: str = "") -> CompletionLogprobs:
