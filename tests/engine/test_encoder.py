@@ -454,6 +454,31 @@ async def test_distilbert_and_xlm_roberta_heads_equal_transformers(
     assert torch.allclose(torch.tensor(out.data), logits, atol=1e-4)
 
 
+def test_the_bert_family_runs_on_the_native_encoder_and_the_rest_on_transformers(
+    started: Started,
+    tiny_embedding_dir: Path,
+    tiny_classifier_dir: Path,
+    tiny_ner_dir: Path,
+    tiny_xlmr_embedding_dir: Path,
+    tiny_xlmr_cross_encoder_dir: Path,
+    tiny_distilbert_classifier_dir: Path,
+    tiny_fill_mask_dir: Path,
+) -> None:
+    """Which forward runs each folder; the tests above check every one of them against transformers."""
+    native = [
+        tiny_embedding_dir,
+        tiny_classifier_dir,
+        tiny_ner_dir,
+        tiny_xlmr_embedding_dir,
+        tiny_xlmr_cross_encoder_dir,
+    ]
+    assert [started(folder)._runner.native is not None for folder in native] == [True] * len(native)
+    for folder in (tiny_distilbert_classifier_dir, tiny_fill_mask_dir):
+        assert started(folder)._runner.native is None and started(folder)._runner.model is not None
+    # a classifier asked for embeddings: the native encoder without its head
+    assert started(tiny_classifier_dir, task="text_embedding")._runner.native.head == []
+
+
 async def test_fill_mask_rows_in_a_batch_equal_them_alone(started: Started, tiny_fill_mask_dir: Path) -> None:
     engine = started(tiny_fill_mask_dir)
     assert engine._runner._mlm_head is not None  # logits at the mask positions only

@@ -10,14 +10,16 @@ input's answer is the same alone or in any batch, up to float rounding.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from isvc.engine.client import EncodeInput, Pooling, PoolingParams, Task
+from isvc.engine.encoder.bert import load_native_bert
 from isvc.engine.encoder.task import EmbeddingLayout, architecture, embedding_layout, natural_task, read_config
+from isvc.engine.kernels.ops import Linear, small_rows_linear
 from isvc.errors import ConfigError
 
 _AUTO_CLASS = {
@@ -39,22 +41,25 @@ class EncoderRunner:
         self.architecture = architecture(self.config)
         decoder = natural_task(model_dir, self.config) is Task.TEXT_GENERATION
         self.layout = embedding_layout(model_dir, decoder) if task is Task.TEXT_EMBEDDING else None
-        model = _load(model_dir, task, self.architecture, dtype, trust_remote_code)
-        if task is Task.TEXT_EMBEDDING and model is not model.base_model:
-            model = model.base_model  # e.g. --task text_embedding on a classifier: its encoder alone
-        self.model = model.eval()
-        if dtype == torch.float32:
-            native_small_linears(self.model)
-        # BERT's ``cls`` / RoBERTa's ``lm_head`` map hidden states to the vocabulary: applied to the
-        # mask positions only, not to every token (T x vocab logits, more work than the encoder)
-        self._mlm_head = (
-            (getattr(model, "cls", None) or getattr(model, "lm_head", None)) if task is Task.FILL_MASK else None
-        )
         self.pad_id = int(self.config.get("pad_token_id") or 0)
-        self.takes_token_types = (
-            "token_type_ids" in inspect.signature(self.model.forward).parameters
-            and int(self.config.get("type_vocab_size", 0) or 0) > 1
-        )
+        has_segments = int(self.config.get("type_vocab_size", 0) or 0) > 1
+        self._mlm_head: Any = None
+        self.native = None if trust_remote_code else load_native_bert(model_dir, self.config, task, dtype)
+        if self.native is not None:
+            self.model: Any = None
+            self.takes_token_types = has_segments
+        else:
+            model = _load(model_dir, task, self.architecture, dtype, trust_remote_code)
+            if task is Task.TEXT_EMBEDDING and model is not model.base_model:
+                model = model.base_model  # e.g. --task text_embedding on a classifier: its encoder alone
+            self.model = model.eval()
+            if dtype == torch.float32:
+                native_small_linears(self.model)
+            # BERT's ``cls`` / RoBERTa's ``lm_head`` map hidden states to the vocabulary: applied to the
+            # mask positions only, not to every token (T x vocab logits, more work than the encoder)
+            if task is Task.FILL_MASK:
+                self._mlm_head = getattr(model, "cls", None) or getattr(model, "lm_head", None)
+            self.takes_token_types = has_segments and "token_type_ids" in inspect.signature(model.forward).parameters
         self.hidden_size = int(self.config.get("hidden_size") or self.config.get("dim") or 0)
         self.vocab_size = int(self.config.get("vocab_size", 0))
 
@@ -85,17 +90,22 @@ class EncoderRunner:
         with torch.inference_mode():
             if self.task is Task.FILL_MASK and self._mlm_head is not None:
                 return self._fill_mask(kwargs, mask_id)
-            out = self.model(**kwargs)
+            # states [B, T, H] for embeddings, else the head's logits
+            out = self.native(ids, mask, types) if self.native is not None else self._transformers(kwargs)
             if self.task is Task.TEXT_EMBEDDING:
                 assert self.layout is not None
-                return _embed(out.last_hidden_state, mask, lengths, self.layout, params)
-            logits = out.logits.float()
+                return _embed(out, mask, lengths, self.layout, params)
+            logits = out.float()
             if self.task in (Task.SEQUENCE_CLASSIFICATION, Task.RERANK):
                 return list(logits.tolist())
             if self.task is Task.TOKEN_CLASSIFICATION:
                 return [logits[row, :n].tolist() for row, n in enumerate(lengths)]
             # fill_mask: vocabulary logits at each mask position, in order
             return [logits[row, :n][ids[row, :n] == mask_id].tolist() for row, n in enumerate(lengths)]
+
+    def _transformers(self, kwargs: dict[str, Any]) -> torch.Tensor:
+        out = self.model(**kwargs)
+        return out.last_hidden_state if self.task is Task.TEXT_EMBEDDING else out.logits
 
     def _fill_mask(self, kwargs: dict[str, Any], mask_id: int | None) -> list[Rows]:
         assert self._mlm_head is not None
@@ -145,48 +155,27 @@ def pool(states: torch.Tensor, mask: torch.Tensor, lengths: list[int], pooling: 
     return (states * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1e-9)
 
 
-SMALL_ROWS = 128
-"""Linear layers with at most this many rows (tokens in the batch) run on the native kernel."""
-
-
 def native_small_linears(model: torch.nn.Module) -> None:
     """Send the model's small float32 matmuls to isvc's AVX2 kernel, the rest to torch (MKL).
 
-    A request alone runs on every core (engine.py), and there MKL splits a 45-row matmul badly:
-    measured here, one all-MiniLM-L6-v2 input of 20-45 tokens on 2 threads 13.1 -> 10.4 ms
-    (min of 6x30), two inputs 18.3 -> 15.7 ms; on one thread the kernel and MKL tie, and from a
-    few hundred rows on MKL is ahead. Without the kernels (no compiler, ISVC_NATIVE_KERNELS=0)
+    (ops.small_rows_linear says why.) Without the kernels (no compiler, ISVC_NATIVE_KERNELS=0)
     nothing changes.
     """
-    from isvc.engine.kernels.ops import NativeOps, ops_for
-
-    by_threads: dict[int, NativeOps] = {}
-
-    def ops(threads: int) -> NativeOps | None:
-        if threads not in by_threads:
-            found = ops_for(torch.float32, threads, head_dim=64, group=1)  # attention unused here
-            if not isinstance(found, NativeOps):
-                return None
-            by_threads[threads] = found
-        return by_threads[threads]
-
-    if ops(1) is None:
-        return
+    linear = small_rows_linear()
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
-            module.forward = _small_linear(module, ops)  # type: ignore[method-assign]
+            module.forward = _rows_linear(module, linear)  # type: ignore[method-assign,assignment]
 
 
-def _small_linear(module: torch.nn.Linear, ops: Any) -> Any:
+def _rows_linear(module: torch.nn.Linear, linear: Linear) -> Callable[[torch.Tensor], torch.Tensor]:
     weight, bias = module.weight, module.bias
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         width = x.shape[-1]
         rows = x.numel() // width if width else 0
-        native = ops(torch.get_num_threads()) if 0 < rows <= SMALL_ROWS else None
-        if native is None:
+        if rows == 0:
             return torch.nn.functional.linear(x, weight, bias)
-        return native.linear(x.reshape(rows, width), weight, bias).view(*x.shape[:-1], weight.shape[0])
+        return linear(x.reshape(rows, width), weight, bias).view(*x.shape[:-1], weight.shape[0])
 
     return forward
 
