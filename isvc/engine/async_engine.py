@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
@@ -21,13 +22,15 @@ from isvc.engine.config import EngineConfig
 from isvc.engine.core import EngineCore
 from isvc.engine.errors import ContextLengthExceeded, EngineDeadError, GenerationFailed
 from isvc.engine.outputs import RequestOutput
-from isvc.engine.params import SamplingParams
+from isvc.engine.params import SamplingParams, StructuredOutput
 from isvc.engine.request import EngineRequest
 from isvc.engine.threads import start_engine_thread
 from isvc.errors import InvalidRequest, IsvcError, NotReady
 
 GENERATIONS_QUEUED = 256
 """Default ``max_queue`` of the generative engine."""
+GRAMMARS_KEPT = 256
+"""Structured output grammars kept, most recently used first (a grammar is a few kB of text)."""
 
 
 class AsyncEngine:
@@ -39,6 +42,7 @@ class AsyncEngine:
         self.load_error: BaseException | None = None
         self.on_dead = on_dead
         """Called once, from the engine thread, when the engine dies (may be set after load)."""
+        self._grammars: OrderedDict[StructuredOutput, str] = OrderedDict()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -145,6 +149,16 @@ class AsyncEngine:
         core = self._core()
         check_queue(core.scheduler.num_running, core.num_waiting, num_requests, self.max_queue)
 
+    async def check_structured(self, spec: StructuredOutput) -> None:
+        """Build ``spec``'s grammar off the event loop (400 when it cannot be built), kept for ``generate``."""
+        if spec in self._grammars:
+            self._grammars.move_to_end(spec)
+            return
+        grammar = await asyncio.to_thread(self._core().grammars.check, spec)
+        self._grammars[spec] = grammar
+        while len(self._grammars) > GRAMMARS_KEPT:
+            self._grammars.popitem(last=False)
+
     async def generate(
         self, request_id: str, prompt_ids: list[int], params: SamplingParams
     ) -> AsyncIterator[RequestOutput]:
@@ -159,6 +173,9 @@ class AsyncEngine:
                 core.abort(request_id)
 
         request = EngineRequest(request_id, list(prompt_ids), params, arrival_s=time.monotonic())
+        if params.structured is not None:
+            await self.check_structured(params.structured)
+            request.grammar = self._grammars[params.structured]
         core.submit(request, emit)
         finished = False
         try:

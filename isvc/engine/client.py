@@ -23,7 +23,7 @@ from typing import Any, Literal, Protocol
 
 from isvc import tasks
 from isvc.engine.outputs import RequestOutput
-from isvc.engine.params import SamplingParams
+from isvc.engine.params import SamplingParams, StructuredOutput
 from isvc.errors import InvalidRequest
 
 
@@ -159,6 +159,9 @@ class EngineClient(Protocol):
 
     def check_capacity(self, num_requests: int = 1) -> None:
         """Refuse (Overloaded: 429/503) before any work when the queue is full."""
+
+    async def check_structured(self, spec: StructuredOutput) -> None:
+        """Refuse (InvalidRequest: 400) an output constraint that cannot be built, before any work."""
 
     def generate(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[RequestOutput]:
         """Stream a generation's deltas; cancelling the iterator aborts the request."""

@@ -46,6 +46,7 @@ from isvc.engine.request import EngineRequest, RequestStatus
 from isvc.engine.runner import ModelRunner
 from isvc.engine.sampler import Sampler
 from isvc.engine.scheduler import Scheduler
+from isvc.engine.structured import Grammars
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +97,9 @@ class EngineCore:
             num_speculative_tokens=config.num_speculative_tokens if row_exact else 0,
             speculative_max_batch=config.speculative_max_batch,
         )
-        sampler = Sampler(config.seed, self.scheduler.eos_ids)
+        # structured outputs' grammars; their vocabulary view is built at the first constrained request
+        self.grammars = Grammars(self.tokenizer, int(self.model.vocab_size), sorted(self.scheduler.eos_ids))
+        sampler = Sampler(config.seed, self.scheduler.eos_ids, self.grammars)
         self.output = OutputProcessor(self.tokenizer, self.scheduler, sampler, self.metrics)
         self._inbox: Inbox[tuple[str, Any]] = Inbox()
         self._stopped = False

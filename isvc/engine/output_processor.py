@@ -78,7 +78,7 @@ class OutputProcessor:
                 detok=IncrementalDetokenizer(self.tokenizer, request.prompt_token_ids, p.skip_special_tokens),
                 stop=StopChecker(p.stop),
             )
-            self.sampler.add(request.request_id, p)
+            self.sampler.add(request.request_id, p, request.grammar)
         except Exception as exc:
             logger.warning("request %s refused at admission: %r", request.request_id, exc)
             self.metrics.failed()
@@ -198,7 +198,9 @@ class OutputProcessor:
         t = self.requests[req.request_id]
         if result.logprobs is not None and req.params.logprobs is not None:
             t.pending_logprobs.append(self._logprob(result, i))  # sent with the token, in process()
-        step.token_ids[req] = [result.token_ids[i]]
+        token_id = result.token_ids[i]
+        self.sampler.accept(req.request_id, token_id)
+        step.token_ids[req] = [token_id]
 
     def _score_prompt(self, span: RowSpan, logits: torch.Tensor) -> None:
         """Echo + logprobs: score each prompt token of a chunk (row j predicts token position + j + 1)."""

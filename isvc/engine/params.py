@@ -10,11 +10,31 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 from isvc.errors import InvalidRequest
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 SEED_MIN, SEED_MAX = INT64_MIN, 2**64 - 1  # what torch.Generator.manual_seed accepts
+
+
+StructuredKind = Literal["json", "json_object", "regex", "choice", "grammar"]
+
+
+@dataclass(frozen=True, slots=True)
+class StructuredOutput:
+    """What a request's output must match, constrained token by token (vLLM's ``structured_outputs``).
+
+    ``json``: ``spec`` is a JSON schema (as JSON text); ``json_object``: any JSON object;
+    ``regex``: a regular expression the whole output matches; ``choice``: exactly one of
+    ``choices``; ``grammar``: an EBNF grammar (xgrammar's / GBNF syntax, ``root`` first).
+    """
+
+    kind: StructuredKind
+    spec: str = ""
+    choices: tuple[str, ...] = ()
+    source: str = field(default="structured_outputs", compare=False)
+    """The request field it came from, named by errors (not part of the grammar's identity)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +65,8 @@ class SamplingParams:
     """No EOS, stop token id or stop string ends the output before this many tokens (vLLM's)."""
     include_stop_str_in_output: bool = False
     """Keep the matched stop string at the end of the text (vLLM's)."""
+    structured: StructuredOutput | None = None
+    """Constrain the output to a grammar (a token mask per step); None: free text."""
     extra: dict[str, object] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -103,6 +125,7 @@ class SamplingParams:
             or bool(self.logit_bias)
             or self.allowed_token_ids is not None
             or self.min_tokens > 0
+            or self.structured is not None
         )
 
 

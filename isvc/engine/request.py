@@ -45,6 +45,8 @@ class EngineRequest:
     slot: int | None = None
     num_computed_tokens: int = 0
     """Tokens whose KV is in the cache (prompt chunks prefilled + decoded tokens)."""
+    grammar: str | None = None
+    """The grammar of a structured output request (``Grammars.check``'s), matched by the sampler."""
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -4,6 +4,9 @@ Shaping (per row, only for rows that ask): repetition, presence and frequency pe
 ``logit_bias``, ``allowed_token_ids``, and ``min_tokens`` (EOS and stop token ids masked until
 the output is that long). It changes the logits every pick and logprob of that row sees.
 
+Structured outputs (structured.py): a constrained row's logits are first masked to the tokens
+its grammar accepts next, so every later step of shaping and picking sees only those.
+
 Greedy rows take an argmax and nothing else. Sampled rows share one softmax; a row
 with its own seed draws its noise from its own torch.Generator, so a seeded request
 gives the same text whatever else is in the batch.
@@ -13,10 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from isvc.engine import structured
 from isvc.engine.params import SamplingParams
+from isvc.engine.structured import Grammars
 
 
 @dataclass(slots=True)
@@ -27,18 +33,33 @@ class SampleResult:
 
 
 class Sampler:
-    def __init__(self, default_seed: int = 0, eos_ids: Collection[int] = ()) -> None:
+    def __init__(self, default_seed: int = 0, eos_ids: Collection[int] = (), grammars: Grammars | None = None) -> None:
         self.generator = torch.Generator().manual_seed(default_seed)
         self.request_generators: dict[str, torch.Generator] = {}
         self.eos_ids = tuple(eos_ids)
+        self.grammars = grammars
+        self.matchers: dict[str, Any] = {}
+        """The grammar matcher of each constrained request, by request id."""
 
-    def add(self, request_id: str, params: SamplingParams) -> None:
-        """At admission: a seeded request's generator (a seed torch refuses fails that request only)."""
+    def add(self, request_id: str, params: SamplingParams, grammar: str | None = None) -> None:
+        """At admission: a seeded request's generator, a constrained request's matcher (a seed torch
+        refuses, or a grammar that cannot be matched, fails that request only)."""
         if params.seed is not None:
             self.request_generators[request_id] = torch.Generator().manual_seed(params.seed)
+        if params.structured is not None:
+            if self.grammars is None or grammar is None:
+                raise RuntimeError("a structured output request reached a sampler without its grammar")
+            self.matchers[request_id] = self.grammars.matcher(grammar)
 
     def forget(self, request_id: str) -> None:
         self.request_generators.pop(request_id, None)
+        self.matchers.pop(request_id, None)
+
+    def accept(self, request_id: str, token_id: int) -> None:
+        """The token picked for a constrained request moves its grammar on (no-op for the others)."""
+        matcher = self.matchers.get(request_id)
+        if matcher is not None and not matcher.is_stopped():  # stopped: its EOS was taken (ignore_eos)
+            structured.consume(matcher, token_id)
 
     def sample(
         self,
@@ -58,6 +79,7 @@ class Sampler:
         shaped = [i for i, p in enumerate(params) if p.shapes_logits]
         if shaped:
             logits = logits.clone()
+            self._mask_to_grammars(logits, request_ids)
             for i in shaped:
                 prompt = prompt_ids[i] if prompt_ids is not None else []
                 self._shape(logits[i], params[i], output_ids[i], prompt)
@@ -94,6 +116,24 @@ class Sampler:
                 n = p.logprobs or 0
                 top[i] = list(zip(ids[i, :n].tolist(), vals[i, :n].tolist()))
         return SampleResult(token_ids, picked, top)
+
+    def _mask_to_grammars(self, logits: torch.Tensor, request_ids: list[str]) -> None:
+        """Mask each constrained row of ``logits`` to the tokens its grammar accepts next (one bitmask).
+
+        A complete grammar accepts only EOS: the output ends where its grammar does."""
+        live = [(i, self.matchers[r]) for i, r in enumerate(request_ids) if r in self.matchers]
+        if not live or self.grammars is None:
+            return
+        for _, matcher in live:  # (a batch that raises is sampled again row by row: this row fails alone)
+            if matcher.is_error():
+                raise RuntimeError(f"the output grammar failed: {matcher.get_error()}")
+        bitmask = self.grammars.allocate(len(live))
+        for j, (_, matcher) in enumerate(live):
+            structured.fill_bitmask(matcher, bitmask, j)
+        index = torch.tensor([i for i, _ in live])
+        rows = logits[index]
+        structured.apply_bitmask(rows, bitmask)
+        logits[index] = rows
 
     def _shape(self, row: torch.Tensor, p: SamplingParams, output_ids: list[int], prompt_ids: list[int]) -> None:
         """Apply ``p``'s logit shaping to ``row`` [V] in place, in vLLM's order: allowed tokens,

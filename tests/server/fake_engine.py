@@ -24,7 +24,7 @@ from typing import Any
 
 from isvc.engine.client import EncodeInput, ModelInfo, PoolingOutput, PoolingParams, Task, WrongTask
 from isvc.engine.outputs import RequestOutput
-from isvc.engine.params import SamplingParams
+from isvc.engine.params import SamplingParams, StructuredOutput
 from isvc.errors import ContextLengthExceeded, InvalidRequest, Overloaded
 
 
@@ -127,6 +127,9 @@ class FakeEngine:
     def check_capacity(self, num_requests: int = 1) -> None:
         if self.overloaded:
             raise Overloaded("the fake is at capacity; retry shortly", retry_after_s=1)
+
+    async def check_structured(self, spec: StructuredOutput) -> None:
+        raise WrongTask("the fake engine does not generate", param="model")
 
     # -- work ------------------------------------------------------------------------------
 

@@ -168,9 +168,7 @@ def test_token_ids_outside_the_vocabulary_are_a_400_naming_the_field(client: ope
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("response_format", {"type": "json_object"}),
-        ("guided_json", {"type": "object"}),
-        ("structured_outputs", {"regex": "[a-z]+"}),
+        ("guided_whitespace_pattern", "[ ]*"),
         ("tools", [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]),
         ("use_beam_search", True),
     ],

@@ -38,7 +38,7 @@ from isvc.engine.errors import ContextLengthExceeded, EngineDeadError
 from isvc.engine.inbox import Inbox
 from isvc.engine.metrics import EngineMetrics
 from isvc.engine.outputs import RequestOutput
-from isvc.engine.params import SamplingParams
+from isvc.engine.params import SamplingParams, StructuredOutput
 from isvc.engine.threads import start_engine_thread
 from isvc.errors import ConfigError, InvalidRequest, IsvcError, NotReady
 
@@ -211,6 +211,9 @@ class AsyncEncoderEngine:
             request.cancelled = True  # skipped if it has not run yet
             raise
         return PoolingOutput(request_id, rows, len(inputs.token_ids), token_ids=inputs.token_ids)
+
+    async def check_structured(self, spec: StructuredOutput) -> None:
+        raise self._wrong_task("structured outputs")
 
     def stats(self) -> dict[str, int]:
         return {"running": self._num_running, "waiting": self._num_waiting, **self._counts}

@@ -28,14 +28,7 @@ logger = logging.getLogger(__name__)
 
 NOT_IMPLEMENTED = frozenset(
     {
-        # structured outputs (issue 12): ignoring them would hand back free text to a client that asked for JSON
-        "response_format",
-        "structured_outputs",
-        "guided_json",
-        "guided_regex",
-        "guided_choice",
-        "guided_grammar",
-        "guided_decoding_backend",
+        # structured outputs' free-whitespace pattern (isvc's JSON is compact)
         "guided_whitespace_pattern",
         # tool calling (issue 12)
         "tools",
@@ -63,7 +56,6 @@ NOT_IMPLEMENTED = frozenset(
 request that sets one (to anything but its "off" value, see ``_OFF``) gets a 400 naming it."""
 
 _OFF: dict[str, tuple[object, ...]] = {
-    "response_format": ({"type": "text"},),
     "tools": ([],),
     "tool_choice": ("none",),
     "functions": ([],),
@@ -100,6 +92,35 @@ class StreamOptions(OpenAIBaseModel):
     continuous_usage_stats: bool = False
 
 
+class JsonSchemaFormat(OpenAIBaseModel):
+    """OpenAI's ``response_format.json_schema``."""
+
+    name: str | None = None
+    description: str | None = None
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(OpenAIBaseModel):
+    type: Literal["text", "json_object", "json_schema", "structural_tag"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StructuredOutputsParams(OpenAIBaseModel):
+    """vLLM's ``structured_outputs`` request field: exactly one constraint."""
+
+    json_: str | dict[str, Any] | None = Field(default=None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = Field(default=None, min_length=1)
+    grammar: str | None = None
+    json_object: bool | None = None
+    structural_tag: str | None = None
+    whitespace_pattern: str | None = None
+    disable_any_whitespace: bool = False
+    disable_additional_properties: bool = False
+    disable_fallback: bool = False
+
+
 class _SamplingFields(OpenAIBaseModel):
     model: str
     temperature: Temperature | None = None
@@ -123,6 +144,15 @@ class _SamplingFields(OpenAIBaseModel):
     allowed_token_ids: list[Annotated[StrictInt, Field(ge=0, le=INT64_MAX)]] | None = Field(default=None, min_length=1)
     min_tokens: int = Field(default=0, ge=0, le=INT64_MAX)
     include_stop_str_in_output: bool = False
+    # structured outputs: OpenAI's response_format, vLLM's structured_outputs and its older guided_* fields
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputsParams | None = None
+    guided_json: str | dict[str, Any] | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = Field(default=None, min_length=1)
+    guided_grammar: str | None = None
+    guided_decoding_backend: str | None = None
+    """Accepted and ignored, as vLLM does since its V1 engine: the server picks the grammar engine."""
 
     @field_validator("logit_bias", mode="before")
     @classmethod

@@ -9,7 +9,7 @@ from typing import Any
 
 from isvc.engine.client import EngineClient
 from isvc.engine.outputs import RequestOutput, TokenLogprob
-from isvc.engine.params import SamplingParams
+from isvc.engine.params import SamplingParams, StructuredOutput
 from isvc.errors import InvalidRequest, NotFound
 from isvc.server.jobs import Job, check_fits_queue, run_jobs
 from isvc.server.protocols.chat_template import RenderLimits, render
@@ -38,6 +38,7 @@ from isvc.server.protocols.openai.schema import (
     TopLogprob,
     UsageInfo,
 )
+from isvc.server.protocols.openai.structured import structured_output
 from isvc.server.protocols.preprocess import encode_all, off_loop
 from isvc.server.protocols.template_sandbox import TemplateSandbox
 from isvc.sse import DONE, event
@@ -78,6 +79,7 @@ class OpenAIServing:
         num_prompts = 1 if isinstance(p, str) or (p and isinstance(p[0], int)) else len(p)
         check_fits_queue(self.engine, num_prompts * req.n, param="n" if req.n > 1 else "prompt")
         self._check_sampling_fields(req)
+        structured = await self._structured(req)
         tokenizer = self.engine.tokenizer
         prompts: list[list[int]]
         if isinstance(p, str):
@@ -102,6 +104,7 @@ class OpenAIServing:
                     logprobs=req.logprobs,
                     choice=j,
                     prompt_logprobs=req.logprobs if req.echo and req.logprobs is not None else None,
+                    structured=structured,
                 )
                 jobs.append(Job(pi * req.n + j, ids, params))
         self.engine.check_capacity(len(jobs))
@@ -214,6 +217,13 @@ class OpenAIServing:
         if req.logit_bias:
             self.engine.check_token_ids(req.logit_bias, "logit_bias")
 
+    async def _structured(self, req: CompletionRequest | ChatCompletionRequest) -> StructuredOutput | None:
+        """The request's output constraint, its grammar built (400 if it cannot be) before any work."""
+        structured = structured_output(req)
+        if structured is not None:
+            await self.engine.check_structured(structured)
+        return structured
+
     # -- chat ------------------------------------------------------------------------------
 
     def _chat_template(self, req: ChatCompletionRequest | TokenizeChatRequest) -> tuple[str, str]:
@@ -242,13 +252,20 @@ class OpenAIServing:
         require_generative(self.engine, "chat completions")
         check_fits_queue(self.engine, req.n, param="n")
         self._check_sampling_fields(req)
+        structured = await self._structured(req)
         ids = await self.chat_prompt_ids(req)
         max_tokens = self.engine.check_request(ids, req.max_completion_tokens or req.max_tokens)
         top = req.top_logprobs if req.logprobs else None
         if req.top_logprobs and not req.logprobs:
             raise InvalidRequest("top_logprobs requires logprobs=true", param="top_logprobs")
         jobs = [
-            Job(j, ids, _params(req, max_tokens, logprobs=(top or 0) if req.logprobs else None, choice=j))
+            Job(
+                j,
+                ids,
+                _params(
+                    req, max_tokens, logprobs=(top or 0) if req.logprobs else None, choice=j, structured=structured
+                ),
+            )
             for j in range(req.n)
         ]
         self.engine.check_capacity(len(jobs))
@@ -378,7 +395,13 @@ async def _collect(engine: EngineClient, request_id: str, jobs: list[Job]) -> di
 
 
 def _params(
-    req: Any, max_tokens: int, *, logprobs: int | None, choice: int, prompt_logprobs: int | None = None
+    req: Any,
+    max_tokens: int,
+    *,
+    logprobs: int | None,
+    choice: int,
+    prompt_logprobs: int | None = None,
+    structured: StructuredOutput | None = None,
 ) -> SamplingParams:
     temperature = 1.0 if req.temperature is None else req.temperature
     seed = None if req.seed is None else req.seed + choice
@@ -402,6 +425,7 @@ def _params(
         allowed_token_ids=tuple(req.allowed_token_ids) if req.allowed_token_ids else None,
         min_tokens=req.min_tokens,
         include_stop_str_in_output=req.include_stop_str_in_output,
+        structured=structured,
     )
 
 
