@@ -32,6 +32,7 @@ class RequestResult:
     e2e_s: float = 0.0
     itl_s: list[float] = field(default_factory=list)
     error: str = ""
+    text: str = ""
 
 
 @dataclass
@@ -83,7 +84,10 @@ def tree_rss_mb(pid: int) -> float:
     return total_kb / 1024
 
 
-async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int) -> RequestResult:
+async def one_request(
+    client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int, extra: dict | None = None
+) -> RequestResult:
+    """One streamed greedy chat request; ``extra`` adds body fields (e.g. ``response_format``)."""
     body = {
         "model": model,
         "messages": [{"role": "user", "content": prompt}],
@@ -91,6 +95,7 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: s
         "temperature": 0,
         "stream": True,
         "stream_options": {"include_usage": True},
+        **(extra or {}),
     }
     start = time.perf_counter()
     last = None
@@ -109,6 +114,7 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: s
                     result.output_tokens = data["usage"].get("completion_tokens") or 0
                 for choice in data.get("choices") or []:
                     if (choice.get("delta") or {}).get("content"):
+                        result.text += choice["delta"]["content"]
                         now = time.perf_counter()
                         chunks += 1
                         if last is None:

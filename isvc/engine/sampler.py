@@ -24,6 +24,9 @@ from isvc.engine import structured
 from isvc.engine.params import SamplingParams
 from isvc.engine.structured import Grammars
 
+MAX_LOGIT = 1e30
+"""Shaped logits are capped here: finite even after the smallest temperature divides them."""
+
 
 @dataclass(slots=True)
 class SampleResult:
@@ -83,6 +86,9 @@ class Sampler:
             for i in shaped:
                 prompt = prompt_ids[i] if prompt_ids is not None else []
                 self._shape(logits[i], params[i], output_ids[i], prompt)
+            # extreme shaping (a repetition_penalty of 1e-300) can make a logit +inf, and +inf
+            # NaN after the softmax; a large finite value keeps the row's order, and masks stay -inf
+            logits.nan_to_num_(nan=float("-inf"), posinf=MAX_LOGIT)
 
         chosen = logits.argmax(dim=-1)  # [R]
         sampled = [i for i, p in enumerate(params) if not p.greedy]

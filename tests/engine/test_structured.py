@@ -123,3 +123,25 @@ async def test_a_grammar_that_cannot_be_built_is_a_400_naming_its_field(
         await engine.check_structured(spec)
     assert refused.value.param == field and refused.value.http_status == 400
     assert str(refused.value).startswith(f"{field}: ") and words in str(refused.value).lower()
+
+
+def test_extreme_shaping_cannot_push_a_constrained_row_off_its_grammar(tiny_model_dir: Path) -> None:
+    """A repetition_penalty of 5e-324 turns a positive logit into +inf (NaN after a softmax): the pick
+    must still be the one token the grammar allows (the property test found this one)."""
+    from transformers import AutoTokenizer
+
+    from isvc.engine.sampler import Sampler
+    from isvc.engine.structured import Grammars
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    grammars = Grammars(tokenizer, len(tokenizer), [eos])
+    spec = StructuredOutput("regex", "")  # an empty output: EOS at once
+    sampler = Sampler(eos_ids=(eos,), grammars=grammars)
+    params = SamplingParams(max_tokens=4, repetition_penalty=5e-324, seed=1, structured=spec)
+    sampler.add("r", params, grammars.check(spec))
+    logits = torch.full((1, len(tokenizer)), -3.0)
+    logits[0, eos] = 2.0  # positive: divided by the penalty, +inf
+    picked = sampler.sample(logits, ["r"], [params], [[]], [[eos, 5]]).token_ids[0]
+    assert picked == eos
+    sampler.accept("r", picked)

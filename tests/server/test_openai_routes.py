@@ -272,7 +272,7 @@ def test_eight_concurrent_streams_share_decode_steps(tiny_server) -> None:
         stream = client.completions.create(
             model="tiny",
             prompt=f"Hello {i}",
-            max_tokens=64,
+            max_tokens=160,  # long enough that the 8 streams overlap
             temperature=0,
             stream=True,
             extra_body={"ignore_eos": True},
@@ -281,7 +281,7 @@ def test_eight_concurrent_streams_share_decode_steps(tiny_server) -> None:
         return list(stream)[-1].usage.completion_tokens
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        assert list(pool.map(one, range(8))) == [64] * 8
+        assert list(pool.map(one, range(8))) == [160] * 8
     assert metric(tiny_server.base_url, "isvc_batch_size_max") >= 4
 
 

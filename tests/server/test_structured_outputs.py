@@ -44,7 +44,7 @@ def test_openai_parse_gives_a_parsed_object_every_time(smollm2_server) -> None:
             model="llama2",
             messages=[{"role": "user", "content": f"Describe the city of {city} as JSON."}],
             response_format=City,
-            temperature=0.8,
+            temperature=1.0,  # the issue: 20 of 20 at temperature 1
             max_tokens=200,
         )
         assert out.choices[0].finish_reason == "stop", out.choices[0].message.content
