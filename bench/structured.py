@@ -3,7 +3,8 @@
 SmolLM2-135M-Instruct; every request asks for a person as JSON. Per server and concurrency (1, 32):
 the same greedy streamed chat requests free (``max_tokens`` 128) and constrained by a fixed JSON
 schema through ``response_format`` (an object with 5 typed fields, one enum, one array:
-bench/grammar_masks.py's SCHEMA), reporting output tokens per second, how many constrained answers
+bench/grammar_masks.py's SCHEMA, its strings and array bounded — unbounded, greedy SmolLM2 fills
+the array with one tag over and over until ``max_tokens``, on every server), reporting output tokens per second, how many constrained answers
 parse and validate, and TTFT. Then, in this process, the time isvc's engine takes to build a new
 schema's grammar, cold and cached (the issue's bound: 50 ms).
 
@@ -24,7 +25,7 @@ from pathlib import Path
 import httpx
 import jsonschema
 
-from bench.grammar_masks import SCHEMA
+from bench import grammar_masks
 from bench.loadgen import RequestResult, closed_loop, one_request, percentile
 from bench.peers import PEERS, REPO, server_process
 from bench.run_all import free_port, smollm2_gguf, wait_ready
@@ -34,6 +35,14 @@ RESULTS = REPO / "bench" / "results"
 LEVELS = (1, 32)
 REQUESTS = {1: 8, 32: 64}
 MAX_TOKENS = 128
+SCHEMA = {
+    **grammar_masks.SCHEMA,
+    "properties": {
+        **grammar_masks.SCHEMA["properties"],
+        "name": {"type": "string", "maxLength": 24},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 16}, "maxItems": 4},
+    },
+}
 RESPONSE_FORMAT = {"type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMA, "strict": True}}
 NAMES = ["Ada", "Bo", "Chen", "Dana", "Eli", "Fatima", "Gus", "Hana", "Ivo", "Jun", "Kofi", "Lea", "Mo", "Nia"]
 

@@ -144,10 +144,18 @@ class OutputProcessor:
             except Exception as exc:
                 step.errors[span.request] = exc
         for span in layout.verified:
-            proposal = result.scheduled.drafts[span.request]
-            targets = logits[span.row : span.row + span.num_rows].argmax(dim=-1).tolist()
-            tokens = accepted(proposal, targets)
-            step.token_ids[span.request] = tokens
+            req = span.request
+            proposal = result.scheduled.drafts[req]
+            verified = logits[span.row : span.row + span.num_rows]
+            if req.request_id in self.sampler.matchers:  # structured output: each row masked by its grammar
+                try:
+                    tokens = self.sampler.verify(req.request_id, verified, proposal)
+                except Exception as exc:
+                    step.errors[req] = exc
+                    continue
+            else:
+                tokens = accepted(proposal, verified.argmax(dim=-1).tolist())
+            step.token_ids[req] = tokens
             self.metrics.speculated(len(proposal), len(tokens) - 1)
         spans = layout.sampled
         if step.errors:

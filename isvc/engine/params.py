@@ -119,13 +119,17 @@ class SamplingParams:
     @property
     def shapes_logits(self) -> bool:
         """Whether anything changes this request's logits before the pick (so even greedy needs the sampler)."""
+        return self.shapes_beyond_grammar or self.structured is not None
+
+    @property
+    def shapes_beyond_grammar(self) -> bool:
+        """Penalties, biases, allowed ids or min_tokens: shaping that depends on more than the grammar's state."""
         return (
             self.has_penalties
             or self.repetition_penalty != 1.0
             or bool(self.logit_bias)
             or self.allowed_token_ids is not None
             or self.min_tokens > 0
-            or self.structured is not None
         )
 
 

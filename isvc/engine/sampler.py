@@ -58,6 +58,28 @@ class Sampler:
         self.request_generators.pop(request_id, None)
         self.matchers.pop(request_id, None)
 
+    def verify(self, request_id: str, logits: torch.Tensor, drafts: list[int]) -> list[int]:
+        """The tokens a verification step yields for a constrained greedy request, its grammar moved past them.
+
+        ``logits`` [k + 1, V]: row j follows the prefix plus ``drafts[:j]``. Each row is masked to what
+        the grammar accepts after the tokens taken so far, so the result is exactly what k + 1 plain
+        constrained greedy steps would give (speculation.accepted's rule, one row at a time)."""
+        matcher = self.matchers[request_id]
+        assert self.grammars is not None
+        bitmask = self.grammars.allocate(1)
+        tokens: list[int] = []
+        for j in range(logits.shape[0]):
+            row = logits[j : j + 1].clone()
+            if not matcher.is_stopped():
+                structured.fill_bitmask(matcher, bitmask, 0)
+                structured.apply_bitmask(row, bitmask)
+            token = int(row.argmax(dim=-1))
+            self.accept(request_id, token)
+            tokens.append(token)
+            if j >= len(drafts) or token != drafts[j] or token in self.eos_ids:
+                break
+        return tokens
+
     def accept(self, request_id: str, token_id: int) -> None:
         """The token picked for a constrained request moves its grammar on (no-op for the others)."""
         matcher = self.matchers.get(request_id)

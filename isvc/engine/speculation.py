@@ -8,7 +8,7 @@ earlier occurrence of the last n tokens. Chat answers repeat their prompt's word
 their own phrases often enough: on the bench prompts 37 % of drafts are accepted at k = 3,
 and a single stream goes from 40 to 53 tok/s (engine only).
 
-Only for greedy requests without logprobs or penalties, and only in small batches: at
+Only for greedy requests without logprobs or penalties (structured outputs included), and only in small batches: at
 temperature 0 a row's logits are computed exactly as in a plain decode step (the kernels
 are row-independent), so the accepted tokens are the very tokens greedy decoding yields;
 in a large batch the step is compute-bound and rejected drafts would cost real time.
@@ -23,7 +23,9 @@ WINDOW = 1024  # tokens searched back from the end
 
 
 def can_speculate(params: SamplingParams) -> bool:
-    return params.greedy and params.logprobs is None and not params.shapes_logits
+    """Greedy, no logprobs, no shaping but a grammar's (drafts of a constrained request are checked
+    position by position against its grammar: ``Sampler.verify``)."""
+    return params.greedy and params.logprobs is None and not params.shapes_beyond_grammar
 
 
 def propose(tokens: list[int], k: int) -> list[int]:
