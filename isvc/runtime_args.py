@@ -21,6 +21,8 @@ from collections.abc import Callable
 from isvc.tasks import ALIASES, TASKS
 
 BACKENDS = ("auto", "huggingface", "vllm")
+TOOL_CALL_PARSERS = ("hermes", "llama3_json", "mistral")
+"""--tool_call_parser values (isvc.server.protocols.openai.tool_parsers.PARSERS, checked by a test)."""
 DTYPES = ("auto", "float32", "float", "bfloat16", "float16", "half")
 
 
@@ -112,6 +114,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--trust_request_chat_template",
         action="store_true",
         help="accept a chat template in chat requests (vLLM's flag; refused by default)",
+    )
+    add(
+        "--enable_auto_tool_choice",
+        action="store_true",
+        help='tool_choice "auto": the model decides to call tools, read back by --tool_call_parser (vLLM\'s flag)',
+    )
+    add(
+        "--tool_call_parser",
+        choices=TOOL_CALL_PARSERS,
+        default=None,
+        help="how the model writes tool calls: hermes (also Qwen2.5 and isvc's tool template), llama3_json, mistral",
+    )
+    add(
+        "--chat_template",
+        default=None,
+        help="a Jinja chat template replacing the model's: a file's path, or the template itself (vLLM's flag)",
     )
     add(
         "--tensor_input_names",

@@ -100,6 +100,7 @@ class EngineCore:
         # structured outputs' grammars; their vocabulary view is built at the first constrained request
         self.grammars = Grammars(self.tokenizer, int(self.model.vocab_size), sorted(self.scheduler.eos_ids))
         sampler = Sampler(config.seed, self.scheduler.eos_ids, self.grammars)
+        self.scheduler.forced_tokens = lambda req, room: sampler.forced_tokens(req.request_id, room)
         self.output = OutputProcessor(self.tokenizer, self.scheduler, sampler, self.metrics)
         self._inbox: Inbox[tuple[str, Any]] = Inbox()
         self._stopped = False

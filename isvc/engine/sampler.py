@@ -80,6 +80,14 @@ class Sampler:
                 break
         return tokens
 
+    def forced_tokens(self, request_id: str, limit: int) -> list[int]:
+        """Up to ``limit`` tokens a constrained request's grammar forces next (JSON keys and punctuation):
+        drafts that a verification step accepts unless the model tokenizes them otherwise."""
+        matcher = self.matchers.get(request_id)
+        if matcher is None or matcher.is_stopped():
+            return []
+        return list(matcher.compute_ff_tokens())[:limit]
+
     def accept(self, request_id: str, token_id: int) -> None:
         """The token picked for a constrained request moves its grammar on (no-op for the others)."""
         matcher = self.matchers.get(request_id)
@@ -158,6 +166,9 @@ class Sampler:
         bitmask = self.grammars.allocate(len(live))
         for j, (_, matcher) in enumerate(live):
             structured.fill_bitmask(matcher, bitmask, j)
+        if len(live) == logits.shape[0]:  # every row constrained (in order): no copies
+            structured.apply_bitmask(logits, bitmask)
+            return
         index = torch.tensor([i for i, _ in live])
         rows = logits[index]
         structured.apply_bitmask(rows, bitmask)

@@ -112,6 +112,9 @@ class Scheduler:
         self.eos_ids = frozenset(eos_ids)
         self.num_speculative_tokens = num_speculative_tokens
         self.speculative_max_batch = speculative_max_batch
+        self.forced_tokens: Callable[[EngineRequest, int], list[int]] | None = None
+        """Drafts a structured output request's grammar forces (up to the room given); prompt-lookup
+        drafts when it forces none."""
         self.waiting: deque[EngineRequest] = deque()
         self.running: list[EngineRequest] = []  # index == slot
         self.pending_moves: list[SlotMove] = []
@@ -167,7 +170,7 @@ class Scheduler:
         return end - start
 
     def _add_drafts(self, out: SchedulerOutput) -> None:
-        """Prompt-lookup drafts for the greedy requests of a small decode-only step."""
+        """Drafts for the greedy requests of a small decode-only step: what a grammar forces, else prompt lookup."""
         for req in out.decode:
             room = min(
                 self.num_speculative_tokens,
@@ -176,7 +179,8 @@ class Scheduler:
             )
             try:
                 if room > 0 and can_speculate(req.params):
-                    proposal = propose(req.prompt_token_ids + req.output_token_ids, room)
+                    forced = self.forced_tokens(req, room) if self.forced_tokens is not None else None
+                    proposal = forced or propose(req.prompt_token_ids + req.output_token_ids, room)
                     if proposal:
                         out.drafts[req] = proposal
             except Exception:  # drafting only saves time: this request decodes plainly

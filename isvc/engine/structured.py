@@ -22,8 +22,10 @@ token budget runs out.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import threading
+from functools import cache
 from typing import Any
 
 import torch
@@ -94,10 +96,29 @@ def fill_bitmask(matcher: Any, bitmask: torch.Tensor, row: int) -> None:
 
 
 def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor) -> None:
-    """Set to -inf, in place, every logit of ``logits`` [R, V] whose bit in ``bitmask`` [R, W] is 0."""
-    V = logits.shape[-1]
-    allowed = (bitmask.unsqueeze(-1) >> _BITS).bitwise_and_(1).view(bitmask.shape[0], -1)[:, :V]
+    """Set to -inf, in place, every logit of ``logits`` [R, V] whose bit in ``bitmask`` [R, W] is 0.
+
+    On the native kernel (one pass per row) when it builds here, else by unpacking the bits in torch."""
+    R, V = logits.shape
+    native = _native_apply()
+    if native is not None and logits.dtype == torch.float32 and logits.is_contiguous() and bitmask.is_contiguous():
+        native(logits.data_ptr(), bitmask.data_ptr(), R, V, bitmask.shape[1])
+        return
+    allowed = (bitmask.unsqueeze(-1) >> _BITS).bitwise_and_(1).view(R, -1)[:, :V]
     logits.masked_fill_(allowed == 0, float("-inf"))
+
+
+@cache
+def _native_apply() -> Any:
+    from isvc.engine.kernels.build import load
+
+    lib = load()
+    if lib is None:
+        return None
+    fn = lib.isvc_apply_bitmask
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_long]
+    fn.restype = None
+    return fn
 
 
 def consume(matcher: Any, token_id: int) -> None:

@@ -30,6 +30,7 @@ from isvc.server.protocols.encode import EncoderOptions
 from isvc.server.protocols.openai import routes as openai_routes
 from isvc.server.protocols.openai.pooling import OpenAIPooling
 from isvc.server.protocols.openai.serving import OpenAIServing
+from isvc.server.protocols.openai.tools import ToolSettings
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,10 @@ class ServerSettings:
     """Body size, read deadlines and JSON shape each request is held to."""
     encoder: EncoderOptions = field(default_factory=EncoderOptions)
     """KServe's encoder flags (special tokens, token types, probabilities or logits in V1/V2 answers)."""
+    tools: ToolSettings = field(default_factory=ToolSettings)
+    """vLLM's --enable-auto-tool-choice and --tool-call-parser."""
+    chat_template: str | None = None
+    """vLLM's --chat-template: a Jinja template (its text) replacing the model's."""
 
 
 def create_app(settings: ServerSettings, engine: EngineClient) -> FastAPI:
@@ -75,6 +80,8 @@ def create_app(settings: ServerSettings, engine: EngineClient) -> FastAPI:
         settings.model_name,
         settings.model_root,
         trust_request_chat_template=settings.trust_request_chat_template,
+        tools=settings.tools,
+        chat_template=settings.chat_template,
     )
     pooling = OpenAIPooling(engine, settings.model_name, settings.encoder)
     openai_router = openai_routes.build_router(serving, pooling)

@@ -64,6 +64,7 @@ def main(argv: list[str]) -> int:
     from isvc.http_limits import RequestLimits, serve
     from isvc.server.app import ServerSettings, create_app, load_engine
     from isvc.server.protocols.encode import EncoderOptions
+    from isvc.server.protocols.openai.tools import ToolSettings
 
     try:
         config = EngineConfig(
@@ -91,6 +92,14 @@ def main(argv: list[str]) -> int:
             field = str(error["loc"][0]) if error["loc"] else "?"
             print(f"isvc serve: error: --{_FLAG_OF_FIELD.get(field, field)}: {error['msg']}", file=sys.stderr)
         return 2
+    if args.enable_auto_tool_choice and not args.tool_call_parser:
+        print("isvc serve: error: --enable-auto-tool-choice needs --tool-call-parser", file=sys.stderr)
+        return 2
+    try:
+        chat_template = _chat_template(args.chat_template)
+    except OSError as exc:
+        print(f"isvc serve: error: --chat-template: {exc}", file=sys.stderr)
+        return 2
     engine = build_engine(config)
     limits = RequestLimits(
         max_body_bytes=args.max_request_body_bytes,
@@ -106,6 +115,8 @@ def main(argv: list[str]) -> int:
         trust_request_chat_template=args.trust_request_chat_template,
         limits=limits,
         encoder=EncoderOptions.from_args(args),
+        tools=ToolSettings(args.enable_auto_tool_choice, args.tool_call_parser),
+        chat_template=chat_template,
     )
     app = create_app(settings, engine)
     # Load and warm up before binding (like KServe's huggingfaceserver and vLLM): an open port
@@ -122,6 +133,15 @@ def main(argv: list[str]) -> int:
     logger.info("serving %s as %r on http://%s:%d", model_dir, args.model_name, args.host, args.http_port)
     serve(app, host=args.host, port=args.http_port, limits=limits, log_level="warning", timeout_graceful_shutdown=3)
     return 0
+
+
+def _chat_template(value: str | None) -> str | None:
+    """vLLM's --chat-template: a path to a template file, or the template's text itself."""
+    if value is None:
+        return None
+    if "{" not in value and "\n" not in value:  # a path (a template always has a tag)
+        return Path(value).read_text()
+    return value
 
 
 def _limit_malloc_arenas(arenas: int = 2) -> None:

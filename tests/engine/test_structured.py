@@ -49,7 +49,14 @@ def _params(spec: StructuredOutput, seed: int, temperature: float = 1.0) -> Samp
     return SamplingParams(max_tokens=160, temperature=temperature, seed=seed, structured=spec)
 
 
-def test_the_bitmask_allows_exactly_its_set_bits() -> None:
+@pytest.mark.parametrize("native", [True, False])
+def test_the_bitmask_allows_exactly_its_set_bits(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from isvc.engine import structured
+
+    if native and structured._native_apply() is None:
+        pytest.skip("no C compiler: the kernels do not build here")
+    if not native:
+        monkeypatch.setattr(structured, "_native_apply", lambda: None)
     torch.manual_seed(0)
     bitmask = torch.randint(-(2**31), 2**31 - 1, (3, 4), dtype=torch.int32)
     logits = torch.randn(3, 100)  # the last word's high bits lie past the vocabulary

@@ -65,3 +65,23 @@ void isvc_silu_mul(const float *gu, float *out, long M, long I, int threads) {
     }
   }
 }
+
+/* Structured outputs: logits[m][v] = -inf where bit v of row m's token bitmask is 0 (bit j of
+ * word w is token 32 w + j), for v < V. One pass over the row instead of torch's unpack of every
+ * bit into a tensor, a comparison and a masked fill (~2-4 ms for 32 rows of 49k tokens). */
+void isvc_apply_bitmask(float *logits, const unsigned int *bitmask, long M, long V, long words) {
+  const float neg_inf = -INFINITY;
+  for (long m = 0; m < M; m++) {
+    float *row = logits + m * V;
+    const unsigned int *bits = bitmask + m * words;
+    for (long w = 0; w < words && 32 * w < V; w++) {
+      unsigned int word = bits[w];
+      if (word == 0xFFFFFFFFu)
+        continue; /* all 32 allowed */
+      long end = 32 * w + 32 < V ? 32 * w + 32 : V;
+      for (long v = 32 * w; v < end; v++)
+        if (!((word >> (v - 32 * w)) & 1u))
+          row[v] = neg_inf;
+    }
+  }
+}

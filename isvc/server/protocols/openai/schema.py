@@ -30,10 +30,7 @@ NOT_IMPLEMENTED = frozenset(
     {
         # structured outputs' free-whitespace pattern (isvc's JSON is compact)
         "guided_whitespace_pattern",
-        # tool calling (issue 12)
-        "tools",
-        "tool_choice",
-        "parallel_tool_calls",
+        # OpenAI's legacy function calling (``tools`` replaced it)
         "functions",
         "function_call",
         # sampling and output fields of OpenAI / vLLM that change the answer
@@ -56,11 +53,8 @@ NOT_IMPLEMENTED = frozenset(
 request that sets one (to anything but its "off" value, see ``_OFF``) gets a 400 naming it."""
 
 _OFF: dict[str, tuple[object, ...]] = {
-    "tools": ([],),
-    "tool_choice": ("none",),
     "functions": ([],),
     "function_call": ("none",),
-    "parallel_tool_calls": (True, False),  # meaningless without tools
     "use_beam_search": (False,),
     "length_penalty": (1, 1.0),
     "bad_words": ([],),
@@ -191,12 +185,49 @@ class TextPart(OpenAIBaseModel):
     text: str
 
 
+class FunctionDefinition(OpenAIBaseModel):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_.-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(OpenAIBaseModel):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class FunctionName(OpenAIBaseModel):
+    name: str
+
+
+class NamedToolChoice(OpenAIBaseModel):
+    type: Literal["function"] = "function"
+    function: FunctionName
+
+
+class FunctionCall(OpenAIBaseModel):
+    name: str
+    arguments: str
+    """The arguments as JSON text, as OpenAI sends them."""
+
+
+class ToolCall(OpenAIBaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(OpenAIBaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Annotated[
         str | list[TextPart] | None, one_of('a string or a list of {"type": "text", "text": ...} parts')
     ] = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    """An assistant turn's calls, sent back in the history."""
+    tool_call_id: str | None = None
+    """A ``tool`` turn: the call it answers."""
 
     def text(self) -> str:
         if self.content is None:
@@ -217,6 +248,10 @@ class ChatCompletionRequest(_SamplingFields):
     """A Jinja template replacing the model's (vLLM's field); refused unless the server trusts request templates."""
     chat_template_kwargs: dict[str, Any] | None = None
     """Extra variables for the template; ``chat_template`` here counts as the request's template."""
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    """None: "auto" when the request has tools, else "none" (OpenAI's and vLLM's default)."""
+    parallel_tool_calls: bool = True
 
 
 class TokenizeCompletionRequest(OpenAIBaseModel):
@@ -238,6 +273,7 @@ class TokenizeChatRequest(OpenAIBaseModel):
     return_token_strs: bool = False
     chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    tools: list[Tool] | None = None
 
 
 class TokenizeResponse(BaseModel):
@@ -304,6 +340,7 @@ class ChatLogprobs(BaseModel):
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    tool_calls: list[ToolCall] = Field(default_factory=list)
 
 
 class ChatChoice(BaseModel):
@@ -324,9 +361,22 @@ class ChatCompletionResponse(BaseModel):
     system_fingerprint: str | None = None
 
 
+class DeltaFunctionCall(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class DeltaToolCall(BaseModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunctionCall | None = None
+
+
 class DeltaMessage(BaseModel):
     role: str | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChatChunkChoice(BaseModel):

@@ -35,23 +35,43 @@ from isvc.server.protocols.openai.schema import (
     TokenizeChatRequest,
     TokenizeCompletionRequest,
     TokenizeResponse,
+    ToolCall,
     TopLogprob,
     UsageInfo,
 )
 from isvc.server.protocols.openai.structured import structured_output
+from isvc.server.protocols.openai.tools import (
+    ToolPlan,
+    ToolSettings,
+    ToolStream,
+    plan_tools,
+    template_message,
+    template_tools,
+)
 from isvc.server.protocols.preprocess import encode_all, off_loop
 from isvc.server.protocols.template_sandbox import TemplateSandbox
+from isvc.server.protocols.templates import tool_template
 from isvc.sse import DONE, event
 
 
 class OpenAIServing:
     def __init__(
-        self, engine: EngineClient, model_name: str, model_root: str, *, trust_request_chat_template: bool = False
+        self,
+        engine: EngineClient,
+        model_name: str,
+        model_root: str,
+        *,
+        trust_request_chat_template: bool = False,
+        tools: ToolSettings | None = None,
+        chat_template: str | None = None,
     ) -> None:
         self.engine = engine
         self.model_name = model_name
         self.model_root = model_root
         self.trust_request_chat_template = trust_request_chat_template
+        self.tool_settings = tools or ToolSettings()
+        self.chat_template = chat_template
+        """``--chat-template``: replaces the model's own."""
         self.created = int(time.time())
         self._sandbox = TemplateSandbox() if trust_request_chat_template else None
         """Renders request templates in a child process (started with the first one)."""
@@ -240,19 +260,34 @@ class OpenAIServing:
             if not isinstance(requested, str):
                 raise InvalidRequest("chat_template must be a string", param="chat_template")
             return requested, "chat_template"
-        template = getattr(self.engine.tokenizer, "chat_template", None)
+        template = self.chat_template or getattr(self.engine.tokenizer, "chat_template", None)
         if isinstance(template, dict):  # named templates: "default" is the chat one
             template = template.get("default")
+        if _uses_tools(req) and not (template and "tool" in template):
+            # the model's own template would drop the tools and the calls (SmolLM2's does)
+            return tool_template(), "messages"
         if not template:
             raise InvalidRequest("this model has no chat template; use /v1/completions", param="messages")
         return template, "messages"
 
-    async def chat_jobs(self, req: ChatCompletionRequest) -> tuple[list[Job], list[int]]:
+    async def chat_jobs(self, req: ChatCompletionRequest) -> tuple[list[Job], list[int], ToolPlan]:
         self.check_model(req.model)
         require_generative(self.engine, "chat completions")
         check_fits_queue(self.engine, req.n, param="n")
         self._check_sampling_fields(req)
-        structured = await self._structured(req)
+        plan = plan_tools(req, self.tool_settings)
+        structured = structured_output(req)
+        forced = plan.constraint()
+        if forced is not None:
+            if structured is not None:
+                raise InvalidRequest(
+                    f"tool_choice {'required' if plan.choice == 'required' else 'naming a function'} constrains "
+                    f"the output, and so does {structured.source}: set one",
+                    param="tool_choice",
+                )
+            structured = forced
+        if structured is not None:
+            await self.engine.check_structured(structured)
         ids = await self.chat_prompt_ids(req)
         max_tokens = self.engine.check_request(ids, req.max_completion_tokens or req.max_tokens)
         top = req.top_logprobs if req.logprobs else None
@@ -263,13 +298,18 @@ class OpenAIServing:
                 j,
                 ids,
                 _params(
-                    req, max_tokens, logprobs=(top or 0) if req.logprobs else None, choice=j, structured=structured
+                    req,
+                    max_tokens,
+                    logprobs=(top or 0) if req.logprobs else None,
+                    choice=j,
+                    structured=structured,
+                    keep_special_tokens=plan.keeps_special_tokens,
                 ),
             )
             for j in range(req.n)
         ]
         self.engine.check_capacity(len(jobs))
-        return jobs, ids
+        return jobs, ids, plan
 
     async def chat_prompt_ids(
         self, req: ChatCompletionRequest | TokenizeChatRequest, add_special_tokens: bool = False
@@ -284,9 +324,11 @@ class OpenAIServing:
         variables = {
             **tokenizer.special_tokens_map,  # bos_token, eos_token...: what transformers gives templates
             **kwargs,
-            "messages": [{"role": m.role, "content": m.text()} for m in req.messages],
+            "messages": [template_message(m) for m in req.messages],
             "add_generation_prompt": req.add_generation_prompt,
         }
+        if req.tools:
+            variables["tools"] = template_tools(req.tools)
         # A few times the context in characters: longer could never fit, and tokenizing it is wasted work.
         limits = RenderLimits(max_chars=max(65536, 32 * self.engine.max_model_len))
         if param == "chat_template":  # the client's code: in a process a deadline can kill
@@ -322,7 +364,7 @@ class OpenAIServing:
         return DetokenizeResponse(prompt=self.engine.tokenizer.decode(req.tokens))
 
     async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse:
-        jobs, ids = await self.chat_jobs(req)
+        jobs, ids, plan = await self.chat_jobs(req)
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         collected = await _collect(self.engine, request_id, jobs)
         choices = []
@@ -332,12 +374,16 @@ class OpenAIServing:
             logprobs = None
             if req.logprobs:
                 logprobs = ChatLogprobs(content=[_chat_logprob(lp) for o in outs for lp in (o.logprobs or [])])
+            content: str | None = "".join(o.text for o in outs)
+            calls: list[ToolCall] = []
+            if plan.active and content is not None:
+                content, calls = plan.read(content)
             choices.append(
                 ChatChoice(
                     index=job.index,
-                    message=AssistantMessage(content="".join(o.text for o in outs)),
+                    message=AssistantMessage(content=content, tool_calls=calls),
                     logprobs=logprobs,
-                    finish_reason=outs[-1].finish_reason,
+                    finish_reason=plan.finish_reason(outs[-1].finish_reason, calls),
                     stop_reason=outs[-1].stop_reason,
                 )
             )
@@ -350,10 +396,12 @@ class OpenAIServing:
         )
 
     async def chat_stream(self, req: ChatCompletionRequest) -> AsyncIterator[str]:
-        jobs, ids = await self.chat_jobs(req)
-        return self._chat_events(req, jobs, ids)
+        jobs, ids, plan = await self.chat_jobs(req)
+        return self._chat_events(req, jobs, ids, plan)
 
-    async def _chat_events(self, req: ChatCompletionRequest, jobs: list[Job], ids: list[int]) -> AsyncIterator[str]:
+    async def _chat_events(
+        self, req: ChatCompletionRequest, jobs: list[Job], ids: list[int], plan: ToolPlan
+    ) -> AsyncIterator[str]:
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
 
@@ -365,19 +413,29 @@ class OpenAIServing:
         for job in jobs:
             yield chunk([ChatChunkChoice(index=job.index, delta=DeltaMessage(role="assistant", content=""))])
         completion_tokens: dict[int, int] = {}
+        tool_streams = {job.index: ToolStream(plan) for job in jobs} if plan.active else {}
         async for index, out in run_jobs(self.engine, request_id, jobs):
             completion_tokens[index] = out.num_output_tokens
             logprobs = None
             if req.logprobs:
                 logprobs = ChatLogprobs(content=[_chat_logprob(lp) for lp in (out.logprobs or [])])
-            if not out.text and not out.finished and logprobs is None:
+            text, finish_reason = out.text, out.finish_reason
+            tools = tool_streams.get(index)
+            if tools is not None:
+                text = tools.feed(out.text)
+                if out.finished:
+                    held = tools.close()
+                    if held is not None:
+                        yield chunk([ChatChunkChoice(index=index, delta=held)])
+                    finish_reason = plan.finish_reason(finish_reason, tools.calls)
+            if not text and not out.finished and logprobs is None:
                 continue
-            delta = DeltaMessage(content=out.text) if out.text or not out.finished else DeltaMessage()
+            delta = DeltaMessage(content=text) if text or not out.finished else DeltaMessage()
             choice = ChatChunkChoice(
                 index=index,
                 delta=delta,
                 logprobs=logprobs,
-                finish_reason=out.finish_reason,
+                finish_reason=finish_reason,
                 stop_reason=out.stop_reason,
             )
             yield chunk([choice])
@@ -402,6 +460,7 @@ def _params(
     choice: int,
     prompt_logprobs: int | None = None,
     structured: StructuredOutput | None = None,
+    keep_special_tokens: bool = False,
 ) -> SamplingParams:
     temperature = 1.0 if req.temperature is None else req.temperature
     seed = None if req.seed is None else req.seed + choice
@@ -418,7 +477,7 @@ def _params(
         frequency_penalty=req.frequency_penalty,
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
-        skip_special_tokens=req.skip_special_tokens,
+        skip_special_tokens=req.skip_special_tokens and not keep_special_tokens,
         min_p=req.min_p,
         repetition_penalty=req.repetition_penalty,
         logit_bias=tuple((req.logit_bias or {}).items()),
@@ -456,3 +515,8 @@ def _chat_logprob(lp: TokenLogprob) -> ChatTokenLogprob:
         bytes=list(lp.token.encode()),
         top_logprobs=[TopLogprob(token=t, logprob=v, bytes=list(t.encode())) for _, t, v in lp.top],
     )
+
+
+def _uses_tools(req: Any) -> bool:
+    """Whether rendering needs a template that knows tools: tools offered, or calls and results in the history."""
+    return bool(req.tools) or any(m.tool_calls or m.role == "tool" for m in req.messages)
