@@ -169,7 +169,7 @@ def test_token_ids_outside_the_vocabulary_are_a_400_naming_the_field(client: ope
     ("field", "value"),
     [
         ("guided_whitespace_pattern", "[ ]*"),
-        ("tools", [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]),
+        ("functions", [{"name": "f", "parameters": {"type": "object"}}]),
         ("use_beam_search", True),
     ],
 )
