@@ -22,7 +22,8 @@ from isvc.tasks import ALIASES, TASKS
 
 BACKENDS = ("auto", "huggingface", "vllm")
 TOOL_CALL_PARSERS = ("hermes", "llama3_json", "mistral")
-"""--tool_call_parser values (isvc.server.protocols.openai.tool_parsers.PARSERS, checked by a test)."""
+REASONING_PARSERS = ("deepseek_r1", "qwen3")
+"""--tool_call_parser and --reasoning_parser values (the server's parser tables; a test checks they agree)."""
 DTYPES = ("auto", "float32", "float", "bfloat16", "float16", "half")
 
 
@@ -125,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=TOOL_CALL_PARSERS,
         default=None,
         help="how the model writes tool calls: hermes (also Qwen2.5 and isvc's tool template), llama3_json, mistral",
+    )
+    add(
+        "--reasoning_parser",
+        choices=REASONING_PARSERS,
+        default=None,
+        help="move the text inside <think>...</think> to reasoning_content: deepseek_r1 or qwen3 (vLLM's flag)",
     )
     add(
         "--chat_template",

@@ -55,6 +55,8 @@ class ServerSettings:
     """vLLM's --enable-auto-tool-choice and --tool-call-parser."""
     chat_template: str | None = None
     """vLLM's --chat-template: a Jinja template (its text) replacing the model's."""
+    reasoning_parser: str | None = None
+    """vLLM's --reasoning-parser: deepseek_r1 or qwen3."""
 
 
 def create_app(settings: ServerSettings, engine: EngineClient) -> FastAPI:
@@ -82,6 +84,7 @@ def create_app(settings: ServerSettings, engine: EngineClient) -> FastAPI:
         trust_request_chat_template=settings.trust_request_chat_template,
         tools=settings.tools,
         chat_template=settings.chat_template,
+        reasoning_parser=settings.reasoning_parser,
     )
     pooling = OpenAIPooling(engine, settings.model_name, settings.encoder)
     openai_router = openai_routes.build_router(serving, pooling)

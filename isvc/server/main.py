@@ -117,6 +117,7 @@ def main(argv: list[str]) -> int:
         encoder=EncoderOptions.from_args(args),
         tools=ToolSettings(args.enable_auto_tool_choice, args.tool_call_parser),
         chat_template=chat_template,
+        reasoning_parser=args.reasoning_parser,
     )
     app = create_app(settings, engine)
     # Load and warm up before binding (like KServe's huggingfaceserver and vLLM): an open port

@@ -340,6 +340,8 @@ class ChatLogprobs(BaseModel):
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    reasoning_content: str | None = None
+    """The ``<think>`` part of the answer, with ``--reasoning-parser`` (vLLM's and DeepSeek's field)."""
     tool_calls: list[ToolCall] = Field(default_factory=list)
 
 
@@ -376,6 +378,7 @@ class DeltaToolCall(BaseModel):
 class DeltaMessage(BaseModel):
     role: str | None = None
     content: str | None = None
+    reasoning_content: str | None = None
     tool_calls: list[DeltaToolCall] | None = None
 
 

@@ -14,6 +14,7 @@ from isvc.errors import InvalidRequest, NotFound
 from isvc.server.jobs import Job, check_fits_queue, run_jobs
 from isvc.server.protocols.chat_template import RenderLimits, render
 from isvc.server.protocols.encode import require_generative
+from isvc.server.protocols.openai.reasoning import REASONING_PARSERS, ReasoningStream
 from isvc.server.protocols.openai.schema import (
     AssistantMessage,
     ChatChoice,
@@ -64,6 +65,7 @@ class OpenAIServing:
         trust_request_chat_template: bool = False,
         tools: ToolSettings | None = None,
         chat_template: str | None = None,
+        reasoning_parser: str | None = None,
     ) -> None:
         self.engine = engine
         self.model_name = model_name
@@ -72,6 +74,8 @@ class OpenAIServing:
         self.tool_settings = tools or ToolSettings()
         self.chat_template = chat_template
         """``--chat-template``: replaces the model's own."""
+        self.reasoning = REASONING_PARSERS[reasoning_parser] if reasoning_parser else None
+        """``--reasoning-parser``: ``<think>`` text goes to ``reasoning_content``."""
         self.created = int(time.time())
         self._sandbox = TemplateSandbox() if trust_request_chat_template else None
         """Renders request templates in a child process (started with the first one)."""
@@ -375,13 +379,16 @@ class OpenAIServing:
             if req.logprobs:
                 logprobs = ChatLogprobs(content=[_chat_logprob(lp) for o in outs for lp in (o.logprobs or [])])
             content: str | None = "".join(o.text for o in outs)
+            thinking = None
+            if self.reasoning is not None and content is not None:
+                thinking, content = self.reasoning.split(content)
             calls: list[ToolCall] = []
             if plan.active and content is not None:
                 content, calls = plan.read(content)
             choices.append(
                 ChatChoice(
                     index=job.index,
-                    message=AssistantMessage(content=content, tool_calls=calls),
+                    message=AssistantMessage(content=content, reasoning_content=thinking, tool_calls=calls),
                     logprobs=logprobs,
                     finish_reason=plan.finish_reason(outs[-1].finish_reason, calls),
                     stop_reason=outs[-1].stop_reason,
@@ -414,31 +421,44 @@ class OpenAIServing:
             yield chunk([ChatChunkChoice(index=job.index, delta=DeltaMessage(role="assistant", content=""))])
         completion_tokens: dict[int, int] = {}
         tool_streams = {job.index: ToolStream(plan) for job in jobs} if plan.active else {}
+        thinking_streams = {job.index: ReasoningStream(self.reasoning) for job in jobs} if self.reasoning else {}
         async for index, out in run_jobs(self.engine, request_id, jobs):
             completion_tokens[index] = out.num_output_tokens
             logprobs = None
             if req.logprobs:
                 logprobs = ChatLogprobs(content=[_chat_logprob(lp) for lp in (out.logprobs or [])])
-            text, finish_reason = out.text, out.finish_reason
-            tools = tool_streams.get(index)
-            if tools is not None:
-                text = tools.feed(out.text)
+            text, thinking, finish_reason = out.text, "", out.finish_reason
+            split = thinking_streams.get(index)
+            if split is not None:
+                thinking, text = split.feed(text)
                 if out.finished:
-                    held = tools.close()
-                    if held is not None:
-                        yield chunk([ChatChunkChoice(index=index, delta=held)])
+                    more_thinking, more_text = split.close()
+                    thinking, text = thinking + more_thinking, text + more_text
+            tools, calls = tool_streams.get(index), None
+            if tools is not None:
+                text = tools.feed(text)
+                if out.finished:
+                    calls = tools.close()
                     finish_reason = plan.finish_reason(finish_reason, tools.calls)
-            if not text and not out.finished and logprobs is None:
-                continue
-            delta = DeltaMessage(content=text) if text or not out.finished else DeltaMessage()
-            choice = ChatChunkChoice(
-                index=index,
-                delta=delta,
-                logprobs=logprobs,
-                finish_reason=finish_reason,
-                stop_reason=out.stop_reason,
-            )
-            yield chunk([choice])
+            deltas = []
+            if text or thinking or logprobs is not None:
+                deltas.append(
+                    DeltaMessage(content=text if text or not thinking else None, reasoning_content=thinking or None)
+                )
+            if calls is not None:
+                deltas.append(calls)
+            if out.finished and not deltas:
+                deltas.append(DeltaMessage())
+            for i, delta in enumerate(deltas):
+                last = i == len(deltas) - 1
+                choice = ChatChunkChoice(
+                    index=index,
+                    delta=delta,
+                    logprobs=logprobs if i == 0 else None,
+                    finish_reason=finish_reason if last else None,
+                    stop_reason=out.stop_reason if last else None,
+                )
+                yield chunk([choice])
         if req.stream_options and req.stream_options.include_usage:
             done = sum(completion_tokens.values())
             yield chunk([], UsageInfo(prompt_tokens=len(ids), completion_tokens=done, total_tokens=len(ids) + done))
