@@ -70,9 +70,8 @@ class Sampler:
         tokens: list[int] = []
         for j in range(logits.shape[0]):
             row = logits[j : j + 1].clone()
-            if not matcher.is_stopped():
-                structured.fill_bitmask(matcher, bitmask, 0)
-                structured.apply_bitmask(row, bitmask)
+            structured.fill_bitmask(matcher, bitmask, 0)  # a complete grammar allows EOS alone
+            structured.apply_bitmask(row, bitmask)
             token = int(row.argmax(dim=-1))
             self.accept(request_id, token)
             tokens.append(token)

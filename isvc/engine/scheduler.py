@@ -33,6 +33,9 @@ from isvc.engine.speculation import can_speculate, propose
 
 logger = logging.getLogger(__name__)
 
+MAX_FORCED = 8
+"""Most forced tokens drafted for one request in one step."""
+
 
 @dataclass(slots=True)
 class PrefillChunk:
@@ -113,8 +116,7 @@ class Scheduler:
         self.num_speculative_tokens = num_speculative_tokens
         self.speculative_max_batch = speculative_max_batch
         self.forced_tokens: Callable[[EngineRequest, int], list[int]] | None = None
-        """Drafts a structured output request's grammar forces (up to the room given); prompt-lookup
-        drafts when it forces none."""
+        """The tokens a structured output request's grammar forces next (up to the room given)."""
         self.waiting: deque[EngineRequest] = deque()
         self.running: list[EngineRequest] = []  # index == slot
         self.pending_moves: list[SlotMove] = []
@@ -156,6 +158,8 @@ class Scheduler:
             if self.on_admit is not None:
                 self.on_admit(req)
             budget -= self._add_chunk(out, req, budget)
+        if self.num_speculative_tokens and self.forced_tokens is not None:  # what prompts left of the budget
+            budget -= self._add_forced(out, budget)
         assert budget >= 0 and len(self.running) <= self.max_num_seqs
         out.num_slots = len(self.running)
         if self.num_speculative_tokens and not out.prefill and len(out.decode) <= self.speculative_max_batch:
@@ -169,18 +173,36 @@ class Scheduler:
         out.prefill.append(PrefillChunk(req, start, end))
         return end - start
 
-    def _add_drafts(self, out: SchedulerOutput) -> None:
-        """Drafts for the greedy requests of a small decode-only step: what a grammar forces, else prompt lookup."""
+    def _room(self, req: EngineRequest, most: int) -> int:
+        return min(most, req.params.max_tokens - len(req.output_token_ids) - 1, self.max_model_len - req.num_tokens - 1)
+
+    def _add_forced(self, out: SchedulerOutput, budget: int) -> int:
+        """Drafts of what a constrained greedy request's grammar forces (JSON keys, quotes, commas), in a
+        step of any size, in the budget prompt chunks left: the model takes them unless it tokenizes them
+        otherwise, so each verified row is a token for a fraction of a step. Returns the rows added."""
+        assert self.forced_tokens is not None
+        used = 0
         for req in out.decode:
-            room = min(
-                self.num_speculative_tokens,
-                req.params.max_tokens - len(req.output_token_ids) - 1,
-                self.max_model_len - req.num_tokens - 1,
-            )
+            room = self._room(req, min(MAX_FORCED, budget - used))
+            if room <= 0 or req.params.structured is None or not can_speculate(req.params):
+                continue
             try:
-                if room > 0 and can_speculate(req.params):
-                    forced = self.forced_tokens(req, room) if self.forced_tokens is not None else None
-                    proposal = forced or propose(req.prompt_token_ids + req.output_token_ids, room)
+                forced = self.forced_tokens(req, room)
+            except Exception:  # drafting only saves time: this request decodes plainly
+                logger.exception("no forced tokens for request %s", req.request_id)
+                continue
+            if forced:
+                out.drafts[req] = forced
+                used += len(forced)
+        return used
+
+    def _add_drafts(self, out: SchedulerOutput) -> None:
+        """Prompt-lookup drafts for the greedy requests of a small decode-only step (not drafted yet)."""
+        for req in out.decode:
+            room = self._room(req, self.num_speculative_tokens)
+            try:
+                if room > 0 and req not in out.drafts and can_speculate(req.params):
+                    proposal = propose(req.prompt_token_ids + req.output_token_ids, room)
                     if proposal:
                         out.drafts[req] = proposal
             except Exception:  # drafting only saves time: this request decodes plainly

@@ -167,3 +167,44 @@ def test_a_finish_moves_the_last_request_with_what_it_computed_in_the_same_step(
     assert a.status == RequestStatus.FINISHED_STOPPED and c.slot == 0
     assert [(m.src, m.dst, m.length) for m in sched.take_moves()] == [(2, 0, 4)]
     assert c.output_token_ids == []  # a failed request gets no tokens (the output processor fails it)
+
+
+def test_forced_tokens_are_drafted_in_steps_of_any_size_inside_the_budget() -> None:
+    from isvc.engine.params import StructuredOutput
+
+    json_greedy = SamplingParams(max_tokens=50, temperature=0, structured=StructuredOutput("json_object"))
+    json_sampled = SamplingParams(max_tokens=50, temperature=0.7, structured=StructuredOutput("json_object"))
+
+    def step(budget: int) -> tuple[list[EngineRequest], dict]:
+        sched = Scheduler(max_num_seqs=8, max_num_batched_tokens=budget, num_speculative_tokens=3)
+        sched.forced_tokens = lambda req, room: [7, 8, 9][:room]  # what the grammar would force
+        requests = [
+            EngineRequest("c0", [1, 2], json_greedy),
+            EngineRequest("c1", [1, 2], json_greedy),
+            EngineRequest("free", [1, 2], SamplingParams(max_tokens=50, temperature=0)),
+            EngineRequest("sampled", [1, 2], json_sampled),
+        ]
+        for req in requests:
+            sched.add(req)
+        while any(r.prefilling for r in requests):
+            complete_prefill(sched)
+        sched.update_from_output(sched.schedule(), StepTokens({r: [5] for r in requests}))
+        out = sched.schedule()
+        assert len(out.decode) == 4 and len(out.decode) + sum(len(d) for d in out.drafts.values()) <= budget
+        return requests, out.drafts
+
+    requests, drafts = step(budget=100)  # four decoding: far above speculative_max_batch
+    assert drafts == {requests[0]: [7, 8, 9], requests[1]: [7, 8, 9]}  # constrained greedy requests only
+    requests, drafts = step(budget=6)
+    assert drafts == {requests[0]: [7, 8]}  # inside the step's token budget
+
+    # prompts come first: a waiting request's chunk takes the budget before any draft
+    sched = Scheduler(max_num_seqs=8, max_num_batched_tokens=4, num_speculative_tokens=3)
+    sched.forced_tokens = lambda req, room: [7, 8, 9][:room]
+    first, waiting = EngineRequest("c", [1, 2], json_greedy), EngineRequest("w", [1, 2, 3], json_greedy)
+    sched.add(first)
+    complete_prefill(sched)
+    sched.update_from_output(sched.schedule(), StepTokens({first: [5]}))
+    sched.add(waiting)
+    out = sched.schedule()
+    assert [c.request for c in out.prefill] == [waiting] and out.drafts == {}  # 1 decode row + 3 prompt tokens
