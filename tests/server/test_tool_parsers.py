@@ -136,3 +136,17 @@ def test_the_tool_template_renders_tools_calls_and_results() -> None:
     assert (
         HermesParser().parse('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>').calls
     )
+
+
+def test_chat_template_flag_replaces_the_models_template(start_server, tiny_model_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """vLLM's --chat-template: a file's path (or the template itself) renders every chat request."""
+    import httpx
+
+    template = tmp_path / "template.jinja"
+    template.write_text("{% for m in messages %}<<{{ m.content }}>>{% endfor %}")
+    server = start_server(
+        ["--model_dir", str(tiny_model_dir), "--model_name", "tiny", "--chat-template", str(template)]
+    )
+    ids = httpx.post(f"{server.base_url}/tokenize", json={"messages": [{"role": "user", "content": "hi"}]}).json()
+    text = httpx.post(f"{server.base_url}/detokenize", json={"tokens": ids["tokens"]}).json()["prompt"]
+    assert text == "<<hi>>"
