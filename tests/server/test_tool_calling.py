@@ -34,7 +34,11 @@ WEATHER = {
 }
 TIME = {
     "type": "function",
-    "function": {"name": "get_time", "description": "The time now", "parameters": {"type": "object", "properties": {}}},
+    "function": {
+        "name": "get_time",
+        "description": "The time now",
+        "parameters": {"type": "object", "properties": {}, "additionalProperties": False},
+    },
 }
 QUESTION = [{"role": "user", "content": "What is the weather like in Paris today?"}]
 
@@ -65,7 +69,7 @@ def _answer(call: object) -> dict[str, object]:
 def test_the_tool_loop_runs_through_the_openai_client(tool_server: ServerProcess) -> None:
     client = _client(tool_server)
     first = client.chat.completions.create(
-        model="llama2", messages=QUESTION, tools=[WEATHER, TIME], tool_choice="required", max_tokens=100
+        model="llama2", messages=QUESTION, tools=[WEATHER, TIME], tool_choice="required", max_tokens=400
     )
     choice = first.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -87,7 +91,7 @@ def test_the_tool_loop_streams(tool_server: ServerProcess) -> None:
         messages=QUESTION,
         tools=[WEATHER],
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
-        max_tokens=100,
+        max_tokens=400,  # the schema bounds the call: it ends well before
         stream=True,
     )
     calls: dict[int, dict[str, str]] = {}
