@@ -66,12 +66,10 @@ class Sampler:
         constrained greedy steps would give (speculation.accepted's rule, one row at a time)."""
         matcher = self.matchers[request_id]
         assert self.grammars is not None
-        bitmask = self.grammars.allocate(1)
         tokens: list[int] = []
         for j in range(logits.shape[0]):
             row = logits[j : j + 1].clone()
-            structured.fill_bitmask(matcher, bitmask, 0)  # a complete grammar allows EOS alone
-            structured.apply_bitmask(row, bitmask)
+            self.grammars.mask(row, [matcher])
             token = int(row.argmax(dim=-1))
             self.accept(request_id, token)
             tokens.append(token)
@@ -162,15 +160,13 @@ class Sampler:
         for _, matcher in live:  # (a batch that raises is sampled again row by row: this row fails alone)
             if matcher.is_error():
                 raise RuntimeError(f"the output grammar failed: {matcher.get_error()}")
-        bitmask = self.grammars.allocate(len(live))
-        for j, (_, matcher) in enumerate(live):
-            structured.fill_bitmask(matcher, bitmask, j)
+        matchers = [m for _, m in live]
         if len(live) == logits.shape[0]:  # every row constrained (in order): no copies
-            structured.apply_bitmask(logits, bitmask)
+            self.grammars.mask(logits, matchers)
             return
         index = torch.tensor([i for i, _ in live])
         rows = logits[index]
-        structured.apply_bitmask(rows, bitmask)
+        self.grammars.mask(rows, matchers)
         logits[index] = rows
 
     def _shape(self, row: torch.Tensor, p: SamplingParams, output_ids: list[int], prompt_ids: list[int]) -> None:

@@ -98,6 +98,14 @@ class Grammars:
         """A bitmask [rows, ceil(vocab / 32)] int32: bit j of word w allows token 32 * w + j."""
         return torch.zeros(rows, (self.vocab_size + 31) // 32, dtype=torch.int32)
 
+    def mask(self, logits: torch.Tensor, matchers: list[Any]) -> None:
+        """Mask row i of ``logits`` [R, V], in place, to the tokens ``matchers[i]`` accepts next
+        (a complete grammar accepts EOS alone)."""
+        bitmask = self.allocate(len(matchers))
+        for row, matcher in enumerate(matchers):
+            fill_bitmask(matcher, bitmask, row)
+        apply_bitmask(logits, bitmask)
+
 
 def fill_bitmask(matcher: Any, bitmask: torch.Tensor, row: int) -> None:
     """Row ``row`` of ``bitmask``: the tokens ``matcher`` accepts next."""

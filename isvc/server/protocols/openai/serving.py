@@ -241,9 +241,22 @@ class OpenAIServing:
         if req.logit_bias:
             self.engine.check_token_ids(req.logit_bias, "logit_bias")
 
-    async def _structured(self, req: CompletionRequest | ChatCompletionRequest) -> StructuredOutput | None:
-        """The request's output constraint, its grammar built (400 if it cannot be) before any work."""
+    async def _structured(
+        self, req: CompletionRequest | ChatCompletionRequest, plan: ToolPlan | None = None
+    ) -> StructuredOutput | None:
+        """The request's output constraint — its own, or the one its ``tool_choice`` needs (not both) —
+        its grammar built (400 if it cannot be) before any work."""
         structured = structured_output(req)
+        forced = plan.constraint() if plan is not None else None
+        if forced is not None:
+            if structured is not None:
+                assert plan is not None
+                raise InvalidRequest(
+                    f"tool_choice {'required' if plan.choice == 'required' else 'naming a function'} constrains "
+                    f"the output, and so does {structured.source}: set one",
+                    param="tool_choice",
+                )
+            structured = forced
         if structured is not None:
             await self.engine.check_structured(structured)
         return structured
@@ -280,18 +293,7 @@ class OpenAIServing:
         check_fits_queue(self.engine, req.n, param="n")
         self._check_sampling_fields(req)
         plan = plan_tools(req, self.tool_settings)
-        structured = structured_output(req)
-        forced = plan.constraint()
-        if forced is not None:
-            if structured is not None:
-                raise InvalidRequest(
-                    f"tool_choice {'required' if plan.choice == 'required' else 'naming a function'} constrains "
-                    f"the output, and so does {structured.source}: set one",
-                    param="tool_choice",
-                )
-            structured = forced
-        if structured is not None:
-            await self.engine.check_structured(structured)
+        structured = await self._structured(req, plan)
         ids = await self.chat_prompt_ids(req)
         max_tokens = self.engine.check_request(ids, req.max_completion_tokens or req.max_tokens)
         top = req.top_logprobs if req.logprobs else None
