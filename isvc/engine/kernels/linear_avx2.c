@@ -17,14 +17,19 @@
  */
 #include "simd.h"
 
-/* 4 weight rows x MB activation rows. */
+/* 4 weight rows x MB activation rows. When `next` is set (the first activation rows of a
+ * tile), the next tile's 4 weight rows are prefetched while these are multiplied: the
+ * weights of a model stream from memory once per step, and fetching them only on use left
+ * a 45-row linear ~40 % slower with its weights cold than hot (measured here). */
 #define TILE(MB)                                                                  \
   static inline void tile4x##MB(const float *x, const float *w, float *y,         \
-                                long N, long K, int add) {                        \
+                                long N, long K, int add, const float *next) {     \
     __m256 acc[4][MB];                                                            \
     for (int i = 0; i < 4; i++)                                                   \
       for (int j = 0; j < MB; j++) acc[i][j] = _mm256_setzero_ps();               \
     for (long k = 0; k < K; k += 8) {                                             \
+      if (next && (k & 15) == 0)                                                  \
+        for (int i = 0; i < 4; i++) _mm_prefetch((const char *)(next + i * K + k), _MM_HINT_T1); \
       __m256 xv[MB];                                                              \
       for (int j = 0; j < MB; j++) xv[j] = _mm256_loadu_ps(x + j * K + k);        \
       for (int i = 0; i < 4; i++) {                                               \
@@ -66,9 +71,10 @@ void isvc_linear_f32(const float *x, const float *w, float *y, long M, long N, l
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (long n = 0; n < N; n += 4) {
     const float *wn = w + n * K;
+    const float *next = n + 4 < N ? wn + 4 * K : 0;
     long m = 0;
-    for (; m + 3 <= M; m += 3) tile4x3(x + m * K, wn, y + m * N + n, N, K, add);
-    if (M - m == 2) tile4x2(x + m * K, wn, y + m * N + n, N, K, add);
-    else if (M - m == 1) tile4x1(x + m * K, wn, y + m * N + n, N, K, add);
+    for (; m + 3 <= M; m += 3, next = 0) tile4x3(x + m * K, wn, y + m * N + n, N, K, add, next);
+    if (M - m == 2) tile4x2(x + m * K, wn, y + m * N + n, N, K, add, next);
+    else if (M - m == 1) tile4x1(x + m * K, wn, y + m * N + n, N, K, add, next);
   }
 }
