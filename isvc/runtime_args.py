@@ -179,7 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--tensor_parallel_size", type=int, default=None, help="GPUs per model (vLLM backend)")
     add("--pipeline_parallel_size", type=int, default=1, help="vLLM backend")
     add("--gpu_memory_utilization", type=float, default=0.9, help="vLLM backend")
-    add("--quantization", default=None, help="gptq/awq/... (vLLM backend on a GPU)")
+    add(
+        "--quantization",
+        default=None,
+        help="int8: weights and activations in 8 bits on the CPU engine; gptq/awq/...: the vLLM backend on a GPU",
+    )
     add("--max_num_seqs", type=int, default=32, help="requests decoded together per step")
     add("--max_num_batched_tokens", type=int, default=256, help="token budget per step (prefill chunks + decode)")
     add(

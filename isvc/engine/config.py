@@ -8,6 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 KV_CACHE_DTYPES = ("auto", "float32", "fp32", "float16", "fp16", "half")
 KVCacheDtype = Literal["auto", "float32", "fp32", "float16", "fp16", "half"]
+QUANTIZATIONS = ("int8",)
+Quantization = Literal["int8"]
 
 
 class EngineConfig(BaseModel):
@@ -22,6 +24,11 @@ class EngineConfig(BaseModel):
 
     dtype: str = "float32"
     """Weight and activation dtype: float32 (default on CPU), bfloat16 or float16."""
+
+    quantization: Quantization | None = None
+    """Generative engine: ``int8`` quantizes a float32 model's linear weights at load (per output
+    channel) and each step's activations (per token), and multiplies in integers
+    (kernels/int8.py). None serves the weights as they are."""
 
     max_model_len: int | None = Field(default=None, ge=16)
     """Prompt + output token cap; defaults to the model's max_position_embeddings."""

@@ -75,7 +75,9 @@ class EngineCore:
         torch.set_num_threads(threads)
         model_dir = Path(config.model_dir)
         self.tokenizer = tokenizer or load_tokenizer(config.model_dir, config.trust_remote_code)
-        self.model = LlamaModel(model_dir, torch_dtype(config.dtype), config.max_model_len, config.kv_cache_dtype)
+        self.model = LlamaModel(
+            model_dir, torch_dtype(config.dtype), config.max_model_len, config.kv_cache_dtype, config.quantization
+        )
         self.max_model_len = self.model.max_model_len
         self.cache = self.model.new_cache(config.max_num_seqs, int(config.kv_cache_space_gb * 2**30))
         # Prefix reuse and speculation keep answers exact only on the native ops (row-exact

@@ -25,7 +25,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpcore", "botocore", "urllib3"):  # one line per request while fetching
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from isvc.engine.config import KV_CACHE_DTYPES
+    from isvc.engine.config import KV_CACHE_DTYPES, QUANTIZATIONS
     from isvc.errors import ConfigError, IsvcError
 
     try:
@@ -38,11 +38,14 @@ def main(argv: list[str]) -> int:
             task = resolved.value
             if not resolved.generative:
                 _return_large_blocks_to_the_system()
-        if backend == "isvc" and args.quantization:
+        if backend == "isvc" and args.quantization and args.quantization not in QUANTIZATIONS:
             raise ConfigError(
                 f"--quantization {args.quantization} needs the vLLM backend on a GPU (--backend vllm, "
-                "pip install 'isvc[vllm]'); isvc's CPU engine serves the model's own float weights"
+                "pip install 'isvc[vllm]'); isvc's CPU engine quantizes a float model itself with "
+                f"--quantization {' or '.join(QUANTIZATIONS)}"
             )
+        if backend == "isvc" and args.quantization and not resolved.generative:
+            raise ConfigError(f"--quantization {args.quantization} applies to generative models, not to {task}")
         if backend == "isvc" and args.kv_cache_dtype not in KV_CACHE_DTYPES:
             raise ConfigError(
                 f"--kv_cache_dtype {args.kv_cache_dtype} is not supported by isvc's CPU engine "
@@ -71,6 +74,7 @@ def main(argv: list[str]) -> int:
             model_dir=str(model_dir),
             task=task,
             dtype="float32" if args.dtype == "auto" else args.dtype,
+            quantization=args.quantization if backend == "isvc" else None,
             max_model_len=args.max_model_len,
             max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens,

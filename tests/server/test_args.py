@@ -74,6 +74,7 @@ def test_gptq_on_the_cpu_engine_says_what_to_do(tiny_model_dir) -> None:
     )
     assert result.returncode == 1
     assert "--quantization gptq" in result.stderr and "--backend vllm" in result.stderr
+    assert "--quantization int8" in result.stderr  # what the CPU engine offers instead
 
 
 def test_vllm_backend_without_vllm_is_a_clear_error(tiny_model_dir) -> None:

@@ -23,7 +23,7 @@ from isvc.paths import cache_root
 logger = logging.getLogger(__name__)
 
 SOURCE_DIR = Path(__file__).parent
-CFLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC"]
+CFLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
 
 
 class KernelUnavailable(Exception):

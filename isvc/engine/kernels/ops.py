@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from isvc.engine.kernels.build import load
+from isvc.engine.kernels.int8 import Int8Weight, Weight, int8_linear
 
 _p, _l, _i, _f = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
 
@@ -24,12 +25,16 @@ class TorchOps:
     name = "torch"
     native_attention = False
 
-    def linear(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    def linear(self, x: torch.Tensor, w: Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if isinstance(w, Int8Weight):
+            return int8_linear(x, w, bias)
         return F.linear(x, w, bias)
 
-    def linear_add_(self, out: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def linear_add_(self, out: torch.Tensor, x: torch.Tensor, w: Weight) -> torch.Tensor:
         """out += x @ w.T (a residual connection)."""
-        return out.add_(F.linear(x, w))
+        if isinstance(w, Int8Weight):
+            return int8_linear(x, w, out=out)
+        return out.add_(self.linear(x, w))
 
     def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
         return F.rms_norm(x, (x.shape[-1],), w, eps)
@@ -95,8 +100,8 @@ class NativeOps(TorchOps):
             and w.is_contiguous()
         )
 
-    def linear(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        if not self._covers(x, w):
+    def linear(self, x: torch.Tensor, w: Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if not isinstance(w, torch.Tensor) or not self._covers(x, w):
             return super().linear(x, w, bias)
         x = x.contiguous()
         (M, K), N = x.shape, w.shape[0]
@@ -104,8 +109,10 @@ class NativeOps(TorchOps):
         self._linear(x.data_ptr(), w.data_ptr(), y.data_ptr(), M, N, K, 0, self.threads)
         return y if bias is None else y.add_(bias)
 
-    def linear_add_(self, out: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        if not (self._covers(x, w) and out.is_contiguous() and out.dtype == torch.float32):
+    def linear_add_(self, out: torch.Tensor, x: torch.Tensor, w: Weight) -> torch.Tensor:
+        if not (
+            isinstance(w, torch.Tensor) and self._covers(x, w) and out.is_contiguous() and out.dtype == torch.float32
+        ):
             return super().linear_add_(out, x, w)
         x = x.contiguous()
         (M, K), N = x.shape, w.shape[0]

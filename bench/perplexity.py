@@ -1,0 +1,101 @@
+"""Perplexity of isvc's engine per weight mode (issue 14): quality measured, not assumed.
+
+The text is one every machine has: Python's own ``pydoc_data/topics.py`` (~700 KB of English
+prose about the language). It is cut into windows of ``--window`` tokens; each window runs
+through the engine's model as one prompt chunk with every row's logits, and the perplexity is
+exp(mean negative log-likelihood of each token given the ones before it in its window).
+SmolLM2-135M-Instruct, float32 against each quantized mode, in one process.
+
+    .venv/bin/python -m bench.perplexity                      # float32 and int8, 32 windows of 512
+    .venv/bin/python -m bench.perplexity --windows 8 --window 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import math
+import pydoc_data.topics
+import time
+from pathlib import Path
+
+import torch
+
+from isvc.engine.core import load_tokenizer
+from isvc.engine.llama import LlamaModel
+from isvc.engine.step import ChunkInput, StepLayout
+from isvc.models.prepare import ensure_default_model
+
+RESULTS = Path(__file__).parent / "results"
+MODES: dict[str, str | None] = {"float32": None, "int8": "int8"}
+
+
+def windows(tokenizer: object, count: int, length: int) -> list[list[int]]:
+    text = Path(pydoc_data.topics.__file__).read_text()
+    ids: list[int] = tokenizer.encode(text, add_special_tokens=False)  # type: ignore[attr-defined]
+    stride = max(length, (len(ids) - length) // max(count, 1))  # spread over the whole file
+    return [ids[i : i + length] for i in range(0, len(ids) - length, stride)][:count]
+
+
+def perplexity(model: LlamaModel, texts: list[list[int]]) -> float:
+    nll, n = 0.0, 0
+    cache = model.new_cache(1, 1 << 31)
+    for ids in texts:
+        cache.ensure(1, len(ids))
+        step = StepLayout(
+            num_slots=1,
+            decode_slots=[],
+            decode_tokens=[],
+            decode_positions=[],
+            chunks=[ChunkInput(slot=0, token_ids=ids, start=0)],
+            logit_rows=list(range(len(ids) - 1)),
+            sampled=[],
+            verified=[],
+            prompt_scored=[],
+        )
+        logits = model.forward(step, cache)  # row j predicts token j + 1
+        logp = torch.log_softmax(logits.double(), dim=-1)
+        nll -= logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].sum().item()
+        n += len(ids) - 1
+    return math.exp(nll / n)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--windows", type=int, default=32)
+    parser.add_argument("--window", type=int, default=512)
+    parser.add_argument("--modes", default=",".join(MODES))
+    args = parser.parse_args()
+    model_dir = ensure_default_model()
+    texts = windows(load_tokenizer(str(model_dir)), args.windows, args.window)
+    tokens = sum(len(t) - 1 for t in texts)
+    rows = []
+    for mode in args.modes.split(","):
+        start = time.perf_counter()
+        model = LlamaModel(model_dir, torch.float32, None, quantization=MODES[mode])
+        ppl = perplexity(model, texts)
+        rows.append((mode, ppl, time.perf_counter() - start))
+        print(f"{mode}: perplexity {ppl:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
+        del model
+    base = rows[0][1]
+    stamp = dt.datetime.now().strftime("%Y-%m-%d-%H%M")
+    lines = [
+        f"# Perplexity {stamp}",
+        "",
+        f"SmolLM2-135M-Instruct on Python's pydoc_data/topics.py: {len(texts)} windows of {args.window} tokens "
+        f"({tokens} scored); `python -m bench.perplexity --windows {args.windows} --window {args.window}`",
+        "",
+        "| weights | perplexity | vs float32 |",
+        "|---|---|---|",
+        *(f"| {mode} | {ppl:.3f} | {100 * (ppl / base - 1):+.2f} % |" for mode, ppl, _ in rows),
+        "",
+    ]
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"perplexity-{stamp}.md"
+    out.write_text("\n".join(lines))
+    print("\n".join(lines))
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
