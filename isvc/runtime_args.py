@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 from collections.abc import Callable
 
 from isvc.tasks import ALIASES, TASKS
@@ -132,6 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
         choices=REASONING_PARSERS,
         default=None,
         help="move the text inside <think>...</think> to reasoning_content: deepseek_r1 or qwen3 (vLLM's flag)",
+    )
+    add(
+        "--generation_config",
+        default="auto",
+        help="default sampling values and max_new_tokens: auto (the model folder's generation_config.json), "
+        "vllm (none), or a folder holding a generation_config.json (vLLM's flag)",
+    )
+    add(
+        "--override_generation_config",
+        type=_json_object,
+        default=None,
+        help='JSON merged over --generation_config\'s values, e.g. \'{"temperature": 0.5, "max_new_tokens": 512}\'',
     )
     add(
         "--chat_template",
@@ -298,6 +311,16 @@ def normalize(argv: list[str]) -> list[str]:
         else:
             out.append(item)
     return out
+
+
+def _json_object(text: str) -> dict[str, object]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError('a JSON object is needed, like {"temperature": 0.5}')
+    return value
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

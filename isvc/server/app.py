@@ -25,6 +25,7 @@ from isvc.engine.client import EngineClient
 from isvc.http_errors import EdgeMiddleware
 from isvc.http_limits import LimitRequests, RequestLimits
 from isvc.server import errors
+from isvc.server.generation_defaults import GenerationDefaults
 from isvc.server.protocols import kserve_v1, kserve_v2
 from isvc.server.protocols.encode import EncoderOptions
 from isvc.server.protocols.openai import routes as openai_routes
@@ -57,6 +58,8 @@ class ServerSettings:
     """vLLM's --chat-template: a Jinja template (its text) replacing the model's."""
     reasoning_parser: str | None = None
     """vLLM's --reasoning-parser: deepseek_r1 or qwen3."""
+    generation: GenerationDefaults = field(default_factory=GenerationDefaults)
+    """vLLM's --generation-config: sampling defaults and the server-wide max_new_tokens."""
 
 
 def create_app(settings: ServerSettings, engine: EngineClient) -> FastAPI:
@@ -85,6 +88,7 @@ def create_app(settings: ServerSettings, engine: EngineClient) -> FastAPI:
         tools=settings.tools,
         chat_template=settings.chat_template,
         reasoning_parser=settings.reasoning_parser,
+        generation=settings.generation,
     )
     pooling = OpenAIPooling(engine, settings.model_name, settings.encoder)
     openai_router = openai_routes.build_router(serving, pooling)

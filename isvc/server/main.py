@@ -66,6 +66,7 @@ def main(argv: list[str]) -> int:
     from isvc.engine.factory import build_engine
     from isvc.http_limits import RequestLimits, serve
     from isvc.server.app import ServerSettings, create_app, load_engine
+    from isvc.server.generation_defaults import GenerationDefaults, load_generation_defaults
     from isvc.server.protocols.encode import EncoderOptions
     from isvc.server.protocols.openai.tools import ToolSettings
 
@@ -104,6 +105,15 @@ def main(argv: list[str]) -> int:
     except OSError as exc:
         print(f"isvc serve: error: --chat-template: {exc}", file=sys.stderr)
         return 2
+    try:
+        generation = (
+            load_generation_defaults(args.generation_config, model_dir, args.override_generation_config)
+            if resolved.generative
+            else GenerationDefaults()
+        )
+    except IsvcError as exc:
+        print(f"isvc serve: error: {exc.message}", file=sys.stderr)
+        return 2
     engine = build_engine(config)
     limits = RequestLimits(
         max_body_bytes=args.max_request_body_bytes,
@@ -122,6 +132,7 @@ def main(argv: list[str]) -> int:
         tools=ToolSettings(args.enable_auto_tool_choice, args.tool_call_parser),
         chat_template=chat_template,
         reasoning_parser=args.reasoning_parser,
+        generation=generation,
     )
     app = create_app(settings, engine)
     # Load and warm up before binding (like KServe's huggingfaceserver and vLLM): an open port

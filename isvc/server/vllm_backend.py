@@ -8,6 +8,7 @@ utilization, max model length, trust-remote-code, served model name and port.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -54,6 +55,10 @@ def vllm_argv(args: argparse.Namespace, model_dir: Path) -> list[str]:
         argv.append("--trust-request-chat-template")
     if args.seed:
         argv += ["--seed", str(args.seed)]
+    if args.generation_config != "auto":
+        argv += ["--generation-config", args.generation_config]
+    if args.override_generation_config:
+        argv += ["--override-generation-config", json.dumps(args.override_generation_config)]
     return argv
 
 

@@ -11,6 +11,7 @@ from isvc.engine.client import EngineClient
 from isvc.engine.outputs import RequestOutput, TokenLogprob
 from isvc.engine.params import SamplingParams, StructuredOutput
 from isvc.errors import InvalidRequest, NotFound
+from isvc.server.generation_defaults import GenerationDefaults
 from isvc.server.jobs import Job, check_fits_queue, run_jobs
 from isvc.server.protocols.chat_template import RenderLimits, render
 from isvc.server.protocols.encode import require_generative
@@ -66,6 +67,7 @@ class OpenAIServing:
         tools: ToolSettings | None = None,
         chat_template: str | None = None,
         reasoning_parser: str | None = None,
+        generation: GenerationDefaults | None = None,
     ) -> None:
         self.engine = engine
         self.model_name = model_name
@@ -76,6 +78,8 @@ class OpenAIServing:
         """``--chat-template``: replaces the model's own."""
         self.reasoning = REASONING_PARSERS[reasoning_parser] if reasoning_parser else None
         """``--reasoning-parser``: ``<think>`` text goes to ``reasoning_content``."""
+        self.generation = generation or GenerationDefaults()
+        """``--generation-config``: sampling defaults and the server-wide output cap."""
         self.created = int(time.time())
         self._sandbox = TemplateSandbox() if trust_request_chat_template else None
         """Renders request templates in a child process (started with the first one)."""
@@ -120,11 +124,12 @@ class OpenAIServing:
         jobs: list[Job] = []
         for pi, ids in enumerate(prompts):
             # max_tokens=0 (lm-eval's echo scoring): one token is generated and dropped
-            max_tokens = self.engine.check_request(ids, 1 if wanted == 0 else wanted)
+            max_tokens = self.engine.check_request(ids, self.generation.cap(1 if wanted == 0 else wanted))
             for j in range(req.n):
                 params = _params(
                     req,
                     max_tokens,
+                    self.generation,
                     logprobs=req.logprobs,
                     choice=j,
                     prompt_logprobs=req.logprobs if req.echo and req.logprobs is not None else None,
@@ -295,7 +300,7 @@ class OpenAIServing:
         plan = plan_tools(req, self.tool_settings)
         structured = await self._structured(req, plan)
         ids = await self.chat_prompt_ids(req)
-        max_tokens = self.engine.check_request(ids, req.max_completion_tokens or req.max_tokens)
+        max_tokens = self.engine.check_request(ids, self.generation.cap(req.max_completion_tokens or req.max_tokens))
         top = req.top_logprobs if req.logprobs else None
         if req.top_logprobs and not req.logprobs:
             raise InvalidRequest("top_logprobs requires logprobs=true", param="top_logprobs")
@@ -306,6 +311,7 @@ class OpenAIServing:
                 _params(
                     req,
                     max_tokens,
+                    self.generation,
                     logprobs=(top or 0) if req.logprobs else None,
                     choice=j,
                     structured=structured,
@@ -477,6 +483,7 @@ async def _collect(engine: EngineClient, request_id: str, jobs: list[Job]) -> di
 def _params(
     req: Any,
     max_tokens: int,
+    defaults: GenerationDefaults,
     *,
     logprobs: int | None,
     choice: int,
@@ -484,13 +491,13 @@ def _params(
     structured: StructuredOutput | None = None,
     keep_special_tokens: bool = False,
 ) -> SamplingParams:
-    temperature = 1.0 if req.temperature is None else req.temperature
     seed = None if req.seed is None else req.seed + choice
+    top_k = defaults.pick(req, "top_k", 0)
     return SamplingParams(
         max_tokens=max_tokens,
-        temperature=temperature,
-        top_p=1.0 if req.top_p is None else req.top_p,
-        top_k=0 if req.top_k is None or req.top_k < 0 else req.top_k,
+        temperature=defaults.pick(req, "temperature", 1.0),
+        top_p=defaults.pick(req, "top_p", 1.0),
+        top_k=0 if top_k < 0 else int(top_k),
         seed=seed,
         stop=req.stop_list(),
         stop_token_ids=tuple(req.stop_token_ids or ()),
@@ -500,8 +507,8 @@ def _params(
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
         skip_special_tokens=req.skip_special_tokens and not keep_special_tokens,
-        min_p=req.min_p,
-        repetition_penalty=req.repetition_penalty,
+        min_p=defaults.pick(req, "min_p", 0.0),
+        repetition_penalty=defaults.pick(req, "repetition_penalty", 1.0),
         logit_bias=tuple((req.logit_bias or {}).items()),
         allowed_token_ids=tuple(req.allowed_token_ids) if req.allowed_token_ids else None,
         min_tokens=req.min_tokens,
