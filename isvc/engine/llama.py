@@ -130,11 +130,14 @@ class LlamaModel:
             raise UnsupportedModel(f"--quantization {method} is not supported by isvc's CPU engine; use int8")
         if self.dtype != torch.float32:
             raise UnsupportedModel(f"--quantization int8 quantizes a float32 model; got --dtype {self.dtype}")
-        for layer in self.layers:
-            for name in ("wqkv", "wo", "wgu", "wd"):
-                setattr(layer, name, quantize_weight(getattr(layer, name)))
         assert isinstance(self.lm_head, torch.Tensor)
-        self.lm_head = quantize_weight(self.lm_head)
+        try:
+            for layer in self.layers:
+                for name in ("wqkv", "wo", "wgu", "wd"):
+                    setattr(layer, name, quantize_weight(getattr(layer, name)))
+            self.lm_head = quantize_weight(self.lm_head)
+        except ValueError as exc:  # rows too long for exact int32 sums
+            raise UnsupportedModel(f"--quantization int8: {exc}") from None
         _release_freed_memory()  # the float weights just freed (SmolLM2: RSS 604 -> 471 MB)
         logger.info("int8 weights (per output channel) and 10-bit activations (per token) on every linear")
 

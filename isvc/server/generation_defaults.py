@@ -1,6 +1,6 @@
 """Default sampling values from a model's ``generation_config.json`` (vLLM's ``--generation-config``).
 
-As in vLLM: with ``auto`` (the default) the model folder's file supplies ``temperature``, ``top_p``,
+For the OpenAI routes (KServe's V1/V2 generate take their parameters as sent). As in vLLM: with ``auto`` (the default) the model folder's file supplies ``temperature``, ``top_p``,
 ``top_k``, ``min_p`` and ``repetition_penalty`` for requests that leave them out, and its
 ``max_new_tokens`` caps every request's output (the server-wide limit that spares a server the
 request with no ``max_tokens`` rambling to the end of the context); ``vllm`` ignores the file; a
@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from isvc.errors import ConfigError
+from isvc.engine.params import SamplingParams
+from isvc.errors import ConfigError, IsvcError
 
 logger = logging.getLogger(__name__)
 
@@ -31,11 +32,9 @@ class GenerationDefaults:
     max_new_tokens: int | None = None
     """Every request's output tokens at most this many; None: up to the context."""
 
-    def cap(self, max_tokens: int | None) -> int | None:
-        """A request's max_tokens (None: as many as fit) under the server-wide cap."""
-        if self.max_new_tokens is None:
-            return max_tokens
-        return self.max_new_tokens if max_tokens is None else min(max_tokens, self.max_new_tokens)
+    def cap(self, max_tokens: int) -> int:
+        """A request's max_tokens (already checked against the context) under the server-wide cap."""
+        return max_tokens if self.max_new_tokens is None else min(max_tokens, self.max_new_tokens)
 
     def pick(self, request: Any, name: str, fallback: Any) -> Any:
         """The request's ``name`` if it set it, else this default, else its own (or ``fallback`` for None)."""
@@ -67,14 +66,16 @@ def load_generation_defaults(
     max_new = values.get("max_new_tokens")
     if max_new is not None and (isinstance(max_new, bool) or not isinstance(max_new, int) or max_new < 1):
         raise ConfigError(f"generation config: max_new_tokens must be a positive integer, got {max_new!r}")
+    try:  # a value no request could use is the config's fault: refuse it at start, not per request
+        checked: dict[str, Any] = {k: int(v) if k == "top_k" else v for k, v in sampling.items()}
+        SamplingParams(max_tokens=1, **checked)
+    except IsvcError as exc:
+        raise ConfigError(f"generation config: {exc.message}") from None
     defaults = GenerationDefaults(sampling, max_new)
     if sampling or max_new is not None:
         shown = {**sampling, **({"max_new_tokens": max_new} if max_new is not None else {})}
-        logger.info(
-            "default sampling parameters from the generation config: %s (--generation-config vllm ignores the "
-            "model's file)",
-            shown,
-        )
+        origin = "the model's generation_config.json" if source == "auto" else f"--generation-config {source}"
+        logger.info("default sampling parameters for the OpenAI routes from %s and its override: %s", origin, shown)
     return defaults
 
 

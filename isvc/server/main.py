@@ -46,6 +46,15 @@ def main(argv: list[str]) -> int:
             )
         if backend == "isvc" and args.quantization and not resolved.generative:
             raise ConfigError(f"--quantization {args.quantization} applies to generative models, not to {task}")
+        if backend == "isvc" and args.quantization in QUANTIZATIONS and args.dtype not in ("auto", "float32"):
+            raise ConfigError(
+                f"--quantization {args.quantization} quantizes a float32 model; drop --dtype {args.dtype}"
+            )
+        if backend == "vllm" and args.quantization in QUANTIZATIONS:
+            raise ConfigError(
+                f"--quantization {args.quantization} is isvc's CPU engine's; vLLM takes a quantized checkpoint's "
+                "method (gptq, awq, fp8, ...)"
+            )
         if backend == "isvc" and args.kv_cache_dtype not in KV_CACHE_DTYPES:
             raise ConfigError(
                 f"--kv_cache_dtype {args.kv_cache_dtype} is not supported by isvc's CPU engine "

@@ -26,7 +26,7 @@ def randn(*shape: int, seed: int = 0) -> torch.Tensor:
 def exact(x: torch.Tensor, w) -> torch.Tensor:
     """The definition: integer activations times integer weights, summed exactly, scaled back."""
     xq, xs = quantize_rows(x)
-    return (xq.double() @ w.qt.double()).float().mul_(xs).mul_(w.scale)
+    return (xq.double() @ w.q.double().t()).float()[:, : w.out_features].mul_(xs).mul_(w.scale[: w.out_features])
 
 
 @pytest.fixture(scope="module")
@@ -35,15 +35,26 @@ def native() -> None:
         pytest.skip("native kernels unavailable here")
 
 
+@pytest.mark.parametrize("portable", [False, True], ids=["this-cpu", "avx2-tiles"])
 @pytest.mark.parametrize("m", [1, 2, 3, 5, 8, 9, 13, 40])
-@pytest.mark.parametrize("n,k", [(960, 576), (576, 1536), (12, 64), (8, 48)])
-def test_native_int8_linear_equals_the_exact_integer_product(native, m, n, k):
+@pytest.mark.parametrize("n,k", [(960, 576), (576, 1536), (12, 64), (8, 48), (1001, 64), (20, 40)])
+def test_native_int8_linear_equals_the_exact_integer_product(native, m, n, k, portable):
+    """Both instruction paths (VNNI where the CPU has it, AVX2), any row count, a vocabulary-like
+    N off the tiles (1001), and a K off the kernel (40: the torch path) -- the same bits."""
     x, w = randn(m, k, seed=m) * 3, quantize_weight(randn(n, k, seed=n))
-    assert torch.equal(int8_linear(x, w), exact(x, w))
+    assert torch.equal(int8_linear(x, w, portable=portable), exact(x, w))
     out = randn(m, n, seed=1)
-    assert torch.equal(int8_linear(x, w, out=out.clone()), out + exact(x, w))
+    assert torch.equal(int8_linear(x, w, out=out.clone(), portable=portable), out + exact(x, w))
     b = randn(n, seed=2)
-    assert torch.equal(int8_linear(x, w, b), exact(x, w) + b)
+    assert torch.equal(int8_linear(x, w, b, portable=portable), exact(x, w) + b)
+
+
+def test_a_row_with_nan_or_inf_gives_nan_and_leaves_its_neighbours_alone(native):
+    x, w = randn(3, 64, seed=7), quantize_weight(randn(16, 64, seed=8))
+    x[0, 5], x[2, 9] = float("nan"), float("inf")
+    y = int8_linear(x, w)
+    assert y[0].isnan().all() and y[2].isnan().all()
+    assert torch.equal(y[1], int8_linear(x[1:2], w)[0])
 
 
 def test_int8_linear_is_close_to_the_float_product():

@@ -50,6 +50,10 @@ def test_the_model_folders_generation_config_caps_and_defaults_requests(
     assert [_chat(client).choices[0].message.content for _ in range(3)] == [greedy] * 3
     completion = client.completions.create(model="tiny", prompt="Hi", max_tokens=100, extra_body={"ignore_eos": True})
     assert completion.usage.completion_tokens == 5
+    # a prompt 3 tokens short of the context and no max_tokens: 3 tokens (the context is checked
+    # first, then the cap), not a context-length error
+    long = client.completions.create(model="tiny", prompt=[7] * 253, max_tokens=None, extra_body={"ignore_eos": True})
+    assert long.usage.completion_tokens == 3 and long.choices[0].finish_reason == "length"
 
 
 def test_vllm_ignores_the_file_and_the_override_applies(
@@ -80,6 +84,7 @@ def test_vllm_ignores_the_file_and_the_override_applies(
         (["--override-generation-config", "{temperature: 1}"], "--override_generation_config"),
         (["--override-generation-config", '{"max_new_tokens": -1}'], "max_new_tokens must be a positive integer"),
         (["--generation-config", "/no/such/folder"], "--generation-config /no/such/folder: not a folder"),
+        (["--override-generation-config", '{"top_p": 1.5}'], "top_p must be in [0.0, 1.0]"),
     ],
 )
 def test_bad_generation_config_flags_are_clear_errors(tiny_model_dir: Path, args: list[str], message: str) -> None:
@@ -97,7 +102,7 @@ def test_defaults_from_a_folder_merge_with_the_override(tmp_path: Path) -> None:
     (tmp_path / "generation_config.json").write_text(json.dumps({"temperature": 0.6, "top_p": 0.9, "do_sample": True}))
     got = load_generation_defaults(str(tmp_path), Path("/unused"), {"top_p": 0.5, "max_new_tokens": 64})
     assert got == GenerationDefaults({"temperature": 0.6, "top_p": 0.5}, 64)
-    assert got.cap(None) == 64 and got.cap(10) == 10 and got.cap(100) == 64
+    assert got.cap(10) == 10 and got.cap(100) == 64
     assert load_generation_defaults("vllm", tmp_path) == GenerationDefaults()
     with pytest.raises(ConfigError, match="no generation_config.json"):
         load_generation_defaults(str(tmp_path / "empty"), tmp_path) if (tmp_path / "empty").mkdir() is None else None

@@ -38,25 +38,28 @@ ACT_QMAX = 511.0
 """Activations: symmetric range [-511, 511] (10 bits)."""
 
 MAX_K = 32768
-"""Longest row the int32 sums hold: K * 511 * 127 < 2**31."""
+"""Longest row the int32 sums hold: K * 511 * 127 < 2**31 (checked at load)."""
+
+
+ROW_BLOCK = 8
+"""Weight rows are padded to a multiple of this (zero rows): the kernel's tiles are 4 or 8 rows
+and a vocabulary such as 32001 would otherwise fall off them."""
 
 
 @dataclass(frozen=True, slots=True)
 class Int8Weight:
     """A linear's weight [N, K] as int8 with one float32 scale per output channel (row)."""
 
-    qt: torch.Tensor
-    """[K, N] int8: the transpose view of the contiguous [N, K] rows, the layout ``_int_mm`` reads fastest."""
+    q: torch.Tensor
+    """[N_padded, K] int8, contiguous; rows past ``out_features`` are zeros."""
     scale: torch.Tensor
-    """[N] float32."""
+    """[N_padded] float32."""
+    out_features: int
+    """N: the outputs the linear has (the rest are padding)."""
 
     @property
     def shape(self) -> torch.Size:
-        return torch.Size((self.qt.shape[1], self.qt.shape[0]))
-
-    @property
-    def nbytes(self) -> int:
-        return self.qt.numel() + self.scale.numel() * 4
+        return torch.Size((self.out_features, self.q.shape[1]))
 
 
 Weight = torch.Tensor | Int8Weight
@@ -66,14 +69,19 @@ Weight = torch.Tensor | Int8Weight
 def quantize_weight(w: torch.Tensor) -> Int8Weight:
     """Per output channel symmetric int8 of a float weight [N, K]."""
     w = w.float()
+    n, k = w.shape
+    if k > MAX_K:
+        raise ValueError(f"int8 weights take rows of at most {MAX_K} inputs, this one has {k}")
     scale = w.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / QMAX
-    q = torch.round(w / scale[:, None]).clamp_(-QMAX, QMAX).to(torch.int8).contiguous()
-    return Int8Weight(qt=q.t(), scale=scale.contiguous())
+    padded = -(-n // ROW_BLOCK) * ROW_BLOCK
+    q = torch.zeros(padded, k, dtype=torch.int8)
+    q[:n] = torch.round(w / scale[:, None]).clamp_(-QMAX, QMAX).to(torch.int8)
+    return Int8Weight(q=q, scale=torch.cat([scale, scale.new_ones(padded - n)]), out_features=n)
 
 
 def dequantize(w: Int8Weight) -> torch.Tensor:
     """The float32 weight [N, K] the int8 one stands for (tests and the reference path)."""
-    return w.qt.t().float() * w.scale[:, None]
+    return (w.q.float() * w.scale[:, None])[: w.out_features]
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,28 +92,52 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def int8_linear(
-    x: torch.Tensor, w: Int8Weight, bias: torch.Tensor | None = None, out: torch.Tensor | None = None
+    x: torch.Tensor,
+    w: Int8Weight,
+    bias: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+    *,
+    portable: bool = False,
 ) -> torch.Tensor:
-    """x [M, K] float32 @ w.T -> [M, N] float32 in integers; with ``out``, ``out += x @ w.T``."""
-    (M, K), N = x.shape, w.qt.shape[1]
-    if K > MAX_K:
-        raise ValueError(f"int8 linear rows are at most {MAX_K} long, got {K}")
+    """x [M, K] float32 @ w.T -> [M, N] float32 in integers; with ``out``, ``out += x @ w.T``.
+
+    ``portable`` runs the kernel's AVX2 tiles even where the CPU has AVX-512 VNNI (tests: both
+    must give the same bits)."""
+    (M, K), N = x.shape, w.out_features
     x = x.float()
     native = _native()
-    if native is not None and K % 16 == 0 and N % 4 == 0 and M > 0:
+    if native is not None and K % 16 == 0 and M > 0:
         x = x.contiguous()
-        add = out is not None and bias is None and out.is_contiguous()
-        y = out if add and out is not None else torch.empty(M, N, dtype=torch.float32)
+        padded = w.q.shape[0]
+        add = out is not None and bias is None and padded == N and out.is_contiguous()
+        add = add and out is not None and out.dtype == torch.float32 and out.shape == (M, N)
+        y = out if add and out is not None else torch.empty(M, padded, dtype=torch.float32)
+        xq = torch.empty(M, K, dtype=torch.int16)  # scratch: the integer activations and their scales
+        xs = torch.empty(M, dtype=torch.float32)
         native(
-            x.data_ptr(), w.qt.data_ptr(), w.scale.data_ptr(), y.data_ptr(), M, N, K, int(add), torch.get_num_threads()
+            x.data_ptr(),
+            w.q.data_ptr(),
+            w.scale.data_ptr(),
+            y.data_ptr(),
+            M,
+            padded,
+            K,
+            int(add),
+            torch.get_num_threads(),
+            xq.data_ptr(),
+            xs.data_ptr(),
+            int(portable),
         )
         if add:
             return y
-    else:  # exact integer sums: float64 holds them (K * 511 * 127 < 2**53)
+        y = y[:, :N] if padded != N else y
+    else:  # exact integer sums: float64 holds them (K * 511 * 127 < 2**53); in blocks of rows, not a copy of all
         xq, xs = quantize_rows(x)
-        y = (xq.double() @ w.qt.double()).float().mul_(xs).mul_(w.scale)
+        xq64 = xq.double()
+        y = torch.cat([(xq64 @ w.q[i : i + 1024].double().t()).float() for i in range(0, N, 1024)], dim=1)[:, :N]
+        y = y.mul_(xs).mul_(w.scale[:N])
     if bias is not None:
-        y.add_(bias)
+        y = y.add(bias)
     return y if out is None else out.add_(y)
 
 
@@ -115,7 +147,7 @@ def _native() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
     if lib is None:
         return None
     fn = lib.isvc_linear_i8
-    p, n = ctypes.c_void_p, ctypes.c_long
-    fn.argtypes = [p, p, p, p, n, n, n, ctypes.c_int, ctypes.c_int]
+    p, n, i = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+    fn.argtypes = [p, p, p, p, n, n, n, i, i, p, p, i]
     fn.restype = None
     return fn

@@ -16,18 +16,22 @@
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
-#include <stdlib.h>
 
 #include "simd.h"
 
 #define QMAX 511.0f
 
+/* A row with a NaN or an infinity gets a NaN scale, so its outputs are NaN, as torch's are. */
 static void quantize_row(const float *x, int16_t *q, float *scale, long K) {
   float amax = 0.0f;
-  for (long k = 0; k < K; k++) amax = fmaxf(amax, fabsf(x[k]));
+  int finite = 1;
+  for (long k = 0; k < K; k++) {
+    amax = fmaxf(amax, fabsf(x[k]));
+    finite &= isfinite(x[k]);
+  }
   const float s = fmaxf(amax, FLT_MIN) / QMAX;
-  for (long k = 0; k < K; k++) q[k] = (int16_t)fminf(fmaxf(nearbyintf(x[k] / s), -QMAX), QMAX);
-  *scale = s;
+  for (long k = 0; k < K; k++) q[k] = finite ? (int16_t)fminf(fmaxf(nearbyintf(x[k] / s), -QMAX), QMAX) : 0;
+  *scale = finite ? s : NAN;
 }
 
 static inline int32_t hsum_epi32(__m256i v) {
@@ -79,27 +83,23 @@ DOT(vnni_4x6, VNNI, mul_vnni, 4, 6)
 
 typedef void (*dot_fn)(const int16_t *, const int8_t *, long, int32_t *, const int8_t *);
 
-/* The tile functions by activation rows (index: rows in the tile) for this CPU. */
-static int tiles(dot_fn by_rows[7]) {
-  const int vnni = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
-  if (vnni) {
-    const dot_fn t[7] = {0, vnni_4x1, vnni_4x2, vnni_4x3, 0, 0, vnni_4x6};
-    for (int i = 0; i < 7; i++) by_rows[i] = t[i];
-    return 6;
-  }
-  const dot_fn t[7] = {0, avx2_4x1, avx2_4x2, 0, 0, 0, 0};
-  for (int i = 0; i < 7; i++) by_rows[i] = t[i];
-  return 2;
+/* The tile functions by activation rows (index: rows in the tile) for this CPU, or the AVX2 ones
+ * when `portable` (tests check both give the same bits). Returns the widest. */
+static int tiles(dot_fn by_rows[7], dot_fn *dot8, int portable) {
+  const int vnni = !portable && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
+  const dot_fn v[7] = {0, vnni_4x1, vnni_4x2, vnni_4x3, 0, 0, vnni_4x6};
+  const dot_fn a[7] = {0, avx2_4x1, avx2_4x2, 0, 0, 0, 0};
+  for (int i = 0; i < 7; i++) by_rows[i] = vnni ? v[i] : a[i];
+  *dot8 = vnni ? vnni_8x1 : avx2_8x1;
+  return vnni ? 6 : 2;
 }
 
-/* y[M, N] = x[M, K] @ dequant(w[N, K]).T, or y += it when `add`. */
+/* y[M, N] = x[M, K] @ dequant(w[N, K]).T, or y += it when `add`. xq [M, K] and xs [M] are the
+ * caller's scratch for the integer activations and their scales. N % 4 == 0, K % 16 == 0. */
 void isvc_linear_i8(const float *x, const int8_t *w, const float *wscale, float *y, long M, long N, long K,
-                    int add, int threads) {
-  int16_t *xq = malloc((size_t)(M * K) * sizeof(int16_t));
-  float *xscale = malloc((size_t)M * sizeof(float));
-  dot_fn by_rows[7];
-  const int widest = tiles(by_rows);
-  const int vnni = widest == 6;
+                    int add, int threads, int16_t *xq, float *xscale, int portable) {
+  dot_fn by_rows[7], dot8;
+  const int widest = tiles(by_rows, &dot8, portable);
   const long step = M == 1 && N % 8 == 0 ? 8 : 4;
 #pragma omp parallel num_threads(threads)
   {
@@ -112,7 +112,7 @@ void isvc_linear_i8(const float *x, const int8_t *w, const float *wscale, float 
       const int8_t *next = n + step < N ? wn + step * K : 0;
       for (long m = 0; m < M; m += LD) {
         const long rows = M - m < LD ? M - m : LD;
-        if (step == 8) (vnni ? vnni_8x1 : avx2_8x1)(xq, wn, K, sums, next);
+        if (step == 8) dot8(xq, wn, K, sums, next);
         else {
           /* rows of this block in tiles of the widest size, then one smaller tile */
           for (long j = 0; j < rows;) {
@@ -131,6 +131,4 @@ void isvc_linear_i8(const float *x, const int8_t *w, const float *wscale, float 
       }
     }
   }
-  free(xq);
-  free(xscale);
 }

@@ -124,7 +124,8 @@ class OpenAIServing:
         jobs: list[Job] = []
         for pi, ids in enumerate(prompts):
             # max_tokens=0 (lm-eval's echo scoring): one token is generated and dropped
-            max_tokens = self.engine.check_request(ids, self.generation.cap(1 if wanted == 0 else wanted))
+            # the request checked against the context first (vLLM's order), then held to the server-wide cap
+            max_tokens = self.generation.cap(self.engine.check_request(ids, 1 if wanted == 0 else wanted))
             for j in range(req.n):
                 params = _params(
                     req,
@@ -300,7 +301,7 @@ class OpenAIServing:
         plan = plan_tools(req, self.tool_settings)
         structured = await self._structured(req, plan)
         ids = await self.chat_prompt_ids(req)
-        max_tokens = self.engine.check_request(ids, self.generation.cap(req.max_completion_tokens or req.max_tokens))
+        max_tokens = self.generation.cap(self.engine.check_request(ids, req.max_completion_tokens or req.max_tokens))
         top = req.top_logprobs if req.logprobs else None
         if req.top_logprobs and not req.logprobs:
             raise InvalidRequest("top_logprobs requires logprobs=true", param="top_logprobs")
