@@ -8,14 +8,20 @@ SmolLM2-135M-Instruct, float32 against each quantized mode, in one process.
 
     .venv/bin/python -m bench.perplexity                      # float32 and int8, 32 windows of 512
     .venv/bin/python -m bench.perplexity --windows 8 --window 256
+
+When bench.run_all has installed llama-cpp-python (its venv under ~/.cache/isvc/bench/venvs/llamacpp),
+the same windows are also scored by llama.cpp on the embedded model's own Q4_1 GGUF (the file the
+float32 folder was dequantized from), in that venv's Python.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import math
 import pydoc_data.topics
+import subprocess
 import time
 from pathlib import Path
 
@@ -27,6 +33,23 @@ from isvc.engine.step import ChunkInput, StepLayout
 from isvc.models.prepare import ensure_default_model
 
 RESULTS = Path(__file__).parent / "results"
+LLAMA_CPP_SCORER = """
+import json, sys
+import numpy as np
+from llama_cpp import Llama
+job = json.load(sys.stdin)
+llm = Llama(model_path=job["gguf"], n_ctx=job["window"], logits_all=True, verbose=False, n_threads=2, n_batch=512)
+nll, n = 0.0, 0
+for ids in job["windows"]:
+    llm.reset()
+    llm.eval(ids)
+    logits = np.asarray(llm.scores[: len(ids) - 1], dtype=np.float64)
+    logits -= logits.max(axis=1, keepdims=True)
+    logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    nll -= logp[np.arange(len(ids) - 1), ids[1:]].sum()
+    n += len(ids) - 1
+print(json.dumps({"nll": nll, "n": n}))
+"""
 MODES: dict[str, str | None] = {"float32": None, "int8": "int8"}
 
 
@@ -60,6 +83,21 @@ def perplexity(model: LlamaModel, texts: list[list[int]]) -> float:
     return math.exp(nll / n)
 
 
+def llama_cpp_perplexity(texts: list[list[int]], window: int) -> float | None:
+    """llama.cpp's perplexity on the Q4_1 GGUF, or None when llama-cpp-python is not installed for the bench."""
+    from bench.peers import PEERS
+    from bench.run_all import smollm2_gguf
+
+    peer = PEERS["llamacpp"]
+    if not peer.installed():
+        print("llama.cpp: not installed (python -m bench.run_all --peers llamacpp installs it); skipped")
+        return None
+    job = json.dumps({"gguf": str(smollm2_gguf()), "window": window, "windows": texts})
+    done = subprocess.run([peer.python, "-c", LLAMA_CPP_SCORER], input=job, capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return math.exp(result["nll"] / result["n"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--windows", type=int, default=32)
@@ -77,6 +115,11 @@ def main() -> None:
         rows.append((mode, ppl, time.perf_counter() - start))
         print(f"{mode}: perplexity {ppl:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
         del model
+    start = time.perf_counter()
+    q4 = llama_cpp_perplexity(texts, args.window)
+    if q4 is not None:
+        rows.append(("llama.cpp Q4_1 GGUF (llama-cpp-python 0.3.36)", q4, time.perf_counter() - start))
+        print(f"llama.cpp Q4_1: perplexity {q4:.3f}", flush=True)
     base = rows[0][1]
     stamp = dt.datetime.now().strftime("%Y-%m-%d-%H%M")
     lines = [
