@@ -99,7 +99,34 @@ static void softmax_inplace(float *s, long n) {
           }                                                                                        \
         }                                                                                          \
         for (long g = 0; g < G; g++) softmax_inplace(scores + g * len, len);                       \
-        /* out_g = sum_t p[g][t] V[t] */                                                           \
+        /* out_g = sum_t p[g][t] V[t], each output summed over t in order. For a 64-wide head one  \
+         * query head at a time, its 8 accumulators in registers (V re-read from cache per head):   \
+         * the general loop's G x nv accumulators live in memory, and a 4k-token prompt's           \
+         * attention spent most of its time storing them. The same FMAs in the same order.    */   \
+        float *o = out + d * KVH * G * Dh + h * G * Dh;                                            \
+        if (nv == 8) {                                                                             \
+          for (long g = 0; g < G; g++) {                                                           \
+            const float *p = scores + g * len;                                                     \
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0; \
+            for (long t = 0; t < len; t++) {                                                       \
+              const T *vt = vh + t * Dh;                                                           \
+              const __m256 pt = _mm256_set1_ps(p[t]);                                              \
+              a0 = _mm256_fmadd_ps(pt, LOAD8(vt), a0);                                             \
+              a1 = _mm256_fmadd_ps(pt, LOAD8(vt + 8), a1);                                         \
+              a2 = _mm256_fmadd_ps(pt, LOAD8(vt + 16), a2);                                        \
+              a3 = _mm256_fmadd_ps(pt, LOAD8(vt + 24), a3);                                        \
+              a4 = _mm256_fmadd_ps(pt, LOAD8(vt + 32), a4);                                        \
+              a5 = _mm256_fmadd_ps(pt, LOAD8(vt + 40), a5);                                        \
+              a6 = _mm256_fmadd_ps(pt, LOAD8(vt + 48), a6);                                        \
+              a7 = _mm256_fmadd_ps(pt, LOAD8(vt + 56), a7);                                        \
+            }                                                                                      \
+            float *og = o + g * Dh;                                                                \
+            _mm256_storeu_ps(og, a0), _mm256_storeu_ps(og + 8, a1), _mm256_storeu_ps(og + 16, a2); \
+            _mm256_storeu_ps(og + 24, a3), _mm256_storeu_ps(og + 32, a4), _mm256_storeu_ps(og + 40, a5); \
+            _mm256_storeu_ps(og + 48, a6), _mm256_storeu_ps(og + 56, a7);                          \
+          }                                                                                        \
+          continue;                                                                                \
+        }                                                                                          \
         __m256 acc[16][32];                                                                        \
         for (long g = 0; g < G; g++)                                                               \
           for (long i = 0; i < nv; i++) acc[g][i] = _mm256_setzero_ps();                           \
@@ -111,7 +138,6 @@ static void softmax_inplace(float *s, long n) {
               acc[g][i] = _mm256_fmadd_ps(_mm256_set1_ps(scores[g * len + t]), vv, acc[g][i]);     \
           }                                                                                        \
         }                                                                                          \
-        float *o = out + d * KVH * G * Dh + h * G * Dh;                                            \
         for (long g = 0; g < G; g++)                                                               \
           for (long i = 0; i < nv; i++) _mm256_storeu_ps(o + g * Dh + 8 * i, acc[g][i]);           \
       }                                                                                            \
