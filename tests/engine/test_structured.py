@@ -98,6 +98,26 @@ async def test_json_object_regex_choice_and_grammar(engine: AsyncEngine) -> None
             assert reason == "stop" and valid(text), (spec, text)
 
 
+async def test_logprobs_come_with_constrained_tokens(engine: AsyncEngine) -> None:
+    """Each constrained token gets its logprob and top alternatives: the model's own distribution
+    before the mask (vLLM's raw logprobs), so the alternatives may lie outside the grammar."""
+    spec = StructuredOutput("regex", r"[0-9]{4}")
+    await engine.check_structured(spec)
+    params = SamplingParams(max_tokens=16, temperature=0, structured=spec, logprobs=3)
+    tokens, entries, text = [], [], ""
+    async for out in engine.generate("lp", prompts(engine, 1)[0], params):
+        tokens += out.token_ids
+        entries += out.logprobs or []
+        text += out.text
+    assert re.fullmatch(r"[0-9]{4}", text)
+    assert [e.token_id for e in entries] == tokens
+    for e in entries:
+        assert e.logprob <= 0 and len(e.top) == 3
+        assert all(lp <= 0 for _, _, lp in e.top) and [lp for _, _, lp in e.top] == sorted(
+            (lp for _, _, lp in e.top), reverse=True
+        )
+
+
 async def test_a_constrained_row_leaves_the_rest_of_its_batch_alone(engine: AsyncEngine) -> None:
     ids = prompts(engine, 4)
     greedy = SamplingParams(max_tokens=12, temperature=0)
