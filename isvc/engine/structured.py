@@ -129,15 +129,12 @@ def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor) -> None:
 
 @cache
 def _native_apply() -> Any:
-    from isvc.engine.kernels.build import load
+    from isvc.engine.kernels.build import bind, load
 
     lib = load()
     if lib is None:
         return None
-    fn = lib.isvc_apply_bitmask
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_long]
-    fn.restype = None
-    return fn
+    return bind(lib.isvc_apply_bitmask, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_long])
 
 
 def consume(matcher: Any, token_id: int) -> None:

@@ -83,3 +83,10 @@ def _load() -> ctypes.CDLL | None:
     except (KernelUnavailable, OSError) as exc:
         logger.info("native kernels not used (%s); using torch's ops", exc)
         return None
+
+
+def bind(fn: ctypes._CFuncPtr, argtypes: list) -> ctypes._CFuncPtr:  # type: ignore[name-defined]
+    """A kernel function of the library, typed: its C argument types, no return value."""
+    fn.argtypes = argtypes
+    fn.restype = None
+    return fn

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from isvc.engine.kernels.build import load
+from isvc.engine.kernels.build import bind, load
 
 QMAX = 127.0
 """Weights: symmetric range [-127, 127]."""
@@ -146,8 +146,5 @@ def _native() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
     lib = load()
     if lib is None:
         return None
-    fn = lib.isvc_linear_i8
     p, n, i = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
-    fn.argtypes = [p, p, p, p, n, n, n, i, i, p, p, i]
-    fn.restype = None
-    return fn
+    return bind(lib.isvc_linear_i8, [p, p, p, p, n, n, n, i, i, p, p, i])

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from isvc.engine.kernels.build import load
+from isvc.engine.kernels.build import bind, load
 from isvc.engine.kernels.int8 import Int8Weight, Weight, int8_linear
 
 _p, _l, _i, _f = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
@@ -77,14 +77,14 @@ class NativeOps(TorchOps):
 
     def __init__(self, lib: ctypes.CDLL, num_threads: int, head_dim: int, group: int) -> None:
         self.threads = num_threads
-        self._linear = _bind(lib.isvc_linear_f32, [_p, _p, _p, _l, _l, _l, _i, _i])
-        self._rms_norm = _bind(lib.isvc_rms_norm, [_p, _p, _p, _l, _l, _f, _i])
-        self._rope = _bind(lib.isvc_rope, [_p, _l, _p, _p, _p, _l, _l, _l, _i])
-        self._silu_mul = _bind(lib.isvc_silu_mul, [_p, _p, _l, _l, _i])
+        self._linear = bind(lib.isvc_linear_f32, [_p, _p, _p, _l, _l, _l, _i, _i])
+        self._rms_norm = bind(lib.isvc_rms_norm, [_p, _p, _p, _l, _l, _f, _i])
+        self._rope = bind(lib.isvc_rope, [_p, _l, _p, _p, _p, _l, _l, _l, _i])
+        self._silu_mul = bind(lib.isvc_silu_mul, [_p, _p, _l, _l, _i])
         attention_args = [_p, _l, _p, _l, _p, _l, _p, _p, _p, _p, _p, _l, _l, _l, _l, _l, _f, _i]
         self._attention = {
-            torch.float32: _bind(lib.isvc_attention_f32, attention_args),
-            torch.float16: _bind(lib.isvc_attention_f16, attention_args),
+            torch.float32: bind(lib.isvc_attention_f32, attention_args),
+            torch.float16: bind(lib.isvc_attention_f16, attention_args),
         }
         self.native_attention = head_dim % 8 == 0 and head_dim <= 256 and group <= 16
         self.scale = head_dim**-0.5
@@ -203,12 +203,6 @@ class NativeOps(TorchOps):
             self.threads,
         )
         return out
-
-
-def _bind(fn, argtypes: list) -> ctypes._CFuncPtr:  # type: ignore[name-defined]
-    fn.argtypes = argtypes
-    fn.restype = None
-    return fn
 
 
 Linear = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
