@@ -7,8 +7,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from isvc.runtime_args import ArgsError, parse
+
+if TYPE_CHECKING:
+    from isvc.engine.client import Task
 
 logger = logging.getLogger("isvc.serve")
 
@@ -25,12 +29,13 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpcore", "botocore", "urllib3"):  # one line per request while fetching
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from isvc.engine.config import KV_CACHE_DTYPES, QUANTIZATIONS
+    from isvc.engine.config import KV_CACHE_DTYPES
     from isvc.errors import ConfigError, IsvcError
 
     try:
         model_dir = _resolve_model_dir(args)
         backend = _choose_backend(args.backend)
+        resolved = None  # the task isvc's engine would serve; None on the vLLM backend
         if backend == "isvc":  # the task the folder serves, or why it cannot be: before any weights load
             from isvc.engine.factory import engine_task
 
@@ -38,23 +43,8 @@ def main(argv: list[str]) -> int:
             task = resolved.value
             if not resolved.generative:
                 _return_large_blocks_to_the_system()
-        if backend == "isvc" and args.quantization and args.quantization not in QUANTIZATIONS:
-            raise ConfigError(
-                f"--quantization {args.quantization} needs the vLLM backend on a GPU (--backend vllm, "
-                "pip install 'isvc[vllm]'); isvc's CPU engine quantizes a float model itself with "
-                f"--quantization {' or '.join(QUANTIZATIONS)}"
-            )
-        if backend == "isvc" and args.quantization and not resolved.generative:
-            raise ConfigError(f"--quantization {args.quantization} applies to generative models, not to {task}")
-        if backend == "isvc" and args.quantization in QUANTIZATIONS and args.dtype not in ("auto", "float32"):
-            raise ConfigError(
-                f"--quantization {args.quantization} quantizes a float32 model; drop --dtype {args.dtype}"
-            )
-        if backend == "vllm" and args.quantization in QUANTIZATIONS:
-            raise ConfigError(
-                f"--quantization {args.quantization} is isvc's CPU engine's; vLLM takes a quantized checkpoint's "
-                "method (gptq, awq, fp8, ...)"
-            )
+        if args.quantization:
+            _check_quantization(args.quantization, args.dtype, resolved)
         if backend == "isvc" and args.kv_cache_dtype not in KV_CACHE_DTYPES:
             raise ConfigError(
                 f"--kv_cache_dtype {args.kv_cache_dtype} is not supported by isvc's CPU engine "
@@ -114,6 +104,7 @@ def main(argv: list[str]) -> int:
     except OSError as exc:
         print(f"isvc serve: error: --chat-template: {exc}", file=sys.stderr)
         return 2
+    assert resolved is not None  # the vLLM backend has returned above
     try:
         generation = (
             load_generation_defaults(args.generation_config, model_dir, args.override_generation_config)
@@ -184,6 +175,31 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
         ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # -8 is M_ARENA_MAX
     except (OSError, AttributeError):  # not glibc
         pass
+
+
+def _check_quantization(method: str, dtype: str, task: Task | None) -> None:
+    """``--quantization``: isvc's own methods on isvc's engine (a float32 generative model, ``task``),
+    the others on vLLM's (``task`` None)."""
+    from isvc.engine.config import QUANTIZATIONS
+    from isvc.errors import ConfigError
+
+    if task is None:
+        if method in QUANTIZATIONS:
+            raise ConfigError(
+                f"--quantization {method} is isvc's CPU engine's; vLLM takes a quantized checkpoint's "
+                "method (gptq, awq, fp8, ...)"
+            )
+        return
+    if method not in QUANTIZATIONS:
+        raise ConfigError(
+            f"--quantization {method} needs the vLLM backend on a GPU (--backend vllm, "
+            "pip install 'isvc[vllm]'); isvc's CPU engine quantizes a float model itself with "
+            f"--quantization {' or '.join(QUANTIZATIONS)}"
+        )
+    if not task.generative:
+        raise ConfigError(f"--quantization {method} applies to generative models, not to {task.value}")
+    if dtype not in ("auto", "float32"):
+        raise ConfigError(f"--quantization {method} quantizes a float32 model; drop --dtype {dtype}")
 
 
 def _return_large_blocks_to_the_system(threshold: int = 4 << 20) -> None:

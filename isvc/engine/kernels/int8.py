@@ -109,9 +109,10 @@ def int8_linear(
     if native is not None and K % 16 == 0 and M > 0:
         x = x.contiguous()
         padded = w.q.shape[0]
-        add = out is not None and bias is None and padded == N and out.is_contiguous()
-        add = add and out is not None and out.dtype == torch.float32 and out.shape == (M, N)
-        y = out if add and out is not None else torch.empty(M, padded, dtype=torch.float32)
+        # the kernel adds into ``out`` itself when it can write it as its own output
+        add = out is not None and bias is None and padded == N
+        add = add and out is not None and out.is_contiguous() and out.dtype == torch.float32 and out.shape == (M, N)
+        y = out if out is not None and add else torch.empty(M, padded, dtype=torch.float32)
         xq = torch.empty(M, K, dtype=torch.int16)  # scratch: the integer activations and their scales
         xs = torch.empty(M, dtype=torch.float32)
         native(
