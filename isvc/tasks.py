@@ -128,6 +128,8 @@ def routes(task: str, model_name: str) -> list[str]:
     """The inference routes ``isvc serve`` answers for ``task`` (the OpenAI ones are under /openai/v1 and /v1)."""
     v1 = f"POST /v1/models/{model_name}:predict"
     v2 = f"POST /v2/models/{model_name}/infer"
+    if task == TEXT2TEXT_GENERATION:  # T5 and BART folders ship no chat template
+        return ["POST /openai/v1/completions", "POST /openai/v1/chat/completions (with a chat template)", v1, v2]
     if task in GENERATIVE_TASKS:
         return ["POST /openai/v1/chat/completions", "POST /openai/v1/completions", v1, v2]
     if task == TEXT_EMBEDDING:

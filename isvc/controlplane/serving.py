@@ -119,7 +119,11 @@ def _engine(task: str | None, backend: str, gpus: int) -> str:
     if backend == "vllm":
         return "vLLM (--backend=vllm)"
     if task is None:
-        return "isvc serve: the generative engine for decoder LLMs, the encoder engine for other tasks"
+        return (
+            "isvc serve: the generative engine for decoder and encoder-decoder LLMs, the encoder engine for other tasks"
+        )
+    if task == tasks.TEXT2TEXT_GENERATION:  # never vLLM on auto (as KServe falls back to its HF backend)
+        return "isvc generative engine (encoder-decoder: continuous batching, sampling)"
     if tasks.is_generative(task):
         if backend == "auto" and gpus:
             return "vLLM on the GPU (--backend=auto), else isvc's generative engine (continuous batching)"

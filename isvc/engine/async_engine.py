@@ -34,8 +34,15 @@ GRAMMARS_KEPT = 256
 
 
 class AsyncEngine:
-    def __init__(self, config: EngineConfig, on_dead: Callable[[BaseException], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        on_dead: Callable[[BaseException], None] | None = None,
+        task: Task = Task.TEXT_GENERATION,
+    ) -> None:
         self.config = config
+        self.task = task
+        """text_generation (decoder LLMs) or text2text_generation (encoder-decoder models, seq2seq.py)."""
         self.core: EngineCore | None = None
         self._thread: threading.Thread | None = None
         self._loaded = False
@@ -50,7 +57,7 @@ class AsyncEngine:
         """Load weights and run the warm-up step (blocking; call from a worker thread)."""
 
         def init() -> EngineCore:
-            core = EngineCore(self.config)
+            core = EngineCore(self.config, task=self.task)
             core.warm_up()
             core.on_dead = self._died
             return core
@@ -84,11 +91,11 @@ class AsyncEngine:
         core = self._core()
         config = core.model.config
         return ModelInfo(
-            task=Task.TEXT_GENERATION,
+            task=self.task,
             architecture=(config.get("architectures") or ["?"])[0],
             max_model_len=core.max_model_len,
             vocab_size=int(core.model.vocab_size),
-            hidden_size=int(config["hidden_size"]),
+            hidden_size=int(config.get("hidden_size") or config["d_model"]),
         )
 
     @property
@@ -172,6 +179,12 @@ class AsyncEngine:
             except RuntimeError:  # the consumer's event loop is closed: nobody is listening
                 core.abort(request_id)
 
+        if params.prompt_logprobs is not None and self.task is Task.TEXT2TEXT_GENERATION:
+            raise InvalidRequest(
+                "prompt logprobs (echo with logprobs) need a decoder-only model: an encoder-decoder "
+                "model's prompt is its encoder's input, which it does not predict",
+                param="echo",
+            )
         request = EngineRequest(request_id, list(prompt_ids), params, arrival_s=time.monotonic())
         if params.structured is not None:
             await self.check_structured(params.structured)
@@ -197,7 +210,7 @@ class AsyncEngine:
 
     async def encode(self, request_id: str, inputs: EncodeInput, params: PoolingParams) -> PoolingOutput:
         raise WrongTask(
-            f"this model serves the {Task.TEXT_GENERATION.value} task (chat and completions); "
+            f"this model serves the {self.task.value} task (chat and completions); "
             f"it does not answer {params.kind} requests",
             param="model",
         )

@@ -33,10 +33,11 @@ from typing import Any
 import torch
 
 from isvc.engine import metrics
+from isvc.engine.client import Task
 from isvc.engine.config import EngineConfig
 from isvc.engine.errors import EngineDeadError
 from isvc.engine.inbox import Inbox
-from isvc.engine.kv_cache import KVCacheFull
+from isvc.engine.kv_cache import KVCache, KVCacheFull
 from isvc.engine.llama import LlamaModel, torch_dtype
 from isvc.engine.output_processor import Emit, OutputProcessor, failed_output
 from isvc.engine.outputs import RequestOutput
@@ -46,6 +47,7 @@ from isvc.engine.request import EngineRequest, RequestStatus
 from isvc.engine.runner import ModelRunner
 from isvc.engine.sampler import Sampler
 from isvc.engine.scheduler import Scheduler
+from isvc.engine.seq2seq import Seq2SeqModel, Seq2SeqRunner, SlotStates
 from isvc.engine.structured import Grammars
 
 logger = logging.getLogger(__name__)
@@ -69,27 +71,40 @@ def load_tokenizer(model_dir: str, trust_remote_code: bool = False) -> Any:
 
 
 class EngineCore:
-    def __init__(self, config: EngineConfig, tokenizer: Any | None = None) -> None:
+    def __init__(self, config: EngineConfig, tokenizer: Any | None = None, task: Task = Task.TEXT_GENERATION) -> None:
         self.config = config
+        self.task = task
         threads = config.num_threads or len(os.sched_getaffinity(0))
         torch.set_num_threads(threads)
         model_dir = Path(config.model_dir)
         self.tokenizer = tokenizer or load_tokenizer(config.model_dir, config.trust_remote_code)
-        self.model = LlamaModel(
-            model_dir, torch_dtype(config.dtype), config.max_model_len, config.kv_cache_dtype, config.quantization
-        )
-        self.max_model_len = self.model.max_model_len
-        self.cache = self.model.new_cache(config.max_num_seqs, int(config.kv_cache_space_gb * 2**30))
-        # Prefix reuse and speculation keep answers exact only on the native ops (row-exact
-        # across batch shapes and chunkings); on torch's they stay off.
-        row_exact = self.model.ops.native_attention
-        prefix_cache = (
-            PrefixCache(int(config.prefix_cache_space_gb * 2**30))
-            if config.enable_prefix_caching and row_exact
-            else None
-        )
         self.metrics = metrics.EngineMetrics(config.served_model_name or model_dir.name)
-        self.runner = ModelRunner(self.model, self.cache, prefix_cache, self.metrics)
+        self.model: LlamaModel | Seq2SeqModel
+        self.runner: ModelRunner | Seq2SeqRunner
+        self.cache: KVCache | SlotStates
+        if task is Task.TEXT2TEXT_GENERATION:
+            self.model = Seq2SeqModel(
+                model_dir, torch_dtype(config.dtype), config.max_model_len, config.trust_remote_code
+            )
+            self.runner = Seq2SeqRunner(self.model)
+            self.cache = self.runner.cache
+            row_exact = False  # no prefix reuse or speculation: the encoder reads the whole prompt
+            prefix_cache = None
+        else:
+            self.model = LlamaModel(
+                model_dir, torch_dtype(config.dtype), config.max_model_len, config.kv_cache_dtype, config.quantization
+            )
+            self.cache = self.model.new_cache(config.max_num_seqs, int(config.kv_cache_space_gb * 2**30))
+            # Prefix reuse and speculation keep answers exact only on the native ops (row-exact
+            # across batch shapes and chunkings); on torch's they stay off.
+            row_exact = self.model.ops.native_attention
+            prefix_cache = (
+                PrefixCache(int(config.prefix_cache_space_gb * 2**30))
+                if config.enable_prefix_caching and row_exact
+                else None
+            )
+            self.runner = ModelRunner(self.model, self.cache, prefix_cache, self.metrics)
+        self.max_model_len = self.model.max_model_len
         self.scheduler = Scheduler(
             config.max_num_seqs,
             config.max_num_batched_tokens,
@@ -103,7 +118,9 @@ class EngineCore:
         self.grammars = Grammars(self.tokenizer, int(self.model.vocab_size), sorted(self.scheduler.eos_ids))
         sampler = Sampler(config.seed, self.scheduler.eos_ids, self.grammars)
         self.scheduler.forced_tokens = lambda req, room: sampler.forced_tokens(req.request_id, room)
-        self.output = OutputProcessor(self.tokenizer, self.scheduler, sampler, self.metrics)
+        self.output = OutputProcessor(
+            self.tokenizer, self.scheduler, sampler, self.metrics, decoder_sees_prompt=task is Task.TEXT_GENERATION
+        )
         self._inbox: Inbox[tuple[str, Any]] = Inbox()
         self._stopped = False
         self._thread: threading.Thread | None = None

@@ -1,4 +1,5 @@
-"""build_engine: the engine for a model folder's task — the generative engine or the encoder engine.
+"""build_engine: the engine for a model folder's task — the generative engine (decoder or
+encoder-decoder models) or the encoder engine.
 
 The composition root (``isvc serve``'s main) calls it; everything after sees only ``EngineClient``.
 """
@@ -8,16 +9,12 @@ from __future__ import annotations
 from isvc.engine.client import EngineClient, Task
 from isvc.engine.config import EngineConfig
 from isvc.engine.encoder.task import resolve_task
-from isvc.errors import ConfigError
 
 
 def engine_task(model_dir: str, requested: str | None) -> Task:
     """The task the folder will serve (``requested`` checked against its weights, or inferred);
     ConfigError when it cannot be served. Reads config files only: cheap, before any weights load."""
-    task = resolve_task(model_dir, requested)
-    if task is Task.TEXT2TEXT_GENERATION:
-        raise ConfigError("--task text2text_generation (encoder-decoder models) is not served by isvc's engine")
-    return task
+    return resolve_task(model_dir, requested)
 
 
 def build_engine(config: EngineConfig) -> EngineClient:
@@ -26,7 +23,7 @@ def build_engine(config: EngineConfig) -> EngineClient:
     if task.generative:
         from isvc.engine.async_engine import AsyncEngine
 
-        return AsyncEngine(config)
+        return AsyncEngine(config, task=task)
     from isvc.engine.encoder import AsyncEncoderEngine
 
     return AsyncEncoderEngine(config, task)

@@ -58,8 +58,18 @@ class TrackedRequest:
 
 
 class OutputProcessor:
-    def __init__(self, tokenizer: Any, scheduler: Scheduler, sampler: Sampler, metrics: EngineMetrics) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        scheduler: Scheduler,
+        sampler: Sampler,
+        metrics: EngineMetrics,
+        decoder_sees_prompt: bool = True,
+    ) -> None:
         self.tokenizer = tokenizer
+        self.decoder_sees_prompt = decoder_sees_prompt
+        """False for encoder-decoder models: the output is a text of its own, so the first token is
+        detokenized as a text's first (no word-joining space), not as the prompt's continuation."""
         self.scheduler = scheduler
         self.sampler = sampler
         self.metrics = metrics
@@ -75,7 +85,9 @@ class OutputProcessor:
             tracked = TrackedRequest(
                 request=request,
                 emit=emit,
-                detok=IncrementalDetokenizer(self.tokenizer, request.prompt_token_ids, p.skip_special_tokens),
+                detok=IncrementalDetokenizer(
+                    self.tokenizer, request.prompt_token_ids if self.decoder_sees_prompt else [], p.skip_special_tokens
+                ),
                 stop=StopChecker(p.stop),
             )
             self.sampler.add(request.request_id, p, request.grammar)

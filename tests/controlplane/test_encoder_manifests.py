@@ -1,7 +1,7 @@
 """KServe's documented encoder examples through `isvc apply`: task, engine and routes before anything starts.
 
 The manifests are KServe's docs examples (BERT fill-mask, DistilBERT sentiment, BERT NER, a
-sentence-transformers embedding model), resources and GPU lines kept, with the model folder
+sentence-transformers embedding model, T5 text-to-text), resources and GPU lines kept, with the model folder
 mapped locally (``pvc://`` or ``file://``) instead of a hub id. The dry-run tests only need the
 folders' config.json; the live test runs a tiny random sentence-transformers folder to READY.
 """
@@ -18,6 +18,7 @@ import pytest
 from cp_helpers import ControlPlane
 
 from tests.encoder_fixtures import tiny_embedding_dir  # noqa: F401
+from tests.seq2seq_fixtures import tiny_t5_dir  # noqa: F401
 
 RESOURCES = """\
       resources:
@@ -62,6 +63,8 @@ EMBEDDING = manifest(
     ["--model_name=sentence-transformer", "--task=text_embedding", "--backend=huggingface"],
     "pvc://hf-models/all-MiniLM-L6-v2",
 )
+# KServe docs: text-to-text generation (huggingface-t5, the Hugging Face backend; vLLM serves no T5)
+T5 = manifest("huggingface-t5", ["--model_name=t5", "--backend=huggingface"], "pvc://hf-models/t5-small")
 
 FOLDERS = {
     "bert-base-uncased": {"architectures": ["BertForMaskedLM"]},
@@ -72,6 +75,7 @@ FOLDERS = {
     "bert-base-NER": {"architectures": ["BertForTokenClassification"]},
     "all-MiniLM-L6-v2": {"architectures": ["BertModel"]},
     "ms-marco-MiniLM-L-6-v2": {"architectures": ["BertForSequenceClassification"], "id2label": {"0": "LABEL_0"}},
+    "t5-small": {"architectures": ["T5ForConditionalGeneration"], "is_encoder_decoder": True},
 }
 
 
@@ -212,3 +216,39 @@ def test_embedding_manifest_becomes_ready_and_embeds_through_the_gateway(
     text = isvc("describe", "isvc", "embedding-model", stdin="", state=cp.state_dir).stdout
     assert "Task:         text_embedding (from --task)" in text
     assert "Routes:       POST /openai/v1/embeddings" in text
+
+
+T5_ENGINE = "isvc generative engine (encoder-decoder: continuous batching, sampling)"
+
+
+def test_t5_serves_text2text_completions(models: Path, tmp_path: Path) -> None:
+    out = dry_run(T5, tmp_path / "state")
+    assert out["task"] == ["text2text_generation (from config.json architectures: T5ForConditionalGeneration)"]
+    assert out["engine"] == [T5_ENGINE]
+    assert out["routes"][:2] == [
+        "POST /openai/v1/completions",
+        "POST /openai/v1/chat/completions (with a chat template)",
+    ]
+
+
+def test_t5_manifest_becomes_ready_and_completes_through_the_gateway(
+    start_control_plane,  # type: ignore[no-untyped-def]
+    pvc_root: Path,
+    tiny_t5_dir: Path,  # noqa: F811
+) -> None:
+    """KServe's T5 example as documented (GPU line kept, so --cpu-fallback), a tiny T5 on the PVC."""
+    cp: ControlPlane = start_control_plane("--cpu-fallback")
+    (pvc_root / "hf-models").mkdir()
+    (pvc_root / "hf-models" / "t5-small").symlink_to(tiny_t5_dir, target_is_directory=True)
+    assert cp.apply(T5) == 0
+    cp.wait_ready("huggingface-t5", timeout_s=120)
+    host = "huggingface-t5.default.example.com"
+    # the doc's curl: a completion, not streamed, 30 tokens at most
+    body = {"model": "t5", "prompt": "translate English to German: The house is wonderful.", "max_tokens": 30}
+    r = httpx.post(f"{cp.url}/openai/v1/completions", headers={"Host": host}, json={**body, "stream": False})
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["object"] == "text_completion" and answer["choices"][0]["finish_reason"] in ("stop", "length")
+    assert 0 < answer["usage"]["completion_tokens"] <= 30
+    text = isvc("describe", "isvc", "huggingface-t5", stdin="", state=cp.state_dir).stdout
+    assert "Task:         text2text_generation" in text and f"Engine:       {T5_ENGINE}" in text

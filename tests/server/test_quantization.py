@@ -38,4 +38,4 @@ def _serve(*args: str) -> subprocess.CompletedProcess[str]:
 def test_int8_on_an_encoder_model_is_refused_before_loading(tiny_embedding_dir: Path) -> None:
     result = _serve(f"--model_dir={tiny_embedding_dir}", "--quantization", "int8")
     assert result.returncode == 1
-    assert "--quantization int8 applies to generative models" in result.stderr and "Traceback" not in result.stderr
+    assert "--quantization int8 applies to decoder LLMs" in result.stderr and "Traceback" not in result.stderr
