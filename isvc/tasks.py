@@ -86,7 +86,14 @@ def infer_task(config: Mapping[str, Any]) -> str | None:
     task = task_for_architecture(architectures[0])
     if task == SEQUENCE_CLASSIFICATION and _num_labels(config) == 1:
         return RERANK
+    if task == TEXT2TEXT_GENERATION and not is_encoder_decoder(config):
+        return None  # a multimodal decoder (Llava, Gemma3, Qwen2-VL: *ForConditionalGeneration too)
     return task
+
+
+def is_encoder_decoder(config: Mapping[str, Any]) -> bool:
+    """T5, BART, Marian and kin: their config.json says so (transformers writes ``is_encoder_decoder``)."""
+    return config.get("is_encoder_decoder") is True
 
 
 def infer_task_from_folder(folder: Path) -> str | None:

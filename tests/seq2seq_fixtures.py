@@ -1,7 +1,7 @@
 """Tiny random encoder-decoder models (T5, BART) saved as HF folders in about a second.
 
 Each folder loads with ``AutoModelForSeq2SeqLM``/``AutoTokenizer`` as a real checkpoint does: a
-SentencePiece-style (Unigram, ``▁`` word marks) fast tokenizer that closes every input with
+SentencePiece-style (``▁`` word marks) BPE fast tokenizer that closes every input with
 ``</s>``, as T5's does, and a 2-layer model with width 32. Weights are drawn wide enough that
 greedy outputs vary from prompt to prompt (a narrow random model repeats one token). Test
 modules import the session fixtures by name::
@@ -25,11 +25,11 @@ def _tokenizer(specials: list[str], eos: str) -> Any:
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.Unigram())
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))  # Unigram's trainer orders its vocabulary differently per run
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    tok.train_from_iterator(CORPUS, trainers.UnigramTrainer(vocab_size=160, special_tokens=specials, unk_token="<unk>"))
+    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=160, special_tokens=specials))
     eos_id = tok.token_to_id(eos)
     tok.post_processor = processors.TemplateProcessing(
         single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, eos_id)]
@@ -39,8 +39,9 @@ def _tokenizer(specials: list[str], eos: str) -> Any:
     )
 
 
-def build_tiny_t5(path: Path, seed: int = 0) -> Path:
-    """T5ForConditionalGeneration (relative positions, decoder starts at <pad> = 0, </s> = 1 ends)."""
+def build_tiny_t5(path: Path, seed: int = 2) -> Path:
+    """T5ForConditionalGeneration (relative positions, decoder starts at <pad> = 0, </s> = 1 ends). Seed 2
+    draws weights whose greedy outputs end at EOS for some prompts (seeds 0 and 1 never emit it)."""
     import torch
     from transformers import T5Config, T5ForConditionalGeneration
 
@@ -55,9 +56,9 @@ def build_tiny_t5(path: Path, seed: int = 0) -> Path:
     return _save(path, tokenizer, model)
 
 
-def build_tiny_bart(path: Path, seed: int = 4) -> Path:
-    """BartForConditionalGeneration (learned positions, decoder starts at </s> = 2). Seed 4 draws
-    weights whose greedy outputs end at EOS for some prompts (seeds 0-3 never emit it)."""
+def build_tiny_bart(path: Path, seed: int = 5) -> Path:
+    """BartForConditionalGeneration (learned positions, decoder starts at </s> = 2). Seed 5 draws
+    weights whose greedy outputs end at EOS for some prompts (seeds 0-4 never emit it)."""
     import torch
     from transformers import BartConfig, BartForConditionalGeneration
 

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from isvc.engine.admission import check_queue, check_token_ids
-from isvc.engine.client import EncodeInput, ModelInfo, PoolingOutput, PoolingParams, Task, WrongTask
+from isvc.engine.client import NO_PROMPT_LOGPROBS, EncodeInput, ModelInfo, PoolingOutput, PoolingParams, Task, WrongTask
 from isvc.engine.config import EngineConfig
 from isvc.engine.core import EngineCore
 from isvc.engine.errors import ContextLengthExceeded, EngineDeadError, GenerationFailed
@@ -95,7 +95,7 @@ class AsyncEngine:
             architecture=(config.get("architectures") or ["?"])[0],
             max_model_len=core.max_model_len,
             vocab_size=int(core.model.vocab_size),
-            hidden_size=int(config.get("hidden_size") or config["d_model"]),
+            hidden_size=int(config.get("hidden_size") or config.get("d_model") or 0),
         )
 
     @property
@@ -180,11 +180,7 @@ class AsyncEngine:
                 core.abort(request_id)
 
         if params.prompt_logprobs is not None and self.task is Task.TEXT2TEXT_GENERATION:
-            raise InvalidRequest(
-                "prompt logprobs (echo with logprobs) need a decoder-only model: an encoder-decoder "
-                "model's prompt is its encoder's input, which it does not predict",
-                param="echo",
-            )
+            raise InvalidRequest(NO_PROMPT_LOGPROBS, param="echo")
         request = EngineRequest(request_id, list(prompt_ids), params, arrival_s=time.monotonic())
         if params.structured is not None:
             await self.check_structured(params.structured)

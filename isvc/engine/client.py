@@ -44,6 +44,14 @@ class Task(StrEnum):
         return self in (Task.TEXT_GENERATION, Task.TEXT2TEXT_GENERATION)
 
 
+NO_PROMPT_LOGPROBS = (
+    "prompt logprobs (echo with logprobs) need a decoder-only model: an encoder-decoder model's prompt "
+    "is its encoder's input, which it does not predict"
+)
+"""The refusal of ``echo`` + ``logprobs`` on a ``text2text_generation`` model (the server's, before
+anything streams, and the engine's own)."""
+
+
 class WrongTask(InvalidRequest):
     """The request asks for something the served model's task does not do (400)."""
 

@@ -83,27 +83,9 @@ class EngineCore:
         self.runner: ModelRunner | Seq2SeqRunner
         self.cache: KVCache | SlotStates
         if task is Task.TEXT2TEXT_GENERATION:
-            self.model = Seq2SeqModel(
-                model_dir, torch_dtype(config.dtype), config.max_model_len, config.trust_remote_code
-            )
-            self.runner = Seq2SeqRunner(self.model)
-            self.cache = self.runner.cache
-            row_exact = False  # no prefix reuse or speculation: the encoder reads the whole prompt
-            prefix_cache = None
+            prefix_cache, row_exact = self._build_seq2seq(config, model_dir)
         else:
-            self.model = LlamaModel(
-                model_dir, torch_dtype(config.dtype), config.max_model_len, config.kv_cache_dtype, config.quantization
-            )
-            self.cache = self.model.new_cache(config.max_num_seqs, int(config.kv_cache_space_gb * 2**30))
-            # Prefix reuse and speculation keep answers exact only on the native ops (row-exact
-            # across batch shapes and chunkings); on torch's they stay off.
-            row_exact = self.model.ops.native_attention
-            prefix_cache = (
-                PrefixCache(int(config.prefix_cache_space_gb * 2**30))
-                if config.enable_prefix_caching and row_exact
-                else None
-            )
-            self.runner = ModelRunner(self.model, self.cache, prefix_cache, self.metrics)
+            prefix_cache, row_exact = self._build_decoder(config, model_dir)
         self.max_model_len = self.model.max_model_len
         self.scheduler = Scheduler(
             config.max_num_seqs,
@@ -118,9 +100,8 @@ class EngineCore:
         self.grammars = Grammars(self.tokenizer, int(self.model.vocab_size), sorted(self.scheduler.eos_ids))
         sampler = Sampler(config.seed, self.scheduler.eos_ids, self.grammars)
         self.scheduler.forced_tokens = lambda req, room: sampler.forced_tokens(req.request_id, room)
-        self.output = OutputProcessor(
-            self.tokenizer, self.scheduler, sampler, self.metrics, decoder_sees_prompt=task is Task.TEXT_GENERATION
-        )
+        decoder_prompt = [self.model.decoder_start_token_id] if isinstance(self.model, Seq2SeqModel) else None
+        self.output = OutputProcessor(self.tokenizer, self.scheduler, sampler, self.metrics, decoder_prompt)
         self._inbox: Inbox[tuple[str, Any]] = Inbox()
         self._stopped = False
         self._thread: threading.Thread | None = None
@@ -128,6 +109,31 @@ class EngineCore:
         self.dead: BaseException | None = None
         self.on_dead: Callable[[BaseException], None] | None = None
         """Called once, on the engine thread, when the loop fails (the process should exit)."""
+
+    def _build_decoder(self, config: EngineConfig, model_dir: Path) -> tuple[PrefixCache | None, bool]:
+        """isvc's Llama forward on the slot KV cache; returns the prefix cache and whether rows are exact."""
+        self.model = LlamaModel(
+            model_dir, torch_dtype(config.dtype), config.max_model_len, config.kv_cache_dtype, config.quantization
+        )
+        self.cache = self.model.new_cache(config.max_num_seqs, int(config.kv_cache_space_gb * 2**30))
+        # Prefix reuse and speculation keep answers exact only on the native ops (row-exact
+        # across batch shapes and chunkings); on torch's they stay off.
+        row_exact = self.model.ops.native_attention
+        prefix_cache = (
+            PrefixCache(int(config.prefix_cache_space_gb * 2**30))
+            if config.enable_prefix_caching and row_exact
+            else None
+        )
+        self.runner = ModelRunner(self.model, self.cache, prefix_cache, self.metrics)
+        return prefix_cache, row_exact
+
+    def _build_seq2seq(self, config: EngineConfig, model_dir: Path) -> tuple[PrefixCache | None, bool]:
+        """transformers' encoder-decoder model (seq2seq.py): no prefix reuse or speculation, the
+        encoder reading the whole prompt."""
+        self.model = Seq2SeqModel(model_dir, torch_dtype(config.dtype), config.max_model_len, config.trust_remote_code)
+        self.runner = Seq2SeqRunner(self.model, int(config.kv_cache_space_gb * 2**30))
+        self.cache = self.runner.cache
+        return None, False
 
     # -- thread-safe API -------------------------------------------------------------------
 

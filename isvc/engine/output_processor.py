@@ -64,12 +64,14 @@ class OutputProcessor:
         scheduler: Scheduler,
         sampler: Sampler,
         metrics: EngineMetrics,
-        decoder_sees_prompt: bool = True,
+        decoder_prompt: list[int] | None = None,
     ) -> None:
         self.tokenizer = tokenizer
-        self.decoder_sees_prompt = decoder_sees_prompt
-        """False for encoder-decoder models: the output is a text of its own, so the first token is
-        detokenized as a text's first (no word-joining space), not as the prompt's continuation."""
+        self.decoder_prompt = decoder_prompt
+        """Encoder-decoder models: what their decoder reads before the output (``[decoder_start_token_id]``),
+        where a decoder reads the request's prompt. The output is then a text of its own (its first
+        token detokenized as a text's first, with no word-joining space), and ``repetition_penalty``
+        counts the decoder's tokens, not the encoder's input, as transformers' ``generate`` does."""
         self.scheduler = scheduler
         self.sampler = sampler
         self.metrics = metrics
@@ -86,7 +88,9 @@ class OutputProcessor:
                 request=request,
                 emit=emit,
                 detok=IncrementalDetokenizer(
-                    self.tokenizer, request.prompt_token_ids if self.decoder_sees_prompt else [], p.skip_special_tokens
+                    self.tokenizer,
+                    request.prompt_token_ids if self.decoder_prompt is None else [],
+                    p.skip_special_tokens,
                 ),
                 stop=StopChecker(p.stop),
             )
@@ -191,7 +195,7 @@ class OutputProcessor:
                 [q.request_id for q in rows],
                 [q.params for q in rows],
                 [q.output_token_ids for q in rows],
-                [q.prompt_token_ids for q in rows],
+                [self._seen_prompt(q) for q in rows],
             )
         except Exception:
             logger.exception("batched sampling failed; sampling its %d rows one by one", len(rows))
@@ -202,7 +206,7 @@ class OutputProcessor:
                         [req.request_id],
                         [req.params],
                         [req.output_token_ids],
-                        [req.prompt_token_ids],
+                        [self._seen_prompt(req)],
                     )
                     self._take_sample(req, one, 0, step)
                 except Exception as exc:
@@ -213,6 +217,10 @@ class OutputProcessor:
                 self._take_sample(req, result, i, step)
             except Exception as exc:
                 step.errors[req] = exc
+
+    def _seen_prompt(self, req: EngineRequest) -> list[int]:
+        """The tokens before the output that ``repetition_penalty`` counts (the decoder's)."""
+        return req.prompt_token_ids if self.decoder_prompt is None else self.decoder_prompt
 
     def _take_sample(self, req: EngineRequest, result: SampleResult, i: int, step: StepTokens) -> None:
         t = self.requests[req.request_id]

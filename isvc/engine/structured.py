@@ -73,7 +73,13 @@ class Grammars:
             grammar = _grammar(spec)
         except (ValueError, TypeError, RuntimeError) as exc:
             raise InvalidRequest(f"{field}: {_reason(exc)}", param=field) from None
-        problem = _problem(LLMatcher, grammar, self._llg_tokenizer())
+        try:
+            tokenizer = self._llg_tokenizer()
+        except (ValueError, TypeError, RuntimeError) as exc:  # e.g. T5's plain Metaspace decoder
+            raise InvalidRequest(
+                f"{field}: structured outputs are not available for this model's tokenizer: {_reason(exc)}", param=field
+            ) from None
+        problem = _problem(LLMatcher, grammar, tokenizer)
         if problem:
             raise InvalidRequest(f"{field}: {problem}", param=field)
         return grammar

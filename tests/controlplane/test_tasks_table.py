@@ -50,6 +50,14 @@ def test_single_label_classifier_is_a_cross_encoder() -> None:
     assert tasks.infer_task({"architectures": []}) is None and tasks.infer_task({}) is None
 
 
+def test_conditional_generation_is_text2text_only_for_an_encoder_decoder() -> None:
+    t5 = {"architectures": ["T5ForConditionalGeneration"], "is_encoder_decoder": True}
+    assert tasks.infer_task(t5) == "text2text_generation"
+    # multimodal decoders are *ForConditionalGeneration too: their task must be named, not guessed
+    assert tasks.infer_task({"architectures": ["LlavaForConditionalGeneration"]}) is None
+    assert tasks.infer_task({"architectures": ["Gemma3ForConditionalGeneration"], "is_encoder_decoder": False}) is None
+
+
 def test_folder(tmp_path: Path) -> None:
     assert tasks.infer_task_from_folder(tmp_path) is None  # no config.json
     (tmp_path / "config.json").write_text("{not json")

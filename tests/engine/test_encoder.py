@@ -99,8 +99,8 @@ def _folder(tmp_path: Path, name: str, config: dict[str, Any], modules: bool = F
         ("XLMRobertaModel", {}, False, Task.TEXT_EMBEDDING),
         ("BertForMaskedLM", {}, True, Task.TEXT_EMBEDDING),  # a sentence-transformers folder
         ("LlamaForCausalLM", {}, False, Task.TEXT_GENERATION),
-        ("T5ForConditionalGeneration", {}, False, Task.TEXT2TEXT_GENERATION),
-        ("MarianMTModel", {}, False, Task.TEXT2TEXT_GENERATION),
+        ("T5ForConditionalGeneration", {"is_encoder_decoder": True}, False, Task.TEXT2TEXT_GENERATION),
+        ("MarianMTModel", {"is_encoder_decoder": True}, False, Task.TEXT2TEXT_GENERATION),
     ],
 )
 def test_task_is_inferred_from_the_architecture(

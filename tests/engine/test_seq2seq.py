@@ -25,10 +25,9 @@ PROMPTS = [
     "Embeddings map sentences to vectors; similar sentences get similar vectors.",
     "George Washington lived in Virginia",
     "0123456789 + - * /",
-    "cross encoder reads the query",  # T5 ends these two at EOS
-    "the query",
-    "is Paris. The capital of",  # BART these two
-    "similar sentences get similar vectors.",
+    "today? I am fine, thank you.",  # both models end these at EOS
+    "fine, thank you.",  # T5
+    "France is Paris. The",  # BART
 ]
 
 
@@ -156,3 +155,80 @@ def test_prompt_logprobs_are_refused_with_a_reason(engine: AsyncEngine) -> None:
     with pytest.raises(InvalidRequest, match="decoder-only") as caught:
         asyncio.run(ask())
     assert caught.value.param == "echo"
+
+
+def test_repetition_penalty_counts_the_decoders_tokens_as_transformers_does(
+    engine: AsyncEngine, model_dir: Path
+) -> None:
+    """Not the encoder's input: a summary may repeat its article's words."""
+    tok = engine.tokenizer
+    for prompt in PROMPTS[:4]:
+        ids = tok.encode(prompt)
+        expected, _ = reference(model_dir, ids, 10, min_new_tokens=10, repetition_penalty=2.0)
+        params = SamplingParams(max_tokens=10, min_tokens=10, temperature=0, repetition_penalty=2.0)
+        assert asyncio.run(run(engine, "rep", ids, params))[0] == expected
+
+
+def test_a_forced_first_token_comes_first(tiny_bart_dir: Path, tmp_path: Path) -> None:
+    """bart-large-cnn forces <s>, mBART/NLLB the target language: generation_config's forced_bos_token_id."""
+    import json
+    import shutil
+
+    folder = tmp_path / "forced"
+    shutil.copytree(tiny_bart_dir, folder)
+    generation = json.loads((folder / "generation_config.json").read_text())
+    (folder / "generation_config.json").write_text(json.dumps({**generation, "forced_bos_token_id": 0}))
+    forced = build_engine(EngineConfig(model_dir=str(folder), num_threads=2))
+    forced.load()
+    try:
+        ids = forced.tokenizer.encode(PROMPTS[0])
+        expected, _ = reference(folder, ids, 6, min_new_tokens=6)
+        got = asyncio.run(run(forced, "bos", ids, SamplingParams(max_tokens=6, min_tokens=6, temperature=0)))[0]  # type: ignore[arg-type]
+        assert got == expected and got[0] == 0
+    finally:
+        forced.shutdown()
+
+
+def test_one_requests_failure_in_the_model_is_its_own(engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fault we cannot cause with valid input (ids are checked first), injected in one request's encoder."""
+    runner = engine.core.runner  # type: ignore[union-attr]
+    encode = runner._encode
+
+    def failing(req):  # type: ignore[no-untyped-def]
+        if req.request_id == "bad":
+            raise RuntimeError("injected")
+        return encode(req)
+
+    monkeypatch.setattr(runner, "_encode", failing)
+    ids = engine.tokenizer.encode(PROMPTS[1])
+    params = SamplingParams(max_tokens=6, min_tokens=6, temperature=0)
+
+    async def both() -> list[object]:
+        return await asyncio.gather(
+            run(engine, "bad", ids, params), run(engine, "good", ids, params), return_exceptions=True
+        )
+
+    bad, good = asyncio.run(both())
+    assert isinstance(bad, Exception) and "injected" in str(bad)
+    assert not isinstance(good, BaseException) and len(good[0]) == 6 and good[3] == "length"
+
+
+def test_held_states_over_the_budget_finish_the_longest_request(model_dir: Path) -> None:
+    small = build_engine(EngineConfig(model_dir=str(model_dir), num_threads=2, kv_cache_space_gb=2e-6))  # ~2 kB
+    small.load()
+    try:
+        ids = small.tokenizer.encode(PROMPTS[3])
+        tokens, _, _, reason = asyncio.run(run(small, "big", ids, SamplingParams(max_tokens=40, min_tokens=40)))  # type: ignore[arg-type]
+        assert reason == "length" and 0 < len(tokens) < 40
+        again = asyncio.run(run(small, "next", ids[:4], SamplingParams(max_tokens=1)))  # type: ignore[arg-type]
+        assert len(again[0]) == 1  # the engine goes on
+    finally:
+        small.shutdown()
+
+
+def test_learned_positions_bound_max_model_len(tiny_bart_dir: Path) -> None:
+    from isvc.engine.errors import UnsupportedModel
+
+    too_long = build_engine(EngineConfig(model_dir=str(tiny_bart_dir), max_model_len=4096, num_threads=2))
+    with pytest.raises(UnsupportedModel, match="exceeds the model's 128 positions"):
+        too_long.load()

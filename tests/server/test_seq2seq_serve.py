@@ -77,19 +77,24 @@ def test_what_t5_does_not_do_is_a_400_saying_why(t5_server: Any) -> None:
     with pytest.raises(openai.BadRequestError, match="text2text_generation") as wrong:
         client.embeddings.create(model="t5", input="hi")
     assert wrong.value.code == "wrong_task"
-    with pytest.raises(openai.BadRequestError, match="decoder-only"):  # no prompt to score: it is the encoder's
-        client.completions.create(model="t5", prompt=PROMPT, max_tokens=2, echo=True, logprobs=1)
+    for stream in (False, True):  # no prompt to score (it is the encoder's): refused before a stream starts
+        with pytest.raises(openai.BadRequestError, match="decoder-only"):
+            client.completions.create(model="t5", prompt=PROMPT, max_tokens=2, echo=True, logprobs=1, stream=stream)
+    schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
+    with pytest.raises(openai.BadRequestError, match="not available for this model's tokenizer"):
+        client.completions.create(model="t5", prompt=PROMPT, max_tokens=2, extra_body={"response_format": schema})
     with pytest.raises(openai.BadRequestError, match="maximum context length"):
         client.completions.create(model="t5", prompt=PROMPT * 20, max_tokens=2)
 
 
-def test_auto_keeps_encoder_decoder_models_off_vllm(monkeypatch: pytest.MonkeyPatch, tiny_t5_dir: Path) -> None:
+def test_auto_keeps_encoder_decoder_models_off_vllm(
+    monkeypatch: pytest.MonkeyPatch, tiny_t5_dir: Path, tmp_path: Path
+) -> None:
     """With vLLM and a GPU present (faked: neither is here), ``auto`` still serves T5 on isvc's engine."""
     monkeypatch.setattr(main, "_vllm_importable", lambda: True)
     monkeypatch.setattr(main, "_gpu_present", lambda: True)
     assert main._choose_backend("auto", tiny_t5_dir) == "isvc"
     assert main._choose_backend("vllm", tiny_t5_dir) == "vllm"  # asked for by name: the user's choice
-    decoder = tiny_t5_dir.parent / "decoder"
-    decoder.mkdir(exist_ok=True)
+    decoder = tmp_path
     (decoder / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
     assert main._choose_backend("auto", decoder) == "vllm"

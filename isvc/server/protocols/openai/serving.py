@@ -7,7 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from isvc.engine.client import EngineClient
+from isvc.engine.client import NO_PROMPT_LOGPROBS, EngineClient, Task
 from isvc.engine.outputs import RequestOutput, TokenLogprob
 from isvc.engine.params import SamplingParams, StructuredOutput
 from isvc.errors import InvalidRequest, NotFound
@@ -99,6 +99,8 @@ class OpenAIServing:
     async def completion_jobs(self, req: CompletionRequest) -> tuple[list[Job], list[list[int]], int]:
         self.check_model(req.model)
         require_generative(self.engine, "completions")
+        if req.echo and req.logprobs is not None and self.engine.model_info.task is Task.TEXT2TEXT_GENERATION:
+            raise InvalidRequest(NO_PROMPT_LOGPROBS, param="echo")  # here, before a stream's headers go out
         if req.suffix:
             raise InvalidRequest("suffix is not supported", param="suffix")
         if req.best_of is not None and req.best_of != req.n:
