@@ -8,8 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 KV_CACHE_DTYPES = ("auto", "float32", "fp32", "float16", "fp16", "half")
 KVCacheDtype = Literal["auto", "float32", "fp32", "float16", "fp16", "half"]
-QUANTIZATIONS = ("int8",)
-Quantization = Literal["int8"]
+QUANTIZATIONS = ("int8", "gptq", "awq")
+Quantization = Literal["int8", "gptq", "awq"]
 
 
 class EngineConfig(BaseModel):
@@ -28,7 +28,9 @@ class EngineConfig(BaseModel):
     quantization: Quantization | None = None
     """Generative engine: ``int8`` quantizes a float32 model's linear weights at load (per output
     channel) and each step's activations (per token), and multiplies in integers
-    (kernels/int8.py). None serves the weights as they are."""
+    (kernels/int8.py). ``gptq`` / ``awq`` load a checkpoint of that method (quantized.py; detected
+    from config.json's ``quantization_config`` without the flag, as vLLM does). None serves a
+    float checkpoint's weights as they are."""
 
     max_model_len: int | None = Field(default=None, ge=16)
     """Prompt + output token cap; defaults to the model's max_position_embeddings."""

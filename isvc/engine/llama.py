@@ -21,8 +21,10 @@ import torch.nn.functional as F
 
 from isvc.engine.errors import UnsupportedModel
 from isvc.engine.kernels import TorchOps, ops_for
-from isvc.engine.kernels.int8 import Weight, quantize_weight
+from isvc.engine.kernels.int8 import quantize_weight
+from isvc.engine.kernels.ops import Weight
 from isvc.engine.kv_cache import KVCache
+from isvc.engine.quantized import METHODS, QuantizedCheckpoint, read_linear, read_quantization_config, to_int4
 from isvc.engine.step import ChunkInput, StepLayout
 
 logger = logging.getLogger(__name__)
@@ -73,9 +75,11 @@ class LlamaModel:
         self.ops: TorchOps = ops_for(dtype, torch.get_num_threads(), self.head_dim, self.group)
         self.kv_dtype = self._kv_dtype(kv_cache_dtype)
         logger.info("step ops: %s, KV cache %s", self.ops.name, str(self.kv_dtype).removeprefix("torch."))
+        self.checkpoint = read_quantization_config(c)
+        self.quantization = _quantization(quantization, self.checkpoint)
+        if self.quantization is not None and dtype != torch.float32:
+            raise UnsupportedModel(f"--quantization {self.quantization} computes in float32; got --dtype {dtype}")
         self._load_weights(model_dir)
-        if quantization is not None:
-            self._quantize(quantization)
         self._build_rope(max(self.max_model_len, 16))
 
     # -- loading -------------------------------------------------------------------------
@@ -97,6 +101,16 @@ class LlamaModel:
             # A copy, so that no kept tensor pins the whole file buffer it was read into.
             return w.pop(name).to(self.dtype, copy=True).contiguous()
 
+        def linear(*names: str) -> Weight:
+            """The weight of one linear, or of several stacked (q, k, v): float as stored, or from a
+            GPTQ/AWQ checkpoint, as 4-bit for linear_int4.c where it can be, else unpacked to float."""
+            if self.checkpoint is None:
+                parts = [take(name + ".weight") for name in names]
+                return parts[0] if len(parts) == 1 else torch.cat(parts).contiguous()
+            grouped = [read_linear(self.checkpoint, lambda key: w.pop(key, None), name) for name in names]
+            packed = to_int4(grouped, self.checkpoint.group_size)
+            return packed if packed is not None else torch.cat([g.dequantize() for g in grouped]).contiguous()
+
         self.embed = take("embed_tokens.weight")  # [V, hidden]
         self.norm = take("norm.weight")
         head = w.pop("lm_head.weight", None)
@@ -106,40 +120,50 @@ class LlamaModel:
         self.layers: list[_Layer] = []
         for i in range(self.num_layers):
             p = f"layers.{i}."
-            q, k, v = (take(p + f"self_attn.{n}_proj.weight") for n in "qkv")
             bias = None
             if p + "self_attn.q_proj.bias" in w:
                 bias = torch.cat([take(p + f"self_attn.{n}_proj.bias") for n in "qkv"])
-            gate, up = take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")
-            self.layers.append(
-                _Layer(
-                    ln1=take(p + "input_layernorm.weight"),
-                    wqkv=torch.cat([q, k, v]).contiguous(),
-                    bqkv=bias,
-                    wo=take(p + "self_attn.o_proj.weight"),
-                    ln2=take(p + "post_attention_layernorm.weight"),
-                    wgu=torch.cat([gate, up]).contiguous(),
-                    wd=take(p + "mlp.down_proj.weight"),
-                )
+            layer = _Layer(
+                ln1=take(p + "input_layernorm.weight"),
+                wqkv=linear(*(p + f"self_attn.{n}_proj" for n in "qkv")),
+                bqkv=bias,
+                wo=linear(p + "self_attn.o_proj"),
+                ln2=take(p + "post_attention_layernorm.weight"),
+                wgu=linear(p + "mlp.gate_proj", p + "mlp.up_proj"),
+                wd=linear(p + "mlp.down_proj"),
             )
+            if self.quantization is not None:  # layer by layer: the float weights of one layer at a time
+                self._to_int8(layer)
+            self.layers.append(layer)
+        if self.quantization is not None:
+            self._lm_head_to_int8()
 
-    def _quantize(self, method: str) -> None:
-        """Every linear's weight to ``method``'s form (only ``int8`` today); norms and the
-        embedding table stay float (a tied lm_head gets its own int8 copy)."""
-        if method != "int8":
-            raise UnsupportedModel(f"--quantization {method} is not supported by isvc's CPU engine; use int8")
-        if self.dtype != torch.float32:
-            raise UnsupportedModel(f"--quantization int8 quantizes a float32 model; got --dtype {self.dtype}")
-        assert isinstance(self.lm_head, torch.Tensor)
+    def _to_int8(self, layer: _Layer) -> None:
+        """A layer's linear weights to int8 per output channel (kernels/int8.py): a float model's
+        (``--quantization int8``), or a GPTQ/AWQ checkpoint's unpacked ones. Norms stay float."""
         try:
-            for layer in self.layers:
-                for name in ("wqkv", "wo", "wgu", "wd"):
-                    setattr(layer, name, quantize_weight(getattr(layer, name)))
-            self.lm_head = quantize_weight(self.lm_head)
+            for name in ("wqkv", "wo", "wgu", "wd"):
+                weight = getattr(layer, name)
+                if isinstance(weight, torch.Tensor):  # a checkpoint's 4-bit weights stay as they are
+                    setattr(layer, name, quantize_weight(weight))
         except ValueError as exc:  # rows too long for exact int32 sums
-            raise UnsupportedModel(f"--quantization int8: {exc}") from None
+            raise UnsupportedModel(f"--quantization {self.quantization}: {exc}") from None
+
+    def _lm_head_to_int8(self) -> None:
+        """The output head to int8 as well (a tied one gets its own copy; the embedding table stays float)."""
+        assert isinstance(self.lm_head, torch.Tensor)
+        self.lm_head = quantize_weight(self.lm_head)
         _release_freed_memory()  # the float weights just freed (SmolLM2: RSS 604 -> 471 MB)
-        logger.info("int8 weights (per output channel) and 10-bit activations (per token) on every linear")
+        how = "10-bit activations (per token) on every linear"
+        if self.checkpoint is not None:
+            logger.info(
+                "%s checkpoint (%d-bit) as int8 weights (per output channel), %s",
+                self.quantization,
+                self.checkpoint.bits,
+                how,
+            )
+        else:
+            logger.info("int8 weights (per output channel) and %s", how)
 
     def _build_rope(self, length: int) -> None:
         rope = dict(self.config.get("rope_parameters") or self.config.get("rope_scaling") or {})
@@ -319,6 +343,27 @@ def _release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
+
+
+def _quantization(requested: str | None, checkpoint: QuantizedCheckpoint | None) -> str | None:
+    """What the engine runs: ``--quantization`` checked against the checkpoint's ``quantization_config``
+    (a quantized checkpoint is detected without the flag, as vLLM does)."""
+    if requested not in (None, "int8", *METHODS):
+        raise UnsupportedModel(
+            f"--quantization {requested} is not supported by isvc's CPU engine; use int8, or a {' or '.join(METHODS)} checkpoint"
+        )
+    if checkpoint is None:
+        if requested in METHODS:
+            raise UnsupportedModel(
+                f"--quantization {requested} loads a {requested} checkpoint, and config.json has no "
+                "quantization_config; quantize a float model at load with --quantization int8"
+            )
+        return requested
+    if requested not in (None, checkpoint.method):
+        raise UnsupportedModel(
+            f"the checkpoint's quantization_config names {checkpoint.method}, but --quantization says {requested}"
+        )
+    return checkpoint.method
 
 
 def torch_dtype(name: str) -> torch.dtype:

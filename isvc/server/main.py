@@ -185,22 +185,22 @@ def _check_quantization(method: str, dtype: str, task: Task | None) -> None:
     from isvc.errors import ConfigError
 
     if task is None:
-        if method in QUANTIZATIONS:
+        if method == "int8":
             raise ConfigError(
-                f"--quantization {method} is isvc's CPU engine's; vLLM takes a quantized checkpoint's "
+                "--quantization int8 is isvc's CPU engine's; vLLM takes a quantized checkpoint's "
                 "method (gptq, awq, fp8, ...)"
             )
         return
     if method not in QUANTIZATIONS:
         raise ConfigError(
             f"--quantization {method} needs the vLLM backend on a GPU (--backend vllm, "
-            "pip install 'isvc[vllm]'); isvc's CPU engine quantizes a float model itself with "
-            f"--quantization {' or '.join(QUANTIZATIONS)}"
+            "pip install 'isvc[vllm]'); isvc's CPU engine loads gptq and awq checkpoints, and "
+            "quantizes a float model itself with --quantization int8"
         )
     if task is not Task.TEXT_GENERATION:
         raise ConfigError(f"--quantization {method} applies to decoder LLMs (text_generation), not to {task.value}")
     if dtype not in ("auto", "float32"):
-        raise ConfigError(f"--quantization {method} quantizes a float32 model; drop --dtype {dtype}")
+        raise ConfigError(f"--quantization {method} computes in float32 on isvc's CPU engine; drop --dtype {dtype}")
 
 
 def _return_large_blocks_to_the_system(threshold: int = 4 << 20) -> None:
@@ -257,8 +257,10 @@ def _encoder_decoder(model_dir: Path) -> bool:
     Hugging Face backend for architectures vLLM does not serve."""
     import json
 
+    from isvc.tasks import is_encoder_decoder
+
     try:
-        return bool(json.loads((model_dir / "config.json").read_text()).get("is_encoder_decoder"))
+        return is_encoder_decoder(json.loads((model_dir / "config.json").read_text()))
     except (OSError, ValueError):
         return False  # the engine that loads the folder reports what is wrong with it
 

@@ -95,7 +95,9 @@ def test_int8_model_logits_follow_the_float_model(tiny_model_dir: Path):
 def test_int8_needs_a_float32_model_and_names_what_it_supports(tiny_model_dir: Path):
     with pytest.raises(UnsupportedModel, match="float32"):
         LlamaModel(tiny_model_dir, torch.bfloat16, None, quantization="int8")
-    with pytest.raises(UnsupportedModel, match="use int8"):
+    with pytest.raises(UnsupportedModel, match="use int8, or a gptq or awq checkpoint"):
+        LlamaModel(tiny_model_dir, torch.float32, None, quantization="fp8")
+    with pytest.raises(UnsupportedModel, match="has no quantization_config"):
         LlamaModel(tiny_model_dir, torch.float32, None, quantization="gptq")
 
 

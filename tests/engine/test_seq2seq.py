@@ -169,7 +169,7 @@ def test_repetition_penalty_counts_the_decoders_tokens_as_transformers_does(
         assert asyncio.run(run(engine, "rep", ids, params))[0] == expected
 
 
-def test_a_forced_first_token_comes_first(tiny_bart_dir: Path, tmp_path: Path) -> None:
+def test_a_forced_first_token_comes_first(tiny_bart_dir: Path, tmp_path: Path) -> None:  # noqa: F811
     """bart-large-cnn forces <s>, mBART/NLLB the target language: generation_config's forced_bos_token_id."""
     import json
     import shutil
@@ -226,7 +226,7 @@ def test_held_states_over_the_budget_finish_the_longest_request(model_dir: Path)
         small.shutdown()
 
 
-def test_learned_positions_bound_max_model_len(tiny_bart_dir: Path) -> None:
+def test_learned_positions_bound_max_model_len(tiny_bart_dir: Path) -> None:  # noqa: F811
     from isvc.engine.errors import UnsupportedModel
 
     too_long = build_engine(EngineConfig(model_dir=str(tiny_bart_dir), max_model_len=4096, num_threads=2))

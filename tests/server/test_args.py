@@ -57,7 +57,7 @@ def test_serve_explains_a_missing_model_folder(tmp_path) -> None:
     assert "nope" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_gptq_on_the_cpu_engine_says_what_to_do(tiny_model_dir) -> None:
+def test_gptq_on_a_float_folder_says_what_to_do(tiny_model_dir) -> None:
     result = subprocess.run(
         [
             sys.executable,
@@ -72,9 +72,20 @@ def test_gptq_on_the_cpu_engine_says_what_to_do(tiny_model_dir) -> None:
         capture_output=True,
         text=True,
     )
-    assert result.returncode == 1
-    assert "--quantization gptq" in result.stderr and "--backend vllm" in result.stderr
-    assert "--quantization int8" in result.stderr  # what the CPU engine offers instead
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "--quantization gptq loads a gptq checkpoint, and config.json has no quantization_config" in result.stderr
+    assert "--quantization int8" in result.stderr  # what the CPU engine offers for a float folder
+
+
+def test_a_gpu_only_method_on_the_cpu_engine_says_what_to_do(tiny_model_dir) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "isvc", "serve", f"--model_dir={tiny_model_dir}", "--quantization=fp8"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "--quantization fp8 needs the vLLM backend" in result.stderr
+    assert "gptq and awq checkpoints" in result.stderr and "--quantization int8" in result.stderr
 
 
 def test_vllm_backend_without_vllm_is_a_clear_error(tiny_model_dir) -> None:

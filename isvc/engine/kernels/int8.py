@@ -62,10 +62,6 @@ class Int8Weight:
         return torch.Size((self.out_features, self.q.shape[1]))
 
 
-Weight = torch.Tensor | Int8Weight
-"""A linear's weight: a float tensor [N, K], or its int8 form."""
-
-
 def quantize_weight(w: torch.Tensor) -> Int8Weight:
     """Per output channel symmetric int8 of a float weight [N, K]."""
     w = w.float()

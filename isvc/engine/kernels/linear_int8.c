@@ -13,33 +13,10 @@
  * AVX-512 VNNI's vpdpwssd where the CPU has it, else AVX2's vpmaddwd + vpaddd. |sum| <=
  * K * 511 * 127 stays inside int32 for K <= 32768 (the caller checks). K % 16 == 0, N % 4 == 0.
  */
-#include <float.h>
-#include <math.h>
 #include <stdint.h>
 
+#include "quant.h"
 #include "simd.h"
-
-#define QMAX 511.0f
-
-/* A row with a NaN or an infinity gets a NaN scale, so its outputs are NaN, as torch's are. */
-static void quantize_row(const float *x, int16_t *q, float *scale, long K) {
-  float amax = 0.0f;
-  int finite = 1;
-  for (long k = 0; k < K; k++) {
-    amax = fmaxf(amax, fabsf(x[k]));
-    finite &= isfinite(x[k]);
-  }
-  const float s = fmaxf(amax, FLT_MIN) / QMAX;
-  for (long k = 0; k < K; k++) q[k] = finite ? (int16_t)fminf(fmaxf(nearbyintf(x[k] / s), -QMAX), QMAX) : 0;
-  *scale = finite ? s : NAN;
-}
-
-static inline int32_t hsum_epi32(__m256i v) {
-  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-  return _mm_cvtsi128_si32(s);
-}
 
 #define LD 8 /* leading dimension of a tile's sums: sums[i * LD + j] */
 

@@ -16,7 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from isvc.engine.kernels.build import bind, load
-from isvc.engine.kernels.int8 import Int8Weight, Weight, int8_linear
+from isvc.engine.kernels.int4 import Int4Weight, int4_linear
+from isvc.engine.kernels.int8 import Int8Weight, int8_linear
+
+Weight = torch.Tensor | Int8Weight | Int4Weight
+"""A linear's weight: a float tensor [N, K], its int8 form, or a checkpoint's 4-bit groups."""
 
 _p, _l, _i, _f = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
 
@@ -28,12 +32,16 @@ class TorchOps:
     def linear(self, x: torch.Tensor, w: Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
         if isinstance(w, Int8Weight):
             return int8_linear(x, w, bias)
+        if isinstance(w, Int4Weight):
+            return int4_linear(x, w, bias)
         return F.linear(x, w, bias)
 
     def linear_add_(self, out: torch.Tensor, x: torch.Tensor, w: Weight) -> torch.Tensor:
         """out += x @ w.T (a residual connection)."""
         if isinstance(w, Int8Weight):
             return int8_linear(x, w, out=out)
+        if isinstance(w, Int4Weight):
+            return int4_linear(x, w, out=out)
         return out.add_(self.linear(x, w))
 
     def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:

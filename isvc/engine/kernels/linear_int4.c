@@ -1,0 +1,130 @@
+/* y = x @ w.T with 4-bit grouped weights (GPTQ / AWQ checkpoints) and 10-bit integer activations.
+ *
+ * The weights [N, K] are unsigned 4-bit q with a float scale and an integer zero point per row
+ * and group of `group` consecutive inputs: w[n][k] = scale[n][g] * (q[n][k] - zero[n][g])
+ * (kernels/int4.py lays a checkpoint out so; act-order checkpoints have their inputs permuted
+ * so that groups are consecutive). Each activation row is quantized on its own scale to
+ * integers in [-511, 511], as in linear_int8.c. Per group, sum_k q * x is exact in int32; the
+ * zero point comes off as zero * sum_k x, the group's sum of the row's integer activations:
+ *   y[m][n] = xscale[m] * (sum_g scale[n][g] * dot_g - sum_g scale[n][g] * (zero[n][g] * xsum[m][g])).
+ * The float sums run in the same order for a row whatever the tile or batch around it, so a
+ * row's result never depends on its neighbours (batch invariance).
+ *
+ * Packing: each 16 inputs of a row are 8 bytes, byte b holding input b (low nibble) and input
+ * b + 8 (high nibble), so one shift, one mask and one widening give the 16 int16 lanes in order.
+ * Products as in linear_int8.c: vpdpwssd where the CPU has AVX-512 VNNI, else vpmaddwd + vpaddd.
+ * K % 16 == 0, group % 16 == 0, N % 4 == 0.
+ */
+#include <stdint.h>
+
+#include "quant.h"
+#include "simd.h"
+
+#define LD 8 /* leading dimension of a tile's sums: sums[i * LD + j] */
+
+/* Inputs k .. k + 15 of a packed row as 16 int16 lanes in 0..15. */
+static inline __m256i unpack16(const uint8_t *p) {
+  const __m128i b = _mm_loadl_epi64((const __m128i *)p);
+  const __m128i both = _mm_and_si128(_mm_unpacklo_epi64(b, _mm_srli_epi16(b, 4)), _mm_set1_epi8(0x0F));
+  return _mm256_cvtepu8_epi16(both);
+}
+
+/* sums[i * LD + j] = sum_g scale[i][g] * sum_{k in g} q[i][k] * x[j][k] for R weight rows and MB
+ * activation rows, prefetching the packed rows at `next` meanwhile (see linear_int8.c). */
+#define DOT(NAME, ATTR, MUL, R, MB)                                                                      \
+  ATTR static void NAME(const int16_t *x, const uint8_t *w, long K, long group, const float *scale, long G, \
+                        float *sums, const uint8_t *next) {                                              \
+    const long row = K / 2;                                                                              \
+    __m256 facc[R][MB];                                                                                  \
+    for (int i = 0; i < R; i++)                                                                          \
+      for (int j = 0; j < MB; j++) facc[i][j] = _mm256_setzero_ps();                                     \
+    for (long g = 0, k0 = 0; k0 < K; g++, k0 += group) {                                                 \
+      const long k1 = k0 + group < K ? k0 + group : K;                                                   \
+      __m256i acc[R][MB];                                                                                \
+      for (int i = 0; i < R; i++)                                                                        \
+        for (int j = 0; j < MB; j++) acc[i][j] = _mm256_setzero_si256();                                 \
+      for (long k = k0; k < k1; k += 16) {                                                               \
+        if (next && (k & 127) == 0)                                                                      \
+          for (int i = 0; i < R; i++) _mm_prefetch((const char *)(next + i * row + k / 2), _MM_HINT_T0); \
+        __m256i xv[MB];                                                                                  \
+        for (int j = 0; j < MB; j++) xv[j] = _mm256_loadu_si256((const __m256i *)(x + j * K + k));       \
+        for (int i = 0; i < R; i++) {                                                                    \
+          const __m256i wv = unpack16(w + i * row + k / 2);                                              \
+          for (int j = 0; j < MB; j++) acc[i][j] = MUL(acc[i][j], wv, xv[j]);                            \
+        }                                                                                                \
+      }                                                                                                  \
+      for (int i = 0; i < R; i++) {                                                                      \
+        const __m256 s = _mm256_set1_ps(scale[i * G + g]);                                               \
+        for (int j = 0; j < MB; j++)                                                                     \
+          facc[i][j] = _mm256_add_ps(facc[i][j], _mm256_mul_ps(_mm256_cvtepi32_ps(acc[i][j]), s));       \
+      }                                                                                                  \
+    }                                                                                                    \
+    for (int i = 0; i < R; i++)                                                                          \
+      for (int j = 0; j < MB; j++) sums[i * LD + j] = hsum(facc[i][j]);                                  \
+  }
+
+static inline __m256i mul_avx2(__m256i acc, __m256i a, __m256i b) {
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
+}
+#define VNNI __attribute__((target("avx2,fma,avx512f,avx512vl,avx512vnni")))
+VNNI static inline __m256i mul_vnni(__m256i acc, __m256i a, __m256i b) { return _mm256_dpwssd_epi32(acc, a, b); }
+
+/* AVX2 has 16 vector registers: one activation row per tile keeps 4 int and 4 float sums in them. */
+DOT(avx2_4x1, , mul_avx2, 4, 1)
+DOT(vnni_8x1, VNNI, mul_vnni, 8, 1)
+DOT(vnni_4x1, VNNI, mul_vnni, 4, 1)
+DOT(vnni_4x2, VNNI, mul_vnni, 4, 2)
+DOT(vnni_4x3, VNNI, mul_vnni, 4, 3)
+
+typedef void (*dot_fn)(const int16_t *, const uint8_t *, long, long, const float *, long, float *, const uint8_t *);
+
+/* y[M, N] = x[M, K] @ w.T, or y += it when `add`. xq [M, K], xscale [M] and xsum [M, G] are the
+ * caller's scratch. */
+void isvc_linear_q4(const float *x, const uint8_t *w, const float *scale, const float *zero, float *y, long M, long N,
+                    long K, long group, int add, int threads, int16_t *xq, float *xscale, int32_t *xsum, int portable) {
+  const int vnni = !portable && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
+  const dot_fn by_rows[4] = {0, vnni ? vnni_4x1 : avx2_4x1, vnni ? vnni_4x2 : 0, vnni ? vnni_4x3 : 0};
+  const int widest = vnni ? 3 : 1;
+  const long G = (K + group - 1) / group;
+  const long step = vnni && M == 1 && N % 8 == 0 ? 8 : 4;
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp for schedule(static)
+    for (long m = 0; m < M; m++) {
+      quantize_row(x + m * K, xq + m * K, &xscale[m], K);
+      for (long g = 0; g < G; g++) {
+        int32_t s = 0;
+        const long k1 = (g + 1) * group < K ? (g + 1) * group : K;
+        for (long k = g * group; k < k1; k++) s += xq[m * K + k];
+        xsum[m * G + g] = s;
+      }
+    }
+#pragma omp for schedule(static)
+    for (long n = 0; n < N; n += step) {
+      float sums[8 * LD];
+      const uint8_t *wn = w + n * (K / 2);
+      const uint8_t *next = n + step < N ? wn + step * (K / 2) : 0;
+      const float *sn = scale + n * G;
+      for (long m = 0; m < M; m += LD) {
+        const long rows = M - m < LD ? M - m : LD;
+        if (step == 8) vnni_8x1(xq, wn, K, group, sn, G, sums, next);
+        else
+          for (long j = 0; j < rows;) {
+            long t = rows - j < widest ? rows - j : widest;
+            while (!by_rows[t]) t--;
+            by_rows[t](xq + (m + j) * K, wn, K, group, sn, G, sums + j, m + j ? 0 : next);
+            j += t;
+          }
+        for (int i = 0; i < step; i++)
+          for (long j = 0; j < rows; j++) {
+            float corr = 0.0f;
+            for (long g = 0; g < G; g++)
+              corr += sn[i * G + g] * (zero[(n + i) * G + g] * (float)xsum[(m + j) * G + g]);
+            const float v = (sums[i * LD + j] - corr) * xscale[m + j];
+            float *out = y + (m + j) * N + n + i;
+            *out = add ? *out + v : v;
+          }
+      }
+    }
+  }
+}
