@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from isvc.engine.errors import UnsupportedModel
 from isvc.engine.kernels import TorchOps, ops_for
+from isvc.engine.kernels.int4 import Int4Weight
 from isvc.engine.kernels.int8 import quantize_weight
 from isvc.engine.kernels.ops import Weight
 from isvc.engine.kv_cache import KVCache
@@ -155,15 +156,20 @@ class LlamaModel:
         self.lm_head = quantize_weight(self.lm_head)
         _release_freed_memory()  # the float weights just freed (SmolLM2: RSS 604 -> 471 MB)
         how = "10-bit activations (per token) on every linear"
-        if self.checkpoint is not None:
-            logger.info(
-                "%s checkpoint (%d-bit) as int8 weights (per output channel), %s",
-                self.quantization,
-                self.checkpoint.bits,
-                how,
-            )
-        else:
+        if self.checkpoint is None:
             logger.info("int8 weights (per output channel) and %s", how)
+            return
+        weights = [getattr(layer, name) for layer in self.layers for name in ("wqkv", "wo", "wgu", "wd")]
+        four_bit = sum(isinstance(w, Int4Weight) for w in weights)
+        kept = (
+            "every layer's linears 4-bit"
+            if four_bit == len(weights)
+            else f"{four_bit} of {len(weights)} linears 4-bit, the rest int8"
+        )
+        logger.info(
+            "%s checkpoint (%d-bit, group %d): %s, the output head int8; %s",
+            self.quantization, self.checkpoint.bits, self.checkpoint.group_size, kept, how,
+        )  # fmt: skip
 
     def _build_rope(self, length: int) -> None:
         rope = dict(self.config.get("rope_parameters") or self.config.get("rope_scaling") or {})

@@ -12,6 +12,8 @@ import httpx
 import pytest
 from cp_helpers import ControlPlane
 
+from tests.quant_fixtures import tiny_gptq_dir  # noqa: F401
+
 SEED = Path("/work/shared/seed/kserve-llm-deployment-notes.md")
 NS = "kserve-test"
 pytestmark = pytest.mark.skipif(not SEED.exists(), reason="seed notes not present")
@@ -90,6 +92,24 @@ def test_seed_2_custom_container_on_port_8080_is_remapped_and_ready_by_tcp(
     r = cp.wait(lambda: (x := chat(cp, f"ysz-t1.{NS}.example.com", "qwen")).status_code != 503 and x, 60, "the model")
     assert r.status_code == 200, r.text
     assert r.json()["model"] == "qwen"
+
+
+def test_seed_3_serves_its_gptq_checkpoint_on_cpu(
+    start_control_plane,  # type: ignore[no-untyped-def]
+    pvc_root: Path,
+    tiny_gptq_dir: Path,  # noqa: F811
+) -> None:
+    """The seed's third manifest as written (`--quantization gptq`, 2 GPUs, so --cpu-fallback), its
+    folder a real GPTQ checkpoint (a tiny one): isvc's engine runs the 4-bit weights on the CPU."""
+    cp = start_control_plane("--cpu-fallback")
+    stock_pvc(pvc_root, tiny_gptq_dir)
+    assert cp.apply(seed(3)) == 0
+    cp.wait_ready("qwen2-72b", NS, timeout_s=120)
+    r = chat(cp, f"qwen2-72b.{NS}.example.com", "qwen2-72b")
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] == 8 and r.json()["model"] == "qwen2-72b"
+    logs = "".join(f.read_text() for f in (cp.state_dir / "logs").rglob("*.log"))
+    assert "gptq checkpoint (4-bit, group 32): every layer's linears 4-bit" in logs
 
 
 @pytest.mark.slow

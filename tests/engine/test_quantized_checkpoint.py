@@ -1,10 +1,7 @@
 """GPTQ and AWQ checkpoints (``--quantization gptq`` / ``awq``): their packed weights read back exactly.
 
-Each test packs a tiny random Llama's linears the way the format's writers do (AutoGPTQ/GPTQModel:
-inputs packed into int32 words along K, zero points along N, "gptq" storing each zero point minus
-one; AutoAWQ's GEMM layout: outputs packed in the interleaved order 0 2 4 6 1 3 5 7), with the
-packing written out here bit by bit, independently of the engine's vectorized unpacking. The
-engine must load exactly the weights the checkpoint stands for, ``scale * (q - zero)`` of a float
+Each test packs a tiny random Llama's linears the way the format's writers do (tests/quant_fixtures.py,
+bit by bit, independently of the engine's vectorized unpacking). The engine must load exactly the weights the checkpoint stands for, ``scale * (q - zero)`` of a float
 folder: as 4-bit kernel weights that dequantize to them bit for bit, or, where a fused q/k/v
 cannot share one 4-bit layout (act orders that differ), as their int8 form.
 """
@@ -12,115 +9,16 @@ cannot share one 4-bit layout (act orders that differ), as their int8 form.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from isvc.engine.errors import UnsupportedModel
 from isvc.engine.kernels.int4 import Int4Weight, dequantize_int4
 from isvc.engine.kernels.int8 import Int8Weight, quantize_weight
 from isvc.engine.llama import LlamaModel
-
-LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-           "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")  # fmt: skip
-AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
-
-
-def _quantize_groups(w: torch.Tensor, group_of: torch.Tensor, groups: int, sym: bool):  # type: ignore[no-untyped-def]
-    """4-bit q [K, N], zero points [groups, N] and fp16 scales [groups, N] for w [N, K]."""
-    n, k = w.shape
-    q = torch.zeros(k, n, dtype=torch.long)
-    zeros = torch.zeros(groups, n, dtype=torch.long)
-    scales = torch.zeros(groups, n)
-    for g in range(groups):
-        cols = (group_of == g).nonzero().flatten()
-        block = w[:, cols]
-        if sym:
-            s = block.abs().amax(1).clamp_min(1e-6) / 7.5
-            z = torch.full((n,), 8)
-        else:
-            lo, hi = block.amin(1), block.amax(1)
-            s = (hi - lo).clamp_min(1e-6) / 15
-            z = torch.round(-lo / s).clamp(1, 15).long()
-        s = s.half().float()  # what the checkpoint stores
-        q[cols] = torch.round(block / s[:, None] + z[:, None]).clamp(0, 15).long().t()
-        zeros[g], scales[g] = z, s
-    return q, zeros, scales
-
-
-def _pack(fields: list[int]) -> int:
-    """Eight 4-bit fields into one int32 word, field j in bits 4j..4j+3."""
-    word = 0
-    for j, f in enumerate(fields):
-        word |= (f & 0xF) << (4 * j)
-    return int(np.uint32(word).view(np.int32))
-
-
-def _gptq_tensors(q: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor, v1: bool) -> dict[str, torch.Tensor]:
-    k, n = q.shape
-    qweight = [[_pack([int(q[8 * r + j, c]) for j in range(8)]) for c in range(n)] for r in range(k // 8)]
-    stored = zeros - 1 if v1 else zeros
-    qzeros = [[_pack([int(stored[g, 8 * c + j]) for j in range(8)]) for c in range(n // 8)] for g in range(len(zeros))]
-    return {
-        "qweight": torch.tensor(qweight, dtype=torch.int32),
-        "qzeros": torch.tensor(qzeros, dtype=torch.int32),
-        "scales": scales.half(),
-    }
-
-
-def _awq_tensors(q: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor) -> dict[str, torch.Tensor]:
-    k, n = q.shape
-    qweight = [[_pack([int(q[r, 8 * c + AWQ_ORDER[i]]) for i in range(8)]) for c in range(n // 8)] for r in range(k)]
-    qzeros = [
-        [_pack([int(zeros[g, 8 * c + AWQ_ORDER[i]]) for i in range(8)]) for c in range(n // 8)]
-        for g in range(len(zeros))
-    ]
-    return {
-        "qweight": torch.tensor(qweight, dtype=torch.int32),
-        "qzeros": torch.tensor(qzeros, dtype=torch.int32),
-        "scales": scales.half(),
-    }
-
-
-def quantized_folders(src: Path, out: Path, method: str, fmt: str, desc_act: bool, group_size: int = 32) -> Path:
-    """``out/q``: the checkpoint; ``out/ref``: a float folder of the weights it stands for."""
-    weights = load_file(str(src / "model.safetensors"))
-    packed: dict[str, torch.Tensor] = {}
-    ref: dict[str, torch.Tensor] = {}
-    gen = torch.Generator().manual_seed(1)
-    for name, w in weights.items():
-        prefix = name.removesuffix(".weight")
-        if not any(prefix.endswith(linear) for linear in LINEARS):
-            packed[name] = ref[name] = w
-            continue
-        k = w.shape[1]
-        groups = k // group_size
-        group_of = torch.arange(k) // group_size
-        if desc_act:  # act order: each group is a scattered set of inputs
-            group_of = group_of[torch.randperm(k, generator=gen)]
-        q, zeros, scales = _quantize_groups(w.float(), group_of, groups, sym=fmt == "gptq")
-        ref[name] = ((q - zeros[group_of]).float() * scales[group_of]).t().contiguous()
-        tensors = _awq_tensors(q, zeros, scales) if method == "awq" else _gptq_tensors(q, zeros, scales, fmt == "gptq")
-        if method == "gptq":
-            tensors["g_idx"] = group_of.int()
-        packed.update({f"{prefix}.{key}": t for key, t in tensors.items()})
-    config = json.loads((src / "config.json").read_text())
-    quant: dict[str, Any] = {"quant_method": method, "bits": 4, "group_size": group_size}
-    quant |= (
-        {"desc_act": desc_act, "sym": fmt == "gptq", "checkpoint_format": fmt}
-        if method == "gptq"
-        else {"version": "gemm", "zero_point": True}
-    )
-    for folder, tensors, extra in ((out / "q", packed, {"quantization_config": quant}), (out / "ref", ref, {})):
-        shutil.copytree(src, folder)
-        save_file(tensors, str(folder / "model.safetensors"))
-        (folder / "config.json").write_text(json.dumps({**config, **extra}))
-    return out
+from tests.quant_fixtures import quantized_folders
 
 
 def _load(folder: Path, quantization: str | None) -> LlamaModel:
