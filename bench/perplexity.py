@@ -4,9 +4,10 @@ The text is one every machine has: Python's own ``pydoc_data/topics.py`` (~700 K
 prose about the language). It is cut into windows of ``--window`` tokens; each window runs
 through the engine's model as one prompt chunk with every row's logits, and the perplexity is
 exp(mean negative log-likelihood of each token given the ones before it in its window).
-SmolLM2-135M-Instruct, float32 against each quantized mode, in one process.
+SmolLM2-135M-Instruct, float32 against each quantized mode, in one process; the GPTQ and AWQ
+checkpoints are the ones ``python -m bench.quantize`` makes (skipped when absent).
 
-    .venv/bin/python -m bench.perplexity                      # float32 and int8, 32 windows of 512
+    .venv/bin/python -m bench.perplexity                      # float32, int8, gptq, awq: 32 windows of 512
     .venv/bin/python -m bench.perplexity --windows 8 --window 256
 
 When bench.run_all has installed llama-cpp-python (its venv under ~/.cache/isvc/bench/venvs/llamacpp),
@@ -27,12 +28,14 @@ from pathlib import Path
 
 import torch
 
+from bench.quantize import output_dir
 from isvc.engine.core import load_tokenizer
 from isvc.engine.llama import LlamaModel
 from isvc.engine.step import ChunkInput, StepLayout
 from isvc.models.prepare import ensure_default_model
 
 RESULTS = Path(__file__).parent / "results"
+CHECKPOINTS = ("gptq", "awq")
 LLAMA_CPP_SCORER = """
 import json, sys
 import numpy as np
@@ -50,7 +53,8 @@ for ids in job["windows"]:
     n += len(ids) - 1
 print(json.dumps({"nll": nll, "n": n}))
 """
-MODES: dict[str, str | None] = {"float32": None, "int8": "int8"}
+MODES: dict[str, str | None] = {"float32": None, "int8": "int8", "gptq": "gptq", "awq": "awq"}
+"""Weight modes: the float folder as is or quantized at load (int8), or a checkpoint bench.quantize made."""
 
 
 def windows(tokenizer: object, count: int, length: int) -> list[list[int]]:
@@ -110,7 +114,14 @@ def main() -> None:
     rows = []
     for mode in args.modes.split(","):
         start = time.perf_counter()
-        model = LlamaModel(model_dir, torch.float32, None, quantization=MODES[mode])
+        folder = model_dir
+        if mode in CHECKPOINTS:
+            folder = output_dir(model_dir, mode, 4, 128, desc_act=False)
+            if not (folder / "config.json").exists():
+                print(f"{mode}: no checkpoint at {folder} (python -m bench.quantize makes it); skipped")
+                continue
+            mode = f"{mode} 4-bit g128 ({folder.name})"
+        model = LlamaModel(folder, torch.float32, None, quantization=MODES[mode.split()[0]])
         ppl = perplexity(model, texts)
         rows.append((mode, ppl, time.perf_counter() - start))
         print(f"{mode}: perplexity {ppl:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
