@@ -2,7 +2,9 @@
 
 Comparing it with `bench.loadgen` against `isvc serve` shows what the HTTP layer costs.
 
-    python -m bench.engine_only --concurrency 1,32 [--quantization int8]
+    python -m bench.engine_only --concurrency 1,32 [--quantization int8|gptq|awq]
+
+gptq and awq serve the embedded model's checkpoint that ``python -m bench.quantize`` makes.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 
 from bench.loadgen import requests_for
 from bench.prompts import build_prompts, request_prompt
+from bench.quantize import GROUP_SIZE, SYMMETRIC, make
 from isvc.engine.async_engine import AsyncEngine
 from isvc.engine.config import EngineConfig
 from isvc.engine.params import SamplingParams
@@ -62,11 +65,15 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,4,16,32")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--max-num-batched-tokens", type=int, default=256)
-    parser.add_argument("--quantization", default=None, choices=["int8"])
+    parser.add_argument("--quantization", default=None, choices=["int8", "gptq", "awq"])
     args = parser.parse_args()
+    model_dir = ensure_default_model()
+    if args.quantization in GROUP_SIZE:
+        method = args.quantization
+        model_dir = make(method, 4, GROUP_SIZE[method], desc_act=False, sym=SYMMETRIC[method], samples=128)
     engine = AsyncEngine(
         EngineConfig(
-            model_dir=str(ensure_default_model()),
+            model_dir=str(model_dir),
             max_num_batched_tokens=args.max_num_batched_tokens,
             quantization=args.quantization,
         )

@@ -57,11 +57,17 @@ model.save(job["out"])
 DEQUANTIZE = """
 import json, sys, torch
 from gptqmodel import GPTQModel
+from gptqmodel.quantization.awq.utils.packing_utils import dequantize_gemm
 job = json.load(sys.stdin)
 model = GPTQModel.load(job["folder"], device="cpu", dtype=torch.float32)
 modules = dict(model.model.named_modules())
-# dequantize_weight() is [in, out]; the engine's weights are [out, in]
-torch.save({name: modules[name].dequantize_weight().float().t().contiguous() for name in job["names"]}, job["out"])
+
+def weight(m):  # GPTQModel's own unpacking, [in, out] -> the engine's [out, in]
+    if hasattr(m, "dequantize_weight"):
+        return m.dequantize_weight().float().t().contiguous()
+    return dequantize_gemm(m.qweight, m.qzeros, m.scales.float(), m.bits, m.group_size).float().t().contiguous()
+
+torch.save({name: weight(modules[name]) for name in job["names"]}, job["out"])
 """
 
 FORMATS = {"gptq": "gptq", "awq": "gemm"}
