@@ -136,12 +136,12 @@ def read_linear(
 
 def to_int4(parts: list[GroupedLinear], group_size: int) -> Int4Weight | None:
     """``parts`` (q, k, v or gate, up: one input, outputs stacked) as one 4-bit kernel weight, or None
-    when they cannot share one: values wider than 4 bits, groups not 16-aligned, or act orders
+    when they cannot share one: values wider than 4 bits, groups not 32-aligned, or act orders
     that differ between the parts (each permutes its inputs its own way)."""
     first = parts[0]
     k = first.q.shape[1]
     group = group_size if group_size > 0 else k
-    if any(int(p.q.max()) > 15 for p in parts) or k % 16 or group % 16:
+    if any(int(p.q.max()) > 15 for p in parts) or k % 32 or group % 32:
         return None
     perm = torch.argsort(first.group_of, stable=True)
     if not all(torch.equal(p.group_of, first.group_of) for p in parts[1:]):

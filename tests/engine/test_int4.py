@@ -81,5 +81,5 @@ def test_packing_round_trips_and_pads_rows() -> None:
     q, _, _, w = random_weight(20, 64, 32)
     assert w.q.shape == (24, 32) and w.out_features == 20  # rows padded to the kernel's 8
     assert torch.equal(unpack_values(w), q.to(torch.uint8))
-    with pytest.raises(ValueError, match="multiples of 16"):
-        pack_int4(torch.zeros(8, 40, dtype=torch.long), torch.ones(8, 2), torch.zeros(8, 2), 20)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        pack_int4(torch.zeros(8, 48, dtype=torch.long), torch.ones(8, 3), torch.zeros(8, 3), 16)

@@ -29,8 +29,8 @@ class Int4Weight:
     """A linear's weight [N, K] as 4-bit values in groups of ``group`` inputs."""
 
     q: torch.Tensor
-    """[N_padded, K / 2] uint8: each 16 inputs are 8 bytes, byte b holding input b (low nibble)
-    and input b + 8 (high nibble); rows past ``out_features`` are zeros."""
+    """[N_padded, K / 2] uint8: each 32 inputs are 16 bytes, byte b holding input b (low nibble)
+    and input b + 16 (high nibble); rows past ``out_features`` are zeros."""
     scale: torch.Tensor
     """[N_padded, groups] float32."""
     zero: torch.Tensor
@@ -50,13 +50,13 @@ def pack_int4(
 ) -> Int4Weight:
     """``q`` [N, K] values in 0..15 (inputs already in group order), ``scale``/``zero`` [N, groups]."""
     n, k = q.shape
-    if k % 16 or group % 16:
-        raise ValueError(f"4-bit rows need K and the group size in multiples of 16 (K={k}, group={group})")
+    if k % 32 or group % 32:
+        raise ValueError(f"4-bit rows need K and the group size in multiples of 32 (K={k}, group={group})")
     padded = -(-n // ROW_BLOCK) * ROW_BLOCK
     values = torch.zeros(padded, k, dtype=torch.uint8)
     values[:n] = q.to(torch.uint8)
-    chunks = values.view(padded, k // 16, 16)
-    packed = (chunks[:, :, :8] | (chunks[:, :, 8:] << 4)).reshape(padded, k // 2).contiguous()
+    chunks = values.view(padded, k // 32, 32)
+    packed = (chunks[:, :, :16] | (chunks[:, :, 16:] << 4)).reshape(padded, k // 2).contiguous()
     groups = scale.shape[1]
     scales = torch.ones(padded, groups, dtype=torch.float32)
     zeros = torch.zeros(padded, groups, dtype=torch.float32)
@@ -66,7 +66,7 @@ def pack_int4(
 
 def unpack_values(w: Int4Weight) -> torch.Tensor:
     """The 4-bit values [N, K] (inputs in group order)."""
-    chunks = w.q[: w.out_features].view(w.out_features, -1, 8)
+    chunks = w.q[: w.out_features].view(w.out_features, -1, 16)
     return torch.cat([chunks & 0xF, chunks >> 4], dim=2).reshape(w.out_features, -1)
 
 
