@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from isvc.engine.kernels.build import bind, load
-from isvc.engine.kernels.int8 import ROW_BLOCK, quantize_rows
+from isvc.engine.kernels.int8 import ROW_BLOCK, kernel_output, quantize_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +102,7 @@ def int4_linear(
     if native is not None and M > 0:
         x = x.contiguous()
         padded = w.q.shape[0]
-        add = out is not None and bias is None and padded == N
-        add = add and out is not None and out.is_contiguous() and out.dtype == torch.float32 and out.shape == (M, N)
-        y = out if out is not None and add else torch.empty(M, padded, dtype=torch.float32)
+        y, add = kernel_output(out, bias, M, N, padded)
         xq = torch.empty(M, K, dtype=torch.int16)
         xs = torch.empty(M, dtype=torch.float32)
         xsum = torch.empty(M, w.scale.shape[1], dtype=torch.int32)

@@ -87,6 +87,16 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(x / scale).clamp_(-ACT_QMAX, ACT_QMAX), scale
 
 
+def kernel_output(
+    out: torch.Tensor | None, bias: torch.Tensor | None, M: int, N: int, padded: int
+) -> tuple[torch.Tensor, bool]:
+    """Where a quantized kernel writes y [M, padded rows]: into ``out`` itself (adding to it) when it
+    can be the kernel's own output, else a new buffer."""
+    add = out is not None and bias is None and padded == N
+    add = add and out is not None and out.is_contiguous() and out.dtype == torch.float32 and out.shape == (M, N)
+    return (out if out is not None and add else torch.empty(M, padded, dtype=torch.float32)), add
+
+
 def int8_linear(
     x: torch.Tensor,
     w: Int8Weight,
@@ -105,10 +115,7 @@ def int8_linear(
     if native is not None and K % 16 == 0 and M > 0:
         x = x.contiguous()
         padded = w.q.shape[0]
-        # the kernel adds into ``out`` itself when it can write it as its own output
-        add = out is not None and bias is None and padded == N
-        add = add and out is not None and out.is_contiguous() and out.dtype == torch.float32 and out.shape == (M, N)
-        y = out if out is not None and add else torch.empty(M, padded, dtype=torch.float32)
+        y, add = kernel_output(out, bias, M, N, padded)
         xq = torch.empty(M, K, dtype=torch.int16)  # scratch: the integer activations and their scales
         xs = torch.empty(M, dtype=torch.float32)
         native(

@@ -21,8 +21,6 @@
 #include "quant.h"
 #include "simd.h"
 
-#define LD 8 /* leading dimension of a tile's sums: sums[i * LD + j] */
-
 /* Inputs k .. k + 15 (*lo) and k + 16 .. k + 31 (*hi) of a packed row as int16 lanes in 0..15. */
 static inline void unpack32(const uint8_t *p, __m256i *lo, __m256i *hi) {
   const __m256i both = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)p));
@@ -67,12 +65,6 @@ static inline void unpack32(const uint8_t *p, __m256i *lo, __m256i *hi) {
     for (int i = 0; i < R; i++)                                                                          \
       for (int j = 0; j < MB; j++) sums[i * LD + j] = hsum(facc[i][j]);                                  \
   }
-
-static inline __m256i mul_avx2(__m256i acc, __m256i a, __m256i b) {
-  return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
-}
-#define VNNI __attribute__((target("avx2,fma,avx512f,avx512vl,avx512vnni")))
-VNNI static inline __m256i mul_vnni(__m256i acc, __m256i a, __m256i b) { return _mm256_dpwssd_epi32(acc, a, b); }
 
 /* AVX2 has 16 vector registers: one activation row per tile keeps 4 int and 4 float sums in them. */
 DOT(avx2_4x1, , mul_avx2, 4, 1)

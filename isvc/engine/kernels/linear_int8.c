@@ -18,8 +18,6 @@
 #include "quant.h"
 #include "simd.h"
 
-#define LD 8 /* leading dimension of a tile's sums: sums[i * LD + j] */
-
 /* sums[i * LD + j] = sum_k w[i][k] * x[j][k] for R weight rows and MB activation rows (sizes
  * fixed at compile time so the accumulators stay in registers), prefetching the weight rows
  * at `next` meanwhile: a model's weights stream from memory once per step, and an int8 row is
@@ -42,12 +40,6 @@
     for (int i = 0; i < R; i++)                                                                 \
       for (int j = 0; j < MB; j++) sums[i * LD + j] = hsum_epi32(acc[i][j]);                    \
   }
-
-static inline __m256i mul_avx2(__m256i acc, __m256i a, __m256i b) {
-  return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
-}
-#define VNNI __attribute__((target("avx2,fma,avx512f,avx512vl,avx512vnni")))
-VNNI static inline __m256i mul_vnni(__m256i acc, __m256i a, __m256i b) { return _mm256_dpwssd_epi32(acc, a, b); }
 
 DOT(avx2_8x1, , mul_avx2, 8, 1)
 DOT(avx2_4x1, , mul_avx2, 4, 1)

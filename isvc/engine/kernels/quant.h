@@ -26,3 +26,13 @@ static inline int32_t hsum_epi32(__m256i v) {
   s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
   return _mm_cvtsi128_si32(s);
 }
+
+#define LD 8 /* leading dimension of a tile's sums: sums[i * LD + j] */
+
+/* acc += the pairwise int16 products of a and b, summed into int32 lanes: AVX2's vpmaddwd + vpaddd,
+ * or AVX-512 VNNI's vpdpwssd in one instruction (the kernels pick by CPU, or AVX2 when `portable`). */
+static inline __m256i mul_avx2(__m256i acc, __m256i a, __m256i b) {
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
+}
+#define VNNI __attribute__((target("avx2,fma,avx512f,avx512vl,avx512vnni")))
+VNNI static inline __m256i mul_vnni(__m256i acc, __m256i a, __m256i b) { return _mm256_dpwssd_epi32(acc, a, b); }
