@@ -24,7 +24,7 @@ from isvc.models.prepare import ensure_default_model
 
 async def level(
     engine: AsyncEngine, concurrency: int, max_tokens: int, first_serial: int
-) -> tuple[float, float, float]:
+) -> tuple[float, float, float, float]:
     prompts = build_prompts()
     tok = engine.tokenizer
     total = requests_for(concurrency)
@@ -59,7 +59,7 @@ async def level(
     start = time.perf_counter()
     await asyncio.gather(*[worker() for _ in range(concurrency)])
     ttfts.sort()
-    return tokens / (time.perf_counter() - start), ttfts[len(ttfts) // 2], tokens / total
+    return tokens / (time.perf_counter() - start), ttfts[len(ttfts) // 2], ttfts[int(len(ttfts) * 0.9)], tokens / total
 
 
 def main() -> None:
@@ -83,10 +83,13 @@ def main() -> None:
     engine.load()
     serial = 0
     for c in (int(x) for x in args.concurrency.split(",")):
-        tok_s, ttft, mean_output = asyncio.run(level(engine, c, args.max_tokens, serial))
+        tok_s, ttft, ttft90, mean_output = asyncio.run(level(engine, c, args.max_tokens, serial))
         serial += requests_for(c)
         # outputs end at EOS: weights that stop sooner spend more of the run on prompts
-        print(f"c={c}: {tok_s:.1f} tok/s, TTFT p50 {ttft:.2f}s, {mean_output:.0f} tokens per answer", flush=True)
+        print(
+            f"c={c}: {tok_s:.1f} tok/s, TTFT p50 {ttft:.2f}s p90 {ttft90:.2f}s, {mean_output:.0f} tokens per answer",
+            flush=True,
+        )
     engine.shutdown()
 
 

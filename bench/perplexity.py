@@ -5,7 +5,7 @@ prose about the language). It is cut into windows of ``--window`` tokens; each w
 through the engine's model as one prompt chunk with every row's logits, and the perplexity is
 exp(mean negative log-likelihood of each token given the ones before it in its window).
 SmolLM2-135M-Instruct, float32 against each quantized mode, in one process; the GPTQ and AWQ
-checkpoints are the ones ``python -m bench.quantize`` makes (skipped when absent).
+checkpoints are every one ``python -m bench.quantize`` has made next to the float folder.
 
     .venv/bin/python -m bench.perplexity                      # float32, int8, gptq, awq: 32 windows of 512
     .venv/bin/python -m bench.perplexity --windows 8 --window 256
@@ -28,7 +28,6 @@ from pathlib import Path
 
 import torch
 
-from bench.quantize import GROUP_SIZE, output_dir
 from isvc.engine.core import load_tokenizer
 from isvc.engine.llama import LlamaModel
 from isvc.engine.step import ChunkInput, StepLayout
@@ -112,19 +111,21 @@ def main() -> None:
     texts = windows(load_tokenizer(str(model_dir)), args.windows, args.window)
     tokens = sum(len(t) - 1 for t in texts)
     rows = []
+    runs: list[tuple[str, Path, str | None]] = []  # (row label, folder, --quantization)
     for mode in args.modes.split(","):
+        if mode not in CHECKPOINTS:
+            runs.append((mode, model_dir, MODES[mode]))
+            continue
+        made = sorted(model_dir.parent.glob(f"{model_dir.name}-{mode}-*"))  # every one bench.quantize made
+        if not made:
+            print(f"{mode}: no checkpoint next to {model_dir} (python -m bench.quantize makes one); skipped")
+        runs += [(f"{mode} ({folder.name.removeprefix(model_dir.name + '-')})", folder, mode) for folder in made]
+    for label, folder, quantization in runs:
         start = time.perf_counter()
-        folder = model_dir
-        if mode in CHECKPOINTS:
-            folder = output_dir(model_dir, mode, 4, GROUP_SIZE[mode], desc_act=False)
-            if not (folder / "config.json").exists():
-                print(f"{mode}: no checkpoint at {folder} (python -m bench.quantize makes it); skipped")
-                continue
-            mode = f"{mode} 4-bit g{GROUP_SIZE[mode]} ({folder.name})"
-        model = LlamaModel(folder, torch.float32, None, quantization=MODES[mode.split()[0]])
+        model = LlamaModel(folder, torch.float32, None, quantization=quantization)
         ppl = perplexity(model, texts)
-        rows.append((mode, ppl, time.perf_counter() - start))
-        print(f"{mode}: perplexity {ppl:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
+        rows.append((label, ppl, time.perf_counter() - start))
+        print(f"{label}: perplexity {ppl:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
         del model
     start = time.perf_counter()
     q4 = llama_cpp_perplexity(texts, args.window)
