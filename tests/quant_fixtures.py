@@ -24,8 +24,9 @@ LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_att
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 
 
-def _quantize_groups(w: torch.Tensor, group_of: torch.Tensor, groups: int, sym: bool):  # type: ignore[no-untyped-def]
-    """4-bit q [K, N], zero points [groups, N] and fp16 scales [groups, N] for w [N, K]."""
+def _quantize_groups(w: torch.Tensor, group_of: torch.Tensor, groups: int, sym: bool, bits: int = 4):  # type: ignore[no-untyped-def]
+    """``bits``-bit q [K, N], zero points [groups, N] and fp16 scales [groups, N] for w [N, K]."""
+    top = (1 << bits) - 1
     n, k = w.shape
     q = torch.zeros(k, n, dtype=torch.long)
     zeros = torch.zeros(groups, n, dtype=torch.long)
@@ -34,31 +35,36 @@ def _quantize_groups(w: torch.Tensor, group_of: torch.Tensor, groups: int, sym: 
         cols = (group_of == g).nonzero().flatten()
         block = w[:, cols]
         if sym:
-            s = block.abs().amax(1).clamp_min(1e-6) / 7.5
-            z = torch.full((n,), 8)
+            s = block.abs().amax(1).clamp_min(1e-6) / (top / 2)
+            z = torch.full((n,), (top + 1) // 2)
         else:
             lo, hi = block.amin(1), block.amax(1)
-            s = (hi - lo).clamp_min(1e-6) / 15
-            z = torch.round(-lo / s).clamp(1, 15).long()
+            s = (hi - lo).clamp_min(1e-6) / top
+            z = torch.round(-lo / s).clamp(1, top).long()
         s = s.half().float()  # what the checkpoint stores
-        q[cols] = torch.round(block / s[:, None] + z[:, None]).clamp(0, 15).long().t()
+        q[cols] = torch.round(block / s[:, None] + z[:, None]).clamp(0, top).long().t()
         zeros[g], scales[g] = z, s
     return q, zeros, scales
 
 
-def _pack(fields: list[int]) -> int:
+def _pack(fields: list[int], bits: int = 4) -> int:
     """Eight 4-bit fields into one int32 word, field j in bits 4j..4j+3."""
     word = 0
     for j, f in enumerate(fields):
-        word |= (f & 0xF) << (4 * j)
+        word |= (f & ((1 << bits) - 1)) << (bits * j)
     return int(np.uint32(word).view(np.int32))
 
 
-def _gptq_tensors(q: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor, v1: bool) -> dict[str, torch.Tensor]:
+def _gptq_tensors(
+    q: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor, v1: bool, bits: int = 4
+) -> dict[str, torch.Tensor]:
     k, n = q.shape
-    qweight = [[_pack([int(q[8 * r + j, c]) for j in range(8)]) for c in range(n)] for r in range(k // 8)]
+    p = 32 // bits  # fields per word
+    qweight = [[_pack([int(q[p * r + j, c]) for j in range(p)], bits) for c in range(n)] for r in range(k // p)]
     stored = zeros - 1 if v1 else zeros
-    qzeros = [[_pack([int(stored[g, 8 * c + j]) for j in range(8)]) for c in range(n // 8)] for g in range(len(zeros))]
+    qzeros = [
+        [_pack([int(stored[g, p * c + j]) for j in range(p)], bits) for c in range(n // p)] for g in range(len(zeros))
+    ]
     return {
         "qweight": torch.tensor(qweight, dtype=torch.int32),
         "qzeros": torch.tensor(qzeros, dtype=torch.int32),
@@ -80,7 +86,9 @@ def _awq_tensors(q: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor) -> 
     }
 
 
-def quantized_folders(src: Path, out: Path, method: str, fmt: str, desc_act: bool, group_size: int = 32) -> Path:
+def quantized_folders(
+    src: Path, out: Path, method: str, fmt: str, desc_act: bool, group_size: int = 32, bits: int = 4
+) -> Path:
     """``out/q``: the checkpoint; ``out/ref``: a float folder of the weights it stands for."""
     weights = load_file(str(src / "model.safetensors"))
     packed: dict[str, torch.Tensor] = {}
@@ -96,14 +104,17 @@ def quantized_folders(src: Path, out: Path, method: str, fmt: str, desc_act: boo
         group_of = torch.arange(k) // group_size
         if desc_act:  # act order: each group is a scattered set of inputs
             group_of = group_of[torch.randperm(k, generator=gen)]
-        q, zeros, scales = _quantize_groups(w.float(), group_of, groups, sym=fmt == "gptq")
+        q, zeros, scales = _quantize_groups(w.float(), group_of, groups, sym=fmt == "gptq", bits=bits)
         ref[name] = ((q - zeros[group_of]).float() * scales[group_of]).t().contiguous()
-        tensors = _awq_tensors(q, zeros, scales) if method == "awq" else _gptq_tensors(q, zeros, scales, fmt == "gptq")
+        if method == "awq":
+            tensors = _awq_tensors(q, zeros, scales)
+        else:
+            tensors = _gptq_tensors(q, zeros, scales, fmt == "gptq", bits)
         if method == "gptq":
             tensors["g_idx"] = group_of.int()
         packed.update({f"{prefix}.{key}": t for key, t in tensors.items()})
     config = json.loads((src / "config.json").read_text())
-    quant: dict[str, Any] = {"quant_method": method, "bits": 4, "group_size": group_size}
+    quant: dict[str, Any] = {"quant_method": method, "bits": bits, "group_size": group_size}
     quant |= (
         {"desc_act": desc_act, "sym": fmt == "gptq", "checkpoint_format": fmt}
         if method == "gptq"

@@ -53,6 +53,17 @@ def test_a_checkpoint_loads_the_weights_it_stands_for(
     assert _load(folders / "q", method).quantization == method  # the flag, when given, names it
 
 
+def test_an_8_bit_gptq_checkpoint_loads_as_int8(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """8-bit groups have no 4-bit kernel: they are unpacked and served as per-channel int8."""
+    folders = quantized_folders(tiny_model_dir, tmp_path, "gptq", "gptq_v2", False, bits=8)
+    model = _load(folders / "q", None)
+    reference = _load(folders / "ref", None)
+    for got, want in zip(model.layers, reference.layers):
+        for name in ("wqkv", "wo", "wgu", "wd"):
+            a, expected = getattr(got, name), quantize_weight(getattr(want, name))
+            assert isinstance(a, Int8Weight) and torch.equal(a.q, expected.q) and torch.equal(a.scale, expected.scale)
+
+
 def test_the_flag_must_name_the_checkpoints_method(tiny_model_dir: Path, tmp_path: Path) -> None:
     folders = quantized_folders(tiny_model_dir, tmp_path, "gptq", "gptq", False)
     with pytest.raises(UnsupportedModel, match="quantization_config names gptq, but --quantization says awq"):
