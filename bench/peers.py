@@ -211,6 +211,21 @@ PEERS: dict[str, Peer] = {
         ["--quantization", "gptq", "--num_speculative_tokens", "0"],
         "gptq",
     ),  # fmt: skip
+    "isvc-gptq-fp8kv-nospec": Isvc(
+        "isvc-gptq-fp8kv-nospec",
+        "isvc --quantization gptq --kv_cache_dtype fp8_e5m2 --num_speculative_tokens 0",
+        [],
+        "GPTQ 4-bit g128, fp8 KV",
+        ["--quantization", "gptq", "--kv_cache_dtype", "fp8_e5m2", "--num_speculative_tokens", "0"],
+        "gptq",
+    ),  # fmt: skip
+    "isvc-int8-fp8kv-nospec": Isvc(
+        "isvc-int8-fp8kv-nospec",
+        "isvc --quantization int8 --kv_cache_dtype fp8_e5m2 --num_speculative_tokens 0",
+        [],
+        "int8 weights, fp8 KV",
+        ["--quantization", "int8", "--kv_cache_dtype", "fp8_e5m2", "--num_speculative_tokens", "0"],
+    ),  # fmt: skip
     "isvc-awq-nospec": Isvc(
         "isvc-awq-nospec",
         "isvc --quantization awq --num_speculative_tokens 0",

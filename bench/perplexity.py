@@ -106,6 +106,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=32)
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--kv-cache-dtype", default="auto", help="as isvc serve's --kv_cache_dtype (fp8_e5m2, ...)")
     args = parser.parse_args()
     model_dir = ensure_default_model()
     texts = windows(load_tokenizer(str(model_dir)), args.windows, args.window)
@@ -122,7 +123,7 @@ def main() -> None:
         runs += [(f"{mode} ({folder.name.removeprefix(model_dir.name + '-')})", folder, mode) for folder in made]
     for label, folder, quantization in runs:
         start = time.perf_counter()
-        model = LlamaModel(folder, torch.float32, None, quantization=quantization)
+        model = LlamaModel(folder, torch.float32, None, args.kv_cache_dtype, quantization)
         ppl = perplexity(model, texts)
         rows.append((label, ppl, time.perf_counter() - start))
         print(f"{label}: perplexity {ppl:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
@@ -138,7 +139,8 @@ def main() -> None:
         f"# Perplexity {stamp}",
         "",
         f"SmolLM2-135M-Instruct on Python's pydoc_data/topics.py: {len(texts)} windows of {args.window} tokens "
-        f"({tokens} scored); `python -m bench.perplexity --windows {args.windows} --window {args.window}`",
+        f"({tokens} scored), KV cache {args.kv_cache_dtype}; "
+        f"`python -m bench.perplexity --windows {args.windows} --window {args.window} --kv-cache-dtype {args.kv_cache_dtype}`",
         "",
         "| weights | perplexity | vs float32 |",
         "|---|---|---|",

@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-KV_CACHE_DTYPES = ("auto", "float32", "fp32", "float16", "fp16", "half")
-KVCacheDtype = Literal["auto", "float32", "fp32", "float16", "fp16", "half"]
+KV_CACHE_DTYPES = ("auto", "float32", "fp32", "float16", "fp16", "half", "fp8_e5m2")
+KVCacheDtype = Literal["auto", "float32", "fp32", "float16", "fp16", "half", "fp8_e5m2"]
 QUANTIZATIONS = ("int8", "gptq", "awq")
 Quantization = Literal["int8", "gptq", "awq"]
 
@@ -58,7 +58,9 @@ class EngineConfig(BaseModel):
     kv_cache_dtype: KVCacheDtype = "auto"
     """KV cache element type. auto: float16 where the native attention kernel runs (half the
     memory and half the bytes read per step, like llama.cpp's default f16 cache), otherwise
-    the model dtype. float32 keeps the cache at full precision."""
+    the model dtype. float32 keeps the cache at full precision. fp8_e5m2 (vLLM's name): a quarter
+    of float32, each value rounded to float16's top byte, so a long context's step reads half the
+    cache bytes of float16 (native attention only)."""
 
     kv_cache_space_gb: float = Field(default=4.0, gt=0)
     """Upper bound of the KV cache in GiB (like VLLM_CPU_KVCACHE_SPACE)."""

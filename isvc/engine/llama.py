@@ -194,7 +194,7 @@ class LlamaModel:
         native = self.ops.native_attention
         if name == "auto":
             return torch.float16 if native and self.dtype == torch.float32 else self.dtype
-        wanted = torch_dtype(name)
+        wanted = torch.float8_e5m2 if name == "fp8_e5m2" else torch_dtype(name)
         if wanted != self.dtype and not native:
             raise UnsupportedModel(
                 f"a {name} KV cache needs the native attention kernel, which is not "

@@ -13,7 +13,9 @@
  * Layouts (heads contiguous inside a row, rows `*_stride` floats apart):
  *   q [D, KVH * G, Dh]   k, v [D, KVH, Dh]   out [D, KVH * G, Dh]   float32
  *   kc, vc [slots, KVH, cap, Dh]   float32 (_f32) or float16 (_f16: half the memory and
- *   half the bytes read per step; F16C converts 8 values per instruction)
+ *   half the bytes read per step; F16C converts 8 values per instruction) or float8 e5m2 (_e5m2:
+ *   a quarter; e5m2 is float16 without its low 8 mantissa bits, so a byte shifted into the high
+ *   half of a 16-bit lane is its float16, and F16C converts it too)
  * Preconditions (checked by the caller): Dh % 8 == 0, Dh <= 256, G <= 16.
  */
 #include "simd.h"
@@ -29,6 +31,33 @@ static inline void store_row_f32(float *dst, const float *src, long n) { memcpy(
 static inline void store_row_f16(uint16_t *dst, const float *src, long n) {
   for (long i = 0; i < n; i += 8)
     _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+}
+
+/* e5m2 keeps a float16's top byte: the byte in the high half of each 16-bit lane is a float16. */
+#define LOAD_E5M2(p) _mm256_cvtph_ps(_mm_unpacklo_epi8(_mm_setzero_si128(), _mm_loadl_epi64((const __m128i *)(p))))
+
+/* float32 -> float8 e5m2 rounded to nearest even in one step from float32 (through float16 would
+ * round twice), as torch's .to(torch.float8_e5m2): the same bytes whichever path wrote the cache. */
+static inline uint8_t to_e5m2(float f) {
+  uint32_t b;
+  memcpy(&b, &f, sizeof b);
+  const uint8_t sign = (uint8_t)((b >> 24) & 0x80);
+  b &= 0x7FFFFFFFu;
+  if (b > 0x7F800000u) return sign | 0x7F;         /* NaN */
+  if (b >= 0x47800000u) return sign | 0x7C;        /* >= 2^16: past the largest finite e5m2 -> inf */
+  if (b < 0x38800000u) {                           /* below 2^-14: a subnormal, in steps of 2^-16 */
+    const float sum = f < 0 ? -f + 128.0f : f + 128.0f; /* 2^7's float32 ulp is 2^-16: the add rounds */
+    uint32_t s;
+    memcpy(&s, &sum, sizeof s);
+    return sign | (uint8_t)(s - 0x43000000u);
+  }
+  const uint32_t odd = (b >> 21) & 1;              /* round half to even on the kept 2 mantissa bits */
+  b += ((uint32_t)(15 - 127) << 23) + 0xFFFFFu + odd;
+  return sign | (uint8_t)(b >> 21);
+}
+
+static inline void store_row_e5m2(uint8_t *dst, const float *src, long n) {
+  for (long i = 0; i < n; i++) dst[i] = to_e5m2(src[i]);
 }
 
 static void softmax_inplace(float *s, long n) {
@@ -147,3 +176,4 @@ static void softmax_inplace(float *s, long n) {
 
 ATTENTION(isvc_attention_f32, float, LOAD_F32, store_row_f32)
 ATTENTION(isvc_attention_f16, uint16_t, LOAD_F16, store_row_f16)
+ATTENTION(isvc_attention_e5m2, uint8_t, LOAD_E5M2, store_row_e5m2)

@@ -93,6 +93,7 @@ class NativeOps(TorchOps):
         self._attention = {
             torch.float32: bind(lib.isvc_attention_f32, attention_args),
             torch.float16: bind(lib.isvc_attention_f16, attention_args),
+            torch.float8_e5m2: bind(lib.isvc_attention_e5m2, attention_args),
         }
         self.native_attention = head_dim % 8 == 0 and head_dim <= 256 and group <= 16
         self.scale = head_dim**-0.5
@@ -184,8 +185,8 @@ class NativeOps(TorchOps):
 
         Writes each row's K/V into its slot at its position, then attends over positions
         0..position of that slot. q [R, H, Dh], k and v [R, KVH, Dh] (rows may be strided,
-        heads contiguous), the layer's cache kc/vc [slots, KVH, cap, Dh] (float32 or
-        float16), slots and positions [R] int64 -> [R, H*Dh].
+        heads contiguous), the layer's cache kc/vc [slots, KVH, cap, Dh] (float32,
+        float16 or float8 e5m2), slots and positions [R] int64 -> [R, H*Dh].
         """
         D, H, Dh = q.shape
         KVH = k.shape[1]
