@@ -87,16 +87,26 @@ def _awq_tensors(q: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor) -> 
 
 
 def quantized_folders(
-    src: Path, out: Path, method: str, fmt: str, desc_act: bool, group_size: int = 32, bits: int = 4
+    src: Path,
+    out: Path,
+    method: str,
+    fmt: str,
+    desc_act: bool,
+    group_size: int = 32,
+    bits: int = 4,
+    quantized_head: bool = False,
 ) -> Path:
-    """``out/q``: the checkpoint; ``out/ref``: a float folder of the weights it stands for."""
+    """``out/q``: the checkpoint; ``out/ref``: a float folder of the weights it stands for.
+    ``quantized_head``: an untied output head (the embedding's values), quantized as well."""
     weights = load_file(str(src / "model.safetensors"))
+    if quantized_head:
+        weights["lm_head.weight"] = weights["model.embed_tokens.weight"].clone()
     packed: dict[str, torch.Tensor] = {}
     ref: dict[str, torch.Tensor] = {}
     gen = torch.Generator().manual_seed(1)
     for name, w in weights.items():
         prefix = name.removesuffix(".weight")
-        if not any(prefix.endswith(linear) for linear in LINEARS):
+        if not any(prefix.endswith(linear) for linear in LINEARS) and not (quantized_head and prefix == "lm_head"):
             packed[name] = ref[name] = w
             continue
         k = w.shape[1]
@@ -114,6 +124,8 @@ def quantized_folders(
             tensors["g_idx"] = group_of.int()
         packed.update({f"{prefix}.{key}": t for key, t in tensors.items()})
     config = json.loads((src / "config.json").read_text())
+    if quantized_head:
+        config["tie_word_embeddings"] = False
     quant: dict[str, Any] = {"quant_method": method, "bits": bits, "group_size": group_size}
     quant |= (
         {"desc_act": desc_act, "sym": fmt == "gptq", "checkpoint_format": fmt}

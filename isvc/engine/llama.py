@@ -76,10 +76,12 @@ class LlamaModel:
         self.ops: TorchOps = ops_for(dtype, torch.get_num_threads(), self.head_dim, self.group)
         self.kv_dtype = self._kv_dtype(kv_cache_dtype)
         logger.info("step ops: %s, KV cache %s", self.ops.name, str(self.kv_dtype).removeprefix("torch."))
-        self.checkpoint = read_quantization_config(c)
+        self.checkpoint = read_quantization_config(c, model_dir)
         self.quantization = _quantization(quantization, self.checkpoint)
         if self.quantization is not None and dtype != torch.float32:
-            raise UnsupportedModel(f"--quantization {self.quantization} computes in float32; got --dtype {dtype}")
+            what = f"this {self.quantization} checkpoint" if self.checkpoint else "--quantization int8"
+            dtype_name = str(dtype).removeprefix("torch.")
+            raise UnsupportedModel(f"{what} computes in float32 on isvc's CPU engine; drop --dtype {dtype_name}")
         self._load_weights(model_dir)
         self._build_rope(max(self.max_model_len, 16))
 
@@ -105,7 +107,8 @@ class LlamaModel:
         def linear(*names: str) -> Weight:
             """The weight of one linear, or of several stacked (q, k, v): float as stored, or from a
             GPTQ/AWQ checkpoint, as 4-bit for linear_int4.c where it can be, else unpacked to float."""
-            if self.checkpoint is None:
+            if self.checkpoint is None or all(name + ".qweight" not in w for name in names):
+                # a float checkpoint, or linears a quantized one kept float (modules_to_not_convert)
                 parts = [take(name + ".weight") for name in names]
                 return parts[0] if len(parts) == 1 else torch.cat(parts).contiguous()
             grouped = [read_linear(self.checkpoint, lambda key: w.pop(key, None), name) for name in names]
@@ -115,9 +118,15 @@ class LlamaModel:
         self.embed = take("embed_tokens.weight")  # [V, hidden]
         self.norm = take("norm.weight")
         head = w.pop("lm_head.weight", None)
-        self.lm_head: Weight = (
-            self.embed if head is None or self.config.get("tie_word_embeddings") else head.to(self.dtype)
-        )
+        self.lm_head: Weight
+        if "lm_head.qweight" in w:  # a checkpoint that quantized its output head too (GPTQModel's lm_head=True)
+            self.lm_head = linear("lm_head")
+        elif head is not None and not self.config.get("tie_word_embeddings"):
+            self.lm_head = head.to(self.dtype)
+        elif head is None and self.config.get("tie_word_embeddings") is False:
+            raise UnsupportedModel("the checkpoint has no lm_head weights and does not tie them to its embeddings")
+        else:
+            self.lm_head = self.embed
         self.layers: list[_Layer] = []
         for i in range(self.num_layers):
             p = f"layers.{i}."
@@ -148,12 +157,14 @@ class LlamaModel:
                 if isinstance(weight, torch.Tensor):  # a checkpoint's 4-bit weights stay as they are
                     setattr(layer, name, quantize_weight(weight))
         except ValueError as exc:  # rows too long for exact int32 sums
-            raise UnsupportedModel(f"--quantization {self.quantization}: {exc}") from None
+            what = f"the {self.quantization} checkpoint" if self.checkpoint else "--quantization int8"
+            raise UnsupportedModel(f"{what}: {exc}") from None
 
     def _lm_head_to_int8(self) -> None:
-        """The output head to int8 as well (a tied one gets its own copy; the embedding table stays float)."""
-        assert isinstance(self.lm_head, torch.Tensor)
-        self.lm_head = quantize_weight(self.lm_head)
+        """The output head to int8 as well (a tied one gets its own copy; the embedding table stays
+        float), unless the checkpoint quantized it itself."""
+        if isinstance(self.lm_head, torch.Tensor):
+            self.lm_head = quantize_weight(self.lm_head)
         _release_freed_memory()  # the float weights just freed (SmolLM2: RSS 604 -> 471 MB)
         how = "10-bit activations (per token) on every linear"
         if self.checkpoint is None:
@@ -166,9 +177,10 @@ class LlamaModel:
             if four_bit == len(weights)
             else f"{four_bit} of {len(weights)} linears 4-bit, the rest int8"
         )
+        head = "4-bit" if isinstance(self.lm_head, Int4Weight) else "int8"
         logger.info(
-            "%s checkpoint (%d-bit, group %d): %s, the output head int8; %s",
-            self.quantization, self.checkpoint.bits, self.checkpoint.group_size, kept, how,
+            "%s checkpoint (%d-bit, group %d): %s, the output head %s; %s",
+            self.quantization, self.checkpoint.bits, self.checkpoint.group_size, kept, head, how,
         )  # fmt: skip
 
     def _build_rope(self, length: int) -> None:

@@ -17,14 +17,16 @@ Either way ``w[n, k] = scale[g, n] * (q[k, n] - zero[g, n])`` with ``g`` the inp
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from isvc.engine.errors import UnsupportedModel
-from isvc.engine.kernels.int4 import Int4Weight, pack_int4
+from isvc.engine.kernels.int4 import Int4Weight, native_available, pack_int4
 
 METHODS = ("gptq", "awq")
 """Checkpoint methods the engine loads (``--quantization`` names them as vLLM does)."""
@@ -49,10 +51,20 @@ class QuantizedCheckpoint:
         return 32 // self.bits
 
 
-def read_quantization_config(config: dict[str, Any]) -> QuantizedCheckpoint | None:
-    """The checkpoint's quantization from config.json, None for a float checkpoint; UnsupportedModel
-    for a method or layout the engine cannot load."""
+QUANTIZE_CONFIG_FILES = ("quantize_config.json", "quant_config.json")
+"""Where checkpoints older than config.json's ``quantization_config`` keep it (AutoGPTQ, AutoAWQ), as vLLM looks."""
+
+
+def read_quantization_config(config: dict[str, Any], model_dir: Path | None = None) -> QuantizedCheckpoint | None:
+    """The checkpoint's quantization from config.json (or, beside it, an older ``quantize_config.json``),
+    None for a float checkpoint; UnsupportedModel for a method or layout the engine cannot load."""
     q = config.get("quantization_config")
+    if not q and model_dir is not None:
+        for name in QUANTIZE_CONFIG_FILES:
+            if (model_dir / name).is_file():
+                q = json.loads((model_dir / name).read_text())
+                q.setdefault("quant_method", "awq" if "w_bit" in q or "zero_point" in q else "gptq")
+                break
     if not q:
         return None
     method = str(q.get("quant_method", "")).lower()
@@ -69,6 +81,8 @@ def read_quantization_config(config: dict[str, Any]) -> QuantizedCheckpoint | No
     fmt = str(q.get("checkpoint_format", "gptq")).lower()
     if method == "gptq" and fmt not in ("gptq", "gptq_v2"):
         raise UnsupportedModel(f"GPTQ checkpoint_format {fmt!r} is not supported (gptq or gptq_v2)")
+    if q.get("is_marlin_format") or str(q.get("pack_dtype", "int32")).removeprefix("torch.") != "int32":
+        raise UnsupportedModel("only checkpoints packed in int32 words are supported (not marlin or other pack dtypes)")
     group_size = int(q.get("group_size", q.get("q_group_size", 128)))
     return QuantizedCheckpoint(method, bits, group_size, zero_offset=1 if method == "gptq" and fmt == "gptq" else 0)
 
@@ -129,8 +143,11 @@ def read_linear(
         group_of = g_idx.long()
     else:
         group_of = torch.arange(k) // (checkpoint.group_size if checkpoint.group_size > 0 else k)
-    if group_of.shape[0] != k or int(group_of.max()) >= scales.shape[0]:
-        raise UnsupportedModel(f"{prefix}: groups do not match its scales ({tuple(scales.shape)})")
+    if group_of.shape[0] != k or int(group_of.max()) + 1 != scales.shape[0]:
+        raise UnsupportedModel(
+            f"{prefix}: {int(group_of.max()) + 1} groups of inputs, but scales for {scales.shape[0]} "
+            "(does quantization_config's group_size match the weights?)"
+        )
     return GroupedLinear(q.t().to(torch.uint8), zeros.t().float(), scales.t().contiguous(), group_of)
 
 
@@ -138,6 +155,8 @@ def to_int4(parts: list[GroupedLinear], group_size: int) -> Int4Weight | None:
     """``parts`` (q, k, v or gate, up: one input, outputs stacked) as one 4-bit kernel weight, or None
     when they cannot share one: values wider than 4 bits, groups not 32-aligned, or act orders
     that differ between the parts (each permutes its inputs its own way)."""
+    if not native_available():
+        return None  # served as int8 instead (kernels/int4.py: the torch path is a reference, not a server)
     first = parts[0]
     k = first.q.shape[1]
     group = group_size if group_size > 0 else k

@@ -83,3 +83,17 @@ def test_packing_round_trips_and_pads_rows() -> None:
     assert torch.equal(unpack_values(w), q.to(torch.uint8))
     with pytest.raises(ValueError, match="multiples of 32"):
         pack_int4(torch.zeros(8, 48, dtype=torch.long), torch.ones(8, 3), torch.zeros(8, 3), 16)
+
+
+def test_the_torch_path_equals_the_definition_with_or_without_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reference the kernel is held to, and what int4_linear runs where the kernel cannot build."""
+    import isvc.engine.kernels.int4 as int4
+
+    q, scale, zero, w = random_weight(24, 64, 32, act_order=True)
+    x, out, bias = torch.randn(3, 64), torch.randn(3, 24), torch.randn(24)
+    expected = definition(x[:, w.perm], q, scale, zero, 32)
+    monkeypatch.setattr(int4, "_native", lambda: None)
+    torch.testing.assert_close(int4_linear(x, w), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+    torch.testing.assert_close(int4_linear(x, w, bias), expected + bias, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(int4_linear(x, w, out=out.clone()), out + expected, rtol=1e-5, atol=1e-4)
+    assert not int4.native_available()

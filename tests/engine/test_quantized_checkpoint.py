@@ -75,3 +75,64 @@ def test_the_flag_must_name_the_checkpoints_method(tiny_model_dir: Path, tmp_pat
     (folders / "q" / "config.json").write_text(json.dumps(config))
     with pytest.raises(UnsupportedModel, match="'bitsandbytes' is not loaded by isvc's CPU engine"):
         _load(folders / "q", None)
+
+
+def test_a_quantized_output_head_is_the_checkpoints_own(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """GPTQModel's lm_head=True: an untied head stored as qweight/qzeros/scales, not the embedding."""
+    folders = quantized_folders(tiny_model_dir, tmp_path, "gptq", "gptq", False, quantized_head=True)
+    model, reference = _load(folders / "q", None), _load(folders / "ref", None)
+    assert isinstance(model.lm_head, Int4Weight)
+    assert torch.equal(dequantize_int4(model.lm_head), reference.lm_head)
+
+
+def test_an_older_quantize_config_json_is_read(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """AutoGPTQ's folders keep the settings in quantize_config.json beside config.json, as vLLM reads them."""
+    folders = quantized_folders(tiny_model_dir, tmp_path, "gptq", "gptq", False)
+    config = json.loads((folders / "q" / "config.json").read_text())
+    settings = config.pop("quantization_config")
+    settings.pop("quant_method")
+    (folders / "q" / "config.json").write_text(json.dumps(config))
+    (folders / "q" / "quantize_config.json").write_text(json.dumps(settings))
+    assert _load(folders / "q", "gptq").quantization == "gptq"
+
+
+def test_without_the_native_kernel_4_bit_weights_are_served_as_int8(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host without AVX2 or a compiler: the torch path of the 4-bit kernel is a reference, too slow
+    to serve, so the checkpoint's weights become per-channel int8 of exactly what they stand for."""
+    import isvc.engine.quantized
+
+    monkeypatch.setattr(isvc.engine.quantized, "native_available", lambda: False)
+    folders = quantized_folders(tiny_model_dir, tmp_path, "awq", "gemm", False)
+    model, reference = _load(folders / "q", None), _load(folders / "ref", None)
+    for got, want in zip(model.layers, reference.layers):
+        expected = quantize_weight(want.wqkv)
+        assert isinstance(got.wqkv, Int8Weight) and torch.equal(got.wqkv.q, expected.q)
+
+
+def test_scales_that_do_not_match_the_groups_are_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folders = quantized_folders(tiny_model_dir, tmp_path, "awq", "gemm", False)
+    config = json.loads((folders / "q" / "config.json").read_text())
+    config["quantization_config"]["group_size"] = 64  # the weights were quantized in groups of 32
+    (folders / "q" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedModel, match="does quantization_config's group_size match"):
+        _load(folders / "q", None)
+
+
+def test_the_4_bit_model_follows_the_float_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A forward through the 4-bit kernel (10-bit activations) against the float weights it stands for."""
+    from isvc.engine.step import ChunkInput, StepLayout
+
+    folders = quantized_folders(tiny_model_dir, tmp_path, "gptq", "gptq", True)
+    ids = list(range(3, 40))
+
+    def logits(model: LlamaModel) -> torch.Tensor:
+        cache = model.new_cache(1, 1 << 24)
+        cache.ensure(1, len(ids))
+        step = StepLayout(1, [], [], [], [ChunkInput(0, ids, 0)], list(range(len(ids))), [], [], [])
+        return model.forward(step, cache)
+
+    got, want = logits(_load(folders / "q", None)), logits(_load(folders / "ref", None))
+    cosine = torch.nn.functional.cosine_similarity(got, want, dim=1)
+    assert cosine.min() > 0.99, cosine

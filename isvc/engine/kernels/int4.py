@@ -52,6 +52,8 @@ def pack_int4(
     n, k = q.shape
     if k % 32 or group % 32:
         raise ValueError(f"4-bit rows need K and the group size in multiples of 32 (K={k}, group={group})")
+    if scale.shape != (n, -(-k // group)) or zero.shape != scale.shape:
+        raise ValueError(f"scales and zero points must be [N, ceil(K / group)] = [{n}, {-(-k // group)}]")
     padded = -(-n // ROW_BLOCK) * ROW_BLOCK
     values = torch.zeros(padded, k, dtype=torch.uint8)
     values[:n] = q.to(torch.uint8)
@@ -62,6 +64,12 @@ def pack_int4(
     zeros = torch.zeros(padded, groups, dtype=torch.float32)
     scales[:n], zeros[:n] = scale.float(), zero.float()
     return Int4Weight(packed, scales, zeros, group, n, perm)
+
+
+def native_available() -> bool:
+    """Whether linear_int4.c runs here. Without it, callers keep 4-bit checkpoints as int8 weights:
+    the torch path unpacks a whole weight per call (tests and reference), far too slow to serve."""
+    return _native() is not None
 
 
 def unpack_values(w: Int4Weight) -> torch.Tensor:
