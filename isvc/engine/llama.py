@@ -79,9 +79,10 @@ class LlamaModel:
         self.checkpoint = read_quantization_config(c, model_dir)
         self.quantization = _quantization(quantization, self.checkpoint)
         if self.quantization is not None and dtype != torch.float32:
-            what = f"this {self.quantization} checkpoint" if self.checkpoint else "--quantization int8"
             dtype_name = str(dtype).removeprefix("torch.")
-            raise UnsupportedModel(f"{what} computes in float32 on isvc's CPU engine; drop --dtype {dtype_name}")
+            raise UnsupportedModel(
+                f"{self._quantized_by} computes in float32 on isvc's CPU engine; drop --dtype {dtype_name}"
+            )
         self._load_weights(model_dir)
         self._build_rope(max(self.max_model_len, 16))
 
@@ -112,7 +113,7 @@ class LlamaModel:
                 parts = [take(name + ".weight") for name in names]
                 return parts[0] if len(parts) == 1 else torch.cat(parts).contiguous()
             grouped = [read_linear(self.checkpoint, lambda key: w.pop(key, None), name) for name in names]
-            packed = to_int4(grouped, self.checkpoint.group_size)
+            packed = to_int4(grouped, self.checkpoint)
             return packed if packed is not None else torch.cat([g.dequantize() for g in grouped]).contiguous()
 
         self.embed = take("embed_tokens.weight")  # [V, hidden]
@@ -146,7 +147,15 @@ class LlamaModel:
                 self._to_int8(layer)
             self.layers.append(layer)
         if self.quantization is not None:
-            self._lm_head_to_int8()
+            if isinstance(self.lm_head, torch.Tensor):  # a tied head gets its own int8 copy; the embedding stays float
+                self.lm_head = quantize_weight(self.lm_head)
+            _release_freed_memory()  # the float weights just freed (SmolLM2: RSS 604 -> 471 MB)
+            self._log_quantization()
+
+    @property
+    def _quantized_by(self) -> str:
+        """What quantized the weights, for messages: the checkpoint, or ``--quantization int8``."""
+        return f"this {self.quantization} checkpoint" if self.checkpoint else "--quantization int8"
 
     def _to_int8(self, layer: _Layer) -> None:
         """A layer's linear weights to int8 per output channel (kernels/int8.py): a float model's
@@ -157,15 +166,10 @@ class LlamaModel:
                 if isinstance(weight, torch.Tensor):  # a checkpoint's 4-bit weights stay as they are
                     setattr(layer, name, quantize_weight(weight))
         except ValueError as exc:  # rows too long for exact int32 sums
-            what = f"the {self.quantization} checkpoint" if self.checkpoint else "--quantization int8"
-            raise UnsupportedModel(f"{what}: {exc}") from None
+            raise UnsupportedModel(f"{self._quantized_by}: {exc}") from None
 
-    def _lm_head_to_int8(self) -> None:
-        """The output head to int8 as well (a tied one gets its own copy; the embedding table stays
-        float), unless the checkpoint quantized it itself."""
-        if isinstance(self.lm_head, torch.Tensor):
-            self.lm_head = quantize_weight(self.lm_head)
-        _release_freed_memory()  # the float weights just freed (SmolLM2: RSS 604 -> 471 MB)
+    def _log_quantization(self) -> None:
+        """One line saying what each kind of weight became."""
         how = "10-bit activations (per token) on every linear"
         if self.checkpoint is None:
             logger.info("int8 weights (per output channel) and %s", how)

@@ -46,9 +46,9 @@ class QuantizedCheckpoint:
     zero_offset: int
     """Added to each stored zero point (1 for GPTQ's original format, else 0)."""
 
-    @property
-    def pack(self) -> int:
-        return 32 // self.bits
+    def inputs_per_group(self, k: int) -> int:
+        """The group size of a linear with ``k`` inputs (``group_size`` -1 is one group per row)."""
+        return self.group_size if self.group_size > 0 else k
 
 
 QUANTIZE_CONFIG_FILES = ("quantize_config.json", "quant_config.json")
@@ -139,19 +139,17 @@ def read_linear(
         zeros = _unpack(qzeros, bits, dim=1)[:, : q.shape[1]] + checkpoint.zero_offset
         g_idx = take(f"{prefix}.g_idx")
     k = q.shape[0]
-    if g_idx is not None:
-        group_of = g_idx.long()
-    else:
-        group_of = torch.arange(k) // (checkpoint.group_size if checkpoint.group_size > 0 else k)
-    if group_of.shape[0] != k or int(group_of.max()) + 1 != scales.shape[0]:
+    group_of = g_idx.long() if g_idx is not None else torch.arange(k) // checkpoint.inputs_per_group(k)
+    groups = int(group_of.max()) + 1
+    if group_of.shape[0] != k or groups != scales.shape[0]:
         raise UnsupportedModel(
-            f"{prefix}: {int(group_of.max()) + 1} groups of inputs, but scales for {scales.shape[0]} "
+            f"{prefix}: {groups} groups of inputs, but scales for {scales.shape[0]} "
             "(does quantization_config's group_size match the weights?)"
         )
     return GroupedLinear(q.t().to(torch.uint8), zeros.t().float(), scales.t().contiguous(), group_of)
 
 
-def to_int4(parts: list[GroupedLinear], group_size: int) -> Int4Weight | None:
+def to_int4(parts: list[GroupedLinear], checkpoint: QuantizedCheckpoint) -> Int4Weight | None:
     """``parts`` (q, k, v or gate, up: one input, outputs stacked) as one 4-bit kernel weight, or None
     when they cannot share one: values wider than 4 bits, groups not 32-aligned, or act orders
     that differ between the parts (each permutes its inputs its own way)."""
@@ -159,7 +157,7 @@ def to_int4(parts: list[GroupedLinear], group_size: int) -> Int4Weight | None:
         return None  # served as int8 instead (kernels/int4.py: the torch path is a reference, not a server)
     first = parts[0]
     k = first.q.shape[1]
-    group = group_size if group_size > 0 else k
+    group = checkpoint.inputs_per_group(k)
     if any(int(p.q.max()) > 15 for p in parts) or k % 32 or group % 32:
         return None
     perm = torch.argsort(first.group_of, stable=True)

@@ -36,6 +36,7 @@ from isvc.engine.request import EngineRequest
 from isvc.engine.runner import StepResult
 from isvc.engine.scheduler import SchedulerOutput, SlotMove
 from isvc.engine.step import RowKind, build_layout
+from isvc.tasks import is_encoder_decoder
 
 DEFAULT_MAX_LEN = 512
 """Context when config.json names none (T5's relative positions have no hard limit; its docs say 512)."""
@@ -48,9 +49,9 @@ class Seq2SeqModel:
         from transformers import AutoModelForSeq2SeqLM
 
         self.config: dict[str, Any] = json.loads((model_dir / "config.json").read_text())
-        if not self.config.get("is_encoder_decoder", False):
+        if not is_encoder_decoder(self.config):
             arch = (self.config.get("architectures") or ["?"])[0]
-            raise UnsupportedModel(f"{arch} is not an encoder-decoder model; serve it with --task text_generation")
+            raise UnsupportedModel(f"{arch} is not an encoder-decoder model (config.json's is_encoder_decoder)")
         try:
             self.module = AutoModelForSeq2SeqLM.from_pretrained(
                 str(model_dir), dtype=dtype, trust_remote_code=trust_remote_code

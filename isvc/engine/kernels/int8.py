@@ -92,9 +92,16 @@ def kernel_output(
 ) -> tuple[torch.Tensor, bool]:
     """Where a quantized kernel writes y [M, padded rows]: into ``out`` itself (adding to it) when it
     can be the kernel's own output, else a new buffer."""
-    add = out is not None and bias is None and padded == N
-    add = add and out is not None and out.is_contiguous() and out.dtype == torch.float32 and out.shape == (M, N)
-    return (out if out is not None and add else torch.empty(M, padded, dtype=torch.float32)), add
+    if (
+        out is not None
+        and bias is None
+        and padded == N
+        and out.is_contiguous()
+        and out.dtype == torch.float32
+        and out.shape == (M, N)
+    ):
+        return out, True
+    return torch.empty(M, padded, dtype=torch.float32), False
 
 
 def int8_linear(
