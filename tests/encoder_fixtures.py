@@ -118,6 +118,11 @@ def build_tiny_encoder(
     config = _config(arch, len(tokenizer), **extra)
     torch.manual_seed(seed)
     model = getattr(transformers, _CLASSES[(arch, head)])(config).eval()
+    return save_folder(path, tokenizer, model)
+
+
+def save_folder(path: Path, tokenizer: Any, model: Any) -> Path:
+    """A model folder as transformers writes one: tokenizer files, config.json, model.safetensors."""
     path.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(str(path))
     model.save_pretrained(str(path), safe_serialization=True)

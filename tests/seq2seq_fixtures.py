@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.encoder_fixtures import CORPUS
+from tests.encoder_fixtures import CORPUS, save_folder
 
 MAX_POSITIONS = 128
 
@@ -53,7 +53,7 @@ def build_tiny_t5(path: Path, seed: int = 2) -> Path:
     )  # fmt: skip
     torch.manual_seed(seed)
     model = T5ForConditionalGeneration(config).eval()
-    return _save(path, tokenizer, model)
+    return save_folder(path, tokenizer, model)
 
 
 def build_tiny_bart(path: Path, seed: int = 5) -> Path:
@@ -71,14 +71,7 @@ def build_tiny_bart(path: Path, seed: int = 5) -> Path:
     )  # fmt: skip
     torch.manual_seed(seed)
     model = BartForConditionalGeneration(config).eval()
-    return _save(path, tokenizer, model)
-
-
-def _save(path: Path, tokenizer: Any, model: Any) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(str(path))
-    model.save_pretrained(str(path), safe_serialization=True)
-    return path
+    return save_folder(path, tokenizer, model)
 
 
 @pytest.fixture(scope="session")
