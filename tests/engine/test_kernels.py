@@ -146,6 +146,33 @@ def test_attention_row_is_the_same_in_one_chunk_or_many(native):
     assert torch.equal(run([16, 32]), whole) and torch.equal(run([1, 7, 40]), whole)
 
 
+def _attend(q: torch.Tensor, kf: torch.Tensor, vf: torch.Tensor, G: int) -> torch.Tensor:
+    """One row's attention over cached float keys/values [KVH, len, Dh], as torch computes it."""
+    Dh = q.shape[-1]
+    scores = torch.einsum("hgd,htd->hgt", q.view(kf.shape[0], G, Dh).double(), kf.double()) * Dh**-0.5
+    return torch.einsum("hgt,htd->hgd", torch.softmax(scores, -1), vf.double()).reshape(-1).float()
+
+
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16, torch.float8_e5m2])
+def test_attention_over_many_key_blocks_is_the_same_alone_or_in_a_batch(native, cache_dtype):
+    """Contexts of 1-3 blocks of 256 keys and a partial one. A lone decode row splits its blocks over
+    both cores, a batch hands out whole rows: the same numbers either way, and torch's."""
+    KVH, G, Dh, cap = 3, 3, 64, 1024
+    positions = [255, 256, 700, 1023, 3, 511, 512, 900]
+    R = len(positions)
+    gen = torch.Generator().manual_seed(21)
+    q, k, v = (torch.randn(R, n, Dh, generator=gen) for n in (KVH * G, KVH, KVH))
+    kc = (torch.randn(R, KVH, cap, Dh, generator=gen) * 2).to(cache_dtype)
+    vc = torch.randn(R, KVH, cap, Dh, generator=gen).to(cache_dtype)
+    slots = torch.arange(R)
+    batch = native.attention(q, k, v, kc.clone(), vc.clone(), slots, torch.tensor(positions))
+    for r, pos in enumerate(positions):
+        alone = native.attention(q[r : r + 1], k[r : r + 1], v[r : r + 1], kc, vc, slots[r : r + 1], torch.tensor([pos]))
+        assert torch.equal(alone[0], batch[r]), f"row {r} at position {pos}"
+        expected = _attend(q[r], kc[r, :, : pos + 1].float(), vc[r, :, : pos + 1].float(), G)
+        torch.testing.assert_close(alone[0], expected, rtol=1e-4, atol=1e-5)
+
+
 def test_disabled_by_environment(monkeypatch):
     monkeypatch.setenv("ISVC_NATIVE_KERNELS", "0")
     with pytest.raises(kernels.KernelUnavailable, match="ISVC_NATIVE_KERNELS"):
