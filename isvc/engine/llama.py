@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from isvc.engine.errors import UnsupportedModel
 from isvc.engine.kernels import TorchOps, ops_for
 from isvc.engine.kernels.int4 import Int4Weight
-from isvc.engine.kernels.int8 import quantize_weight
+from isvc.engine.kernels.int8 import Int8Weight, embedding, quantize_weight
 from isvc.engine.kernels.ops import Weight
 from isvc.engine.kv_cache import KVCache
 from isvc.engine.quantized import METHODS, QuantizedCheckpoint, read_linear, read_quantization_config, to_int4
@@ -116,7 +116,7 @@ class LlamaModel:
             packed = to_int4(grouped, self.checkpoint)
             return packed if packed is not None else torch.cat([g.dequantize() for g in grouped]).contiguous()
 
-        self.embed = take("embed_tokens.weight")  # [V, hidden]
+        self.embed: torch.Tensor | Int8Weight = take("embed_tokens.weight")  # [V, hidden]
         self.norm = take("norm.weight")
         head = w.pop("lm_head.weight", None)
         self.lm_head: Weight
@@ -147,7 +147,13 @@ class LlamaModel:
                 self._to_int8(layer)
             self.layers.append(layer)
         if self.quantization is not None:
-            if isinstance(self.lm_head, torch.Tensor):  # a tied head gets its own int8 copy; the embedding stays float
+            # The embedding table as int8 per row too, one copy shared with a tied head: lookups
+            # dequantize only the step's rows (perplexity: bench/perplexity.py, README).
+            tied = self.lm_head is self.embed
+            self.embed = quantize_weight(self.embed)
+            if tied:
+                self.lm_head = self.embed
+            elif isinstance(self.lm_head, torch.Tensor):
                 self.lm_head = quantize_weight(self.lm_head)
             _release_freed_memory()  # the float weights just freed (SmolLM2: RSS 604 -> 471 MB)
             self._log_quantization()
@@ -219,7 +225,15 @@ class LlamaModel:
         return wanted
 
     def new_cache(self, max_slots: int, budget_bytes: int) -> KVCache:
-        return KVCache(self.num_layers, self.num_kv_heads, self.head_dim, max_slots, self.kv_dtype, budget_bytes)
+        return KVCache(
+            self.num_layers,
+            self.num_kv_heads,
+            self.head_dim,
+            max_slots,
+            self.max_model_len,
+            self.kv_dtype,
+            budget_bytes,
+        )
 
     # -- the step --------------------------------------------------------------------------
 
@@ -235,7 +249,7 @@ class LlamaModel:
         N = len(tokens)
         ids = torch.tensor(tokens, dtype=torch.long)
         pos = torch.tensor(positions, dtype=torch.long)
-        x = F.embedding(ids, self.embed)  # [N, hidden]
+        x = embedding(ids, self.embed) if isinstance(self.embed, Int8Weight) else F.embedding(ids, self.embed)
         ops = self.ops
         if ops.native_attention:
             row_slots = torch.tensor(

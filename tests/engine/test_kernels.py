@@ -167,7 +167,9 @@ def test_attention_over_many_key_blocks_is_the_same_alone_or_in_a_batch(native, 
     slots = torch.arange(R)
     batch = native.attention(q, k, v, kc.clone(), vc.clone(), slots, torch.tensor(positions))
     for r, pos in enumerate(positions):
-        alone = native.attention(q[r : r + 1], k[r : r + 1], v[r : r + 1], kc, vc, slots[r : r + 1], torch.tensor([pos]))
+        alone = native.attention(
+            q[r : r + 1], k[r : r + 1], v[r : r + 1], kc, vc, slots[r : r + 1], torch.tensor([pos])
+        )
         assert torch.equal(alone[0], batch[r]), f"row {r} at position {pos}"
         expected = _attend(q[r], kc[r, :, : pos + 1].float(), vc[r, :, : pos + 1].float(), G)
         torch.testing.assert_close(alone[0], expected, rtol=1e-4, atol=1e-5)

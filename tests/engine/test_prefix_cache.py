@@ -10,7 +10,13 @@ from isvc.engine.prefix_cache import MIN_REUSE_TOKENS, PrefixCache
 
 def filled_cache(slots: int = 4, length: int = 64) -> KVCache:
     cache = KVCache(
-        num_layers=2, num_kv_heads=1, head_dim=8, max_slots=slots, dtype=torch.float16, budget_bytes=1 << 30
+        num_layers=2,
+        num_kv_heads=1,
+        head_dim=8,
+        max_slots=slots,
+        max_len=length,
+        dtype=torch.float16,
+        budget_bytes=1 << 30,
     )
     cache.ensure(slots, length)
     for layer in cache.k + cache.v:

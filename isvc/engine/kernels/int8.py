@@ -80,6 +80,12 @@ def dequantize(w: Int8Weight) -> torch.Tensor:
     return (w.q.float() * w.scale[:, None])[: w.out_features]
 
 
+def embedding(ids: torch.Tensor, w: Int8Weight) -> torch.Tensor:
+    """Rows ``ids`` of an int8 table as float32 [len(ids), K]: an embedding lookup on the same int8
+    copy that serves a tied output head, so a quantized model keeps no float table (SmolLM2: 113 MB)."""
+    return w.q[ids].float().mul_(w.scale[ids, None])
+
+
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x [M, K] float32 -> (integers in [-511, 511] as float32 [M, K], scale [M, 1]), each row
     on its own scale: the same float ops as linear_int8.c's quantize_row."""
