@@ -1,5 +1,8 @@
 """Built-in ClusterServingRuntimes and KServe's runtime selection.
 
+The huggingface built-ins come from ``deploy/kserve/isvc-huggingfaceserver.yaml``, the ClusterServingRuntime a
+cluster installs, run as a host process (``host_process`` says what that changes).
+
 Selection follows KServe: an explicit ``runtime:`` wins (namespace ServingRuntime before
 ClusterServingRuntime); otherwise auto-selectable runtimes supporting the model format
 (and version/protocol when given) are ranked namespace-first, then by priority. A user
@@ -8,47 +11,28 @@ runtime with a built-in's name replaces the built-in.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from typing import Any
 
 from isvc.errors import ConfigError
-from isvc.manifest.loader import load_text
+from isvc.manifest.deploy import RUNTIME_NAME, cluster_runtime
+from isvc.manifest.images import entrypoint
+from isvc.manifest.loader import Document, load_text
 from isvc.manifest.models import ModelSpec, ServingRuntime
 from isvc.manifest.parse import parse_documents
 
-# `isvc` as a command means "this isvc" (resolved to the running interpreter), `python`
-# means the running interpreter; see launcher.resolve_command.
-BUILTIN_RUNTIMES_YAML = """
-apiVersion: serving.kserve.io/v1alpha1
-kind: ClusterServingRuntime
-metadata:
-  name: kserve-huggingfaceserver
-  annotations:
-    serving.kserve.io/server-type: huggingfaceserver
-    isvc.dev/builtin: "true"
-spec:
-  supportedModelFormats:
-    - name: huggingface
-      version: "1"
-      autoSelect: true
-      priority: 1
-  protocolVersions: [v2, v1]
-  containers:
-    - name: kserve-container
-      image: isvc (host process)
-      command: [isvc, serve]
-      args:
-        - --model_name={{.Name}}
-        - --model_dir=/mnt/models
-      env:
-        - name: SAFETENSORS_FAST_GPU
-          value: "1"
-        - name: HF_HUB_DISABLE_TELEMETRY
-          value: "1"
-      readinessProbe:
-        httpGet: {path: /v2/health/ready, port: 8080}
-        periodSeconds: 1
-        failureThreshold: 3
----
+BUILTIN = "isvc.dev/builtin"
+"""Annotation on the built-in runtimes (``get`` shows them with the SOURCE ``built-in``)."""
+
+KSERVE_HUGGINGFACE = "kserve-huggingfaceserver"
+"""KServe's own huggingface runtime; here a second built-in that also runs ``isvc serve``."""
+
+MOUNT_PATH = "/mnt/models"
+
+# kserve-vllmserver has no cluster file of isvc's (on a cluster it is KServe's own vLLM runtime).
+# `python` as a command means the running interpreter; see launcher.resolve_command.
+VLLM_RUNTIME_YAML = """
 apiVersion: serving.kserve.io/v1alpha1
 kind: ClusterServingRuntime
 metadata:
@@ -81,9 +65,64 @@ spec:
 """
 
 
+def host_process(runtime: dict[str, Any]) -> dict[str, Any]:
+    """A cluster runtime (a ClusterServingRuntime document) as isvc runs it: its container as a host process.
+
+    Only these differ from the document, and only because a host process is not a container:
+
+    - ``command`` is the image's entrypoint as a host command (``isvc serve`` for isvc's image, see
+      ``isvc.manifest.images``): Kubernetes runs the entrypoint with the container's args; isvc pulls no image.
+    - ``--model_dir=/mnt/models`` is added when the args name no ``--model_dir``: in the image that is
+      ``isvc serve``'s default and where KServe mounts the storageUri; on the host the pod points /mnt/models
+      at the model folder only where the args or env name it.
+    - ``resources`` are dropped: requests reserve room on a node for a scheduler, and one machine has none
+      (isvc would read a cpu request as the thread count).
+
+    The image stays as written (recorded, not pulled), and so do the name, formats, priority, probe, env,
+    ports, security context and volumes (which have no effect on a host process).
+    """
+    doc = copy.deepcopy(runtime)
+    doc["metadata"].setdefault("annotations", {})[BUILTIN] = "true"
+    for c in doc["spec"]["containers"]:
+        if not c.get("command"):
+            command = entrypoint(c.get("image"))
+            if command is None:
+                raise ValueError(f"{doc['metadata']['name']}: isvc does not know the entrypoint of {c.get('image')}")
+            c["command"] = command
+        args = c.setdefault("args", [])
+        if not any(a.startswith(("--model_dir", "--model-dir")) for a in args):
+            args.append(f"--model_dir={MOUNT_PATH}")
+        c.pop("resources", None)
+    return doc
+
+
+def _kserve_stand_in(isvc_runtime: dict[str, Any]) -> dict[str, Any]:
+    """``kserve-huggingfaceserver``: KServe's own runtime's name and priority (1), run by ``isvc serve``.
+
+    ``isvc serve`` takes KServe's huggingfaceserver flags, so manifests that name KServe's runtime keep running;
+    auto-selection prefers isvc's runtime (priority 2), as on a cluster where both are installed.
+    """
+    doc = copy.deepcopy(isvc_runtime)
+    doc["metadata"]["name"] = KSERVE_HUGGINGFACE
+    for fmt in doc["spec"]["supportedModelFormats"]:
+        fmt["priority"] = 1
+    return doc
+
+
+def builtin_documents() -> list[Document]:
+    """The built-in runtimes' documents: isvc's from deploy/kserve, its KServe stand-in, and vLLM's."""
+    isvc_rt = host_process(cluster_runtime())
+    source = f"deploy/kserve/{RUNTIME_NAME}.yaml"
+    return [
+        Document(source, 0, isvc_rt),
+        Document(f"{source} (as {KSERVE_HUGGINGFACE})", 0, _kserve_stand_in(isvc_rt)),
+        *load_text(VLLM_RUNTIME_YAML, "<builtin kserve-vllmserver>"),
+    ]
+
+
 def builtin_runtimes() -> list[ServingRuntime]:
     out = []
-    for res in parse_documents(load_text(BUILTIN_RUNTIMES_YAML, "<builtin>")):
+    for res in parse_documents(builtin_documents()):
         assert isinstance(res.obj, ServingRuntime)
         out.append(res.obj)
     return out

@@ -2,13 +2,16 @@
 
 isvc pulls no image and runs commands on the host, so a container that gives ``args`` but no
 ``command`` can only run if isvc knows what its image would have run. KServe's
-huggingfaceserver image runs ``python -m huggingfaceserver``, whose flags ``isvc serve`` takes.
+huggingfaceserver image runs ``python -m huggingfaceserver``, whose flags ``isvc serve`` takes;
+isvc's own image runs ``isvc serve``.
 """
 
 from __future__ import annotations
 
 ENTRYPOINTS: dict[str, tuple[str, ...]] = {
     "kserve/huggingfaceserver": ("isvc", "serve"),
+    # isvc's own image (deploy/image), as deploy/kserve names it before kustomize sets the registry
+    "isvc": ("isvc", "serve"),
 }
 """Image repository (no registry, tag or digest) -> the host command that stands for its entrypoint."""
 

@@ -58,7 +58,7 @@ spec:
 
 def test_builtin_huggingface_runtime_runs_isvc_serve_on_its_own_port() -> None:
     plan = build_plan(isvc(HF), [])
-    assert plan.runtime == "ClusterServingRuntime/kserve-huggingfaceserver"
+    assert plan.runtime == "ClusterServingRuntime/isvc-huggingfaceserver"
     assert plan.command == [
         "isvc", "serve", "--model_dir=/mnt/models/Llama", "--model_name=llama2", "--quantization", "gptq",
         f"--http_port={PORT_TOKEN}",
@@ -77,7 +77,7 @@ def test_a_namespace_runtime_beats_the_builtin_and_is_templated() -> None:
 
 def test_a_runtime_in_another_namespace_is_not_seen() -> None:
     plan = build_plan(isvc(HF), [runtime(MY_RT.replace("namespace: demo", "namespace: other"))])
-    assert plan.runtime == "ClusterServingRuntime/kserve-huggingfaceserver"
+    assert plan.runtime == "ClusterServingRuntime/isvc-huggingfaceserver"
 
 
 def test_an_explicit_runtime_must_support_the_format() -> None:
@@ -171,7 +171,7 @@ spec:
 def test_a_model_beside_a_transformer_container_is_planned_as_the_model() -> None:
     text = HF + "    containers:\n      - {name: transformer-container, image: t, args: [--x]}\n"
     plan = build_plan(isvc(text), [])
-    assert plan.command[:2] == ["isvc", "serve"] and plan.runtime == "ClusterServingRuntime/kserve-huggingfaceserver"
+    assert plan.command[:2] == ["isvc", "serve"] and plan.runtime == "ClusterServingRuntime/isvc-huggingfaceserver"
 
 
 @pytest.mark.parametrize("dry_run", [True, False])
