@@ -22,6 +22,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "describe": ("isvc.controlplane.cli", "describe", "show one resource in detail"),
     "delete": ("isvc.controlplane.cli", "delete", "delete resources"),
     "logs": ("isvc.controlplane.cli", "logs", "print a predictor's logs"),
+    "export": (
+        "isvc.controlplane.cli",
+        "export",
+        "print manifests for a Kubernetes cluster with KServe (-f FILE, --runtime)",
+    ),
 }
 
 

@@ -1,4 +1,4 @@
-"""kubectl-style commands: apply, get, describe, delete, logs (``up``/``down`` are in ``isvc.node``).
+"""kubectl-style commands: apply, get, describe, delete, logs, export (``up``/``down`` are in ``isvc.node``).
 
 Every command finds the control plane through the state dir (``--state-dir``, else
 ``$ISVC_STATE_DIR``, else ``~/.isvc``): desired state is written to its SQLite file and
@@ -188,6 +188,65 @@ def _ns(args: argparse.Namespace, kind: str) -> str:
     return "" if kind == "ClusterServingRuntime" else (args.namespace or "default")
 
 
+# ---- export ----------------------------------------------------------------------------
+def export(argv: list[str]) -> int:
+    from isvc.manifest import export as exp
+    from isvc.manifest.deploy import IMAGE_PLACEHOLDER, RUNTIME_NAME, cluster_runtime, cluster_runtime_text
+
+    p = argparse.ArgumentParser(
+        prog="isvc export",
+        description="print manifests a Kubernetes cluster with KServe accepts (pipe to `kubectl apply -f -`)",
+    )
+    p.add_argument("-f", "--filename", action="append", default=[], help="FILE, DIR or - (stdin); repeatable")
+    p.add_argument("-n", "--namespace", default=None, help="fills a missing namespace or a ${...} placeholder")
+    p.add_argument("--runtime", action="store_true", help=f"print the ClusterServingRuntime {RUNTIME_NAME} first")
+    p.add_argument(
+        "--runtime-name",
+        default=RUNTIME_NAME,
+        help=f"runtime pinned on huggingface models that name none (default {RUNTIME_NAME}; '' pins none)",
+    )
+    p.add_argument(
+        "--image", default=None, help=f"with --runtime: the image instead of the '{IMAGE_PLACEHOLDER}' placeholder"
+    )
+    p.add_argument("--to", choices=exp.TARGETS, default="inferenceservice", help="kind of the exported services")
+    args = p.parse_args(argv)
+    if not args.filename and not args.runtime:
+        p.error("give -f FILE (manifests to export) and/or --runtime")
+    try:
+        to_llm = exp.llm_converter() if args.to == "llmisvc" else None
+        result = (
+            exp.export(
+                load_paths(args.filename),
+                runtime_name=args.runtime_name or None,
+                namespace=args.namespace,
+                to_llm=to_llm,
+            )
+            if args.filename
+            else exp.Exported()
+        )
+    except IsvcError as exc:
+        return fail(exc)
+    parts: list[str] = []
+    if args.runtime:
+        if args.image:
+            runtime = cluster_runtime()
+            for c in runtime["spec"]["containers"]:
+                c["image"] = args.image
+            parts.append(yaml.safe_dump(runtime, sort_keys=False))
+        else:
+            parts.append(cluster_runtime_text())
+            print(
+                f"Warning: clusterservingruntime/{RUNTIME_NAME}: its image is the placeholder '{IMAGE_PLACEHOLDER}'; "
+                "pass --image REGISTRY/isvc:TAG, or install it with `kubectl apply -k deploy/kserve`",
+                file=sys.stderr,
+            )
+    parts += [yaml.safe_dump(d, sort_keys=False, allow_unicode=True) for d in result.documents]
+    for w in result.warnings:
+        print(f"Warning: {w}", file=sys.stderr)
+    sys.stdout.write("---\n".join(parts))
+    return 0
+
+
 # ---- get / describe / logs -------------------------------------------------------------
 def _isvc_objects(store: Store, ns: str | None, name: str | None) -> list[dict[str, Any]]:
     out = []
@@ -335,4 +394,4 @@ def logs(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["apply", "common_args", "delete", "describe", "fail", "get", "logs"]
+__all__ = ["apply", "common_args", "delete", "describe", "export", "fail", "get", "logs"]
