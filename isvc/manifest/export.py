@@ -61,7 +61,8 @@ def llm_converter() -> LlmConverter:
     """``isvc.manifest.llmisvc.to_llm_inference_service``, imported when ``--to llmisvc`` asks for it."""
     try:
         module = importlib.import_module("isvc.manifest.llmisvc")
-        return module.to_llm_inference_service  # type: ignore[no-any-return]
+        convert: LlmConverter = module.to_llm_inference_service
+        return convert
     except (ImportError, AttributeError) as exc:
         raise ConfigError(
             "--to llmisvc: this isvc has no InferenceService -> LLMInferenceService conversion yet "

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from isvc.controlplane.plan import PORT_TOKEN, build_plan
+from isvc.controlplane.plan import PORT_TOKEN, LaunchPlan, build_plan
 from isvc.controlplane.runtimes import KSERVE_HUGGINGFACE, builtin_runtimes, host_process
-from isvc.manifest import InferenceService, load_text, parse_documents
+from isvc.manifest import InferenceService, ServingRuntime, load_text, parse_documents
 from isvc.manifest.deploy import RUNTIME_NAME, cluster_runtime
 
 DEPLOY_FILE = Path(__file__).resolve().parents[2] / "deploy" / "kserve" / "isvc-huggingfaceserver.yaml"
@@ -25,7 +26,7 @@ spec:
 """
 
 
-def builtin(name: str) -> dict:  # type: ignore[type-arg]
+def builtin(name: str) -> dict[str, Any]:
     rt = next(r for r in builtin_runtimes() if r.metadata.name == name)
     return rt.model_dump(by_alias=True, exclude_none=True, exclude_unset=True)
 
@@ -50,7 +51,7 @@ def test_kserves_runtime_name_stays_a_builtin_running_isvc_serve_below_isvcs_pri
     assert kserve_rt["spec"]["containers"] == isvc_rt["spec"]["containers"]
 
 
-def plan_of(text: str):  # type: ignore[no-untyped-def]
+def plan_of(text: str) -> LaunchPlan:
     obj = parse_documents(load_text(text))[0].obj
     assert isinstance(obj, InferenceService)
     return build_plan(obj, [])
@@ -79,7 +80,8 @@ def test_a_user_runtime_applied_from_the_deploy_file_runs_locally_too() -> None:
     (res,) = parse_documents(load_text(DEPLOY_FILE.read_text(), str(DEPLOY_FILE)))
     obj = parse_documents(load_text(HF))[0].obj
     assert isinstance(obj, InferenceService)
-    plan = build_plan(obj, [res.obj])  # type: ignore[list-item]
+    assert isinstance(res.obj, ServingRuntime)
+    plan = build_plan(obj, [res.obj])
     assert plan.command[:3] == ["isvc", "serve", "--model_name=smol"]
 
 
