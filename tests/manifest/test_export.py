@@ -304,3 +304,17 @@ def test_the_docs_example_manifests_export_as_schema_valid_manifests(
     assert docs
     for doc in docs:
         assert_valid(doc)
+
+
+def test_an_exported_manifest_still_runs_locally_on_the_same_runtime(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from isvc.controlplane.plan import build_plan
+    from isvc.manifest import InferenceService, load_text, parse_documents
+
+    code, docs, err = export(tmp_path, capsys, ISVC)
+    assert code == 0, err
+    obj = parse_documents(load_text(yaml.safe_dump(docs[0])))[0].obj
+    assert isinstance(obj, InferenceService)
+    plan = build_plan(obj, [])
+    assert plan.runtime == f"ClusterServingRuntime/{RUNTIME_NAME}" and plan.command[:2] == ["isvc", "serve"]
