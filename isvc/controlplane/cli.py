@@ -16,10 +16,10 @@ from typing import Any
 import yaml
 
 from isvc.controlplane.output import describe_text, isvc_table, runtime_table
-from isvc.controlplane.plan import InvalidServeArgs, LaunchPlan, build_plan
+from isvc.controlplane.plan import InvalidServeArgs, build_plan
 from isvc.controlplane.process import running_pid
 from isvc.controlplane.serving import Serving, serving_of
-from isvc.controlplane.store import Store, state_dir
+from isvc.controlplane.store import RevisionRow, Store, state_dir
 from isvc.errors import IsvcError
 from isvc.manifest import SHORT_NAMES, ManifestError, Resource, ServingRuntime, load_paths, parse_documents
 from isvc.manifest.models import InferenceService
@@ -70,12 +70,7 @@ def _load(files: list[str], namespace: str | None, store: Store) -> list[Resourc
                     ]
                 )
             meta["namespace"] = namespace
-    existing = [
-        ServingRuntime.model_validate(r.body)
-        for kind in ("ServingRuntime", "ClusterServingRuntime")
-        for r in store.resources(kind)
-    ]
-    return parse_documents(docs, existing)
+    return parse_documents(docs, store.runtimes().items)
 
 
 def apply(argv: list[str]) -> int:
@@ -88,13 +83,8 @@ def apply(argv: list[str]) -> int:
     try:
         resources = _load(args.filename, args.namespace, store)
         runtimes = [
-            ServingRuntime.model_validate(r.body)
-            for kind in ("ServingRuntime", "ClusterServingRuntime")
-            for r in store.resources(kind)
-        ]
-        runtimes = [
             rt
-            for rt in runtimes
+            for rt in store.runtimes().items
             if (rt.kind, rt.metadata.namespace, rt.metadata.name) not in {r.key for r in resources}
         ]
         runtimes += [r.obj for r in resources if isinstance(r.obj, ServingRuntime)]
@@ -255,7 +245,7 @@ def _isvc_objects(store: Store, ns: str | None, name: str | None) -> list[dict[s
             continue
         svc = store.service(row.namespace, row.name)
         body = dict(row.body)
-        body["status"] = json.loads(svc["status"]) if svc and svc["status"] else {}
+        body["status"] = (svc.status if svc else None) or {}
         body.setdefault("metadata", {})["generation"] = row.generation
         body["metadata"]["creationTimestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row.created))
         out.append(body)
@@ -280,8 +270,7 @@ def get(argv: list[str]) -> int:
         else:
             from isvc.controlplane.runtimes import all_runtimes
 
-            user = [ServingRuntime.model_validate(r.body) for r in store.resources(kind)]
-            rts = [r for r in all_runtimes(user) if r.kind == kind]
+            rts = [r for r in all_runtimes(store.runtimes().items) if r.kind == kind]
             if kind == "ServingRuntime":
                 rts = [r for r in rts if ns is None or r.metadata.namespace == ns]
             rts = [r for r in rts if not name or r.metadata.name == name]
@@ -331,10 +320,10 @@ def describe(argv: list[str]) -> int:
         objs = _isvc_objects(store, args.namespace, name)
         if not objs:
             raise IsvcError(f'{_PLURAL[kind]}.{_GROUP} "{name}" not found in namespace {args.namespace}')
-        row = store.resources("InferenceService", args.namespace)
-        warnings = next(r.warnings for r in row if r.name == name)
+        row = store.resource("InferenceService", args.namespace, name)
+        warnings = row.warnings if row else []
         events = store.events(args.namespace, name)
-        gateway = store.get_meta("gateway_url", "http://127.0.0.1:8080") or "http://127.0.0.1:8080"
+        gateway = store.gateway_url()
         revisions = store.revisions(args.namespace, name)
         serving = _serving(store, objs[0], revisions)
         running = running_pid(store.root) is not None
@@ -344,17 +333,12 @@ def describe(argv: list[str]) -> int:
         return fail(exc)
 
 
-def _serving(store: Store, body: dict[str, Any], revisions: list[Any]) -> Serving | None:
+def _serving(store: Store, body: dict[str, Any], revisions: list[RevisionRow]) -> Serving | None:
     """Task, engine and routes of the latest revision's plan (or of the plan the manifest would get)."""
     try:
         if revisions:
-            return serving_of(LaunchPlan.from_json(revisions[-1]["plan"]))
-        runtimes = [
-            ServingRuntime.model_validate(r.body)
-            for kind in ("ServingRuntime", "ClusterServingRuntime")
-            for r in store.resources(kind)
-        ]
-        return serving_of(build_plan(InferenceService.model_validate(body), runtimes))
+            return serving_of(revisions[-1].plan)
+        return serving_of(build_plan(InferenceService.model_validate(body), store.runtimes().items))
     except (IsvcError, ValueError):
         return None  # a plan the controller cannot build: its conditions say why
 
@@ -373,7 +357,7 @@ def logs(argv: list[str]) -> int:
     revisions = store.revisions(args.namespace, name)
     if not revisions and args.revision is None:
         return fail(IsvcError(f'inferenceservice "{name}" has no revision in namespace {args.namespace}'))
-    rev = args.revision or revisions[-1]["name"]
+    rev = args.revision or revisions[-1].name
     path = store.root / "logs" / args.namespace / f"{rev}-{args.replica}.log"
     if not path.exists():
         return fail(IsvcError(f"no log yet for {rev} replica {args.replica} ({path})"))

@@ -30,7 +30,6 @@ from isvc.controlplane.reconciler import (
     DeleteService,
     DesiredService,
     MarkPending,
-    Phase,
     ReplicaView,
     RevisionView,
     ScheduleRestart,
@@ -42,7 +41,7 @@ from isvc.controlplane.reconciler import (
 )
 from isvc.controlplane.settings import CPU_FALLBACK_ENV, ControllerSettings, detect_gpus, env_flag
 from isvc.controlplane.status import ReplicaFacts, ServiceFacts, compute_route, compute_status
-from isvc.controlplane.store import Store
+from isvc.controlplane.store import ReplicaRow, Store
 from isvc.errors import IsvcError
 from isvc.manifest.models import InferenceService, ServingRuntime
 
@@ -82,15 +81,13 @@ class Controller:
 
     # ---- desired ----------------------------------------------------------------------
     def desired(self) -> dict[tuple[str, str], _Desired]:
-        runtimes_rows = self.store.resources("ServingRuntime") + self.store.resources("ClusterServingRuntime")
-        runtimes = [ServingRuntime.model_validate(r.body) for r in runtimes_rows]
-        rt_version = hash(tuple((r.kind, r.namespace, r.name, r.generation) for r in runtimes_rows))
+        runtimes = self.store.runtimes()
         out: dict[tuple[str, str], _Desired] = {}
         for row in self.store.resources("InferenceService"):
-            key = (row.namespace, row.name, row.generation, rt_version)
+            key = (row.namespace, row.name, row.generation, runtimes.version)
             cached = self._plan_cache.get(key)
             if cached is None:
-                cached = self._plan(row.body, row.generation, row.warnings, runtimes)
+                cached = self._plan(row.body, row.generation, row.warnings, runtimes.items)
                 self._plan_cache[key] = cached
             out[(row.namespace, row.name)] = cached
         return out
@@ -114,21 +111,21 @@ class Controller:
     # ---- observe ----------------------------------------------------------------------
     def observe(self, now: float) -> None:
         """Refresh every replica row: process exits, readiness probes, memory limits."""
-        rows = [r for r in self.store.replicas() if r["phase"] in (Phase.STARTING, Phase.RUNNING)]
-        plans = {(r["namespace"], r["name"]): LaunchPlan.from_json(r["plan"]) for r in self.store.revisions()}
+        rows = [r for r in self.store.replicas() if r.alive]
+        plans = {(rv.namespace, rv.name): rv.plan for rv in self.store.revisions()}
         to_probe = []
         for r in rows:
-            key = (r["namespace"], r["revision"], r["idx"])
+            key = (r.namespace, r.revision, r.idx)
             code = self._exit_code(key, r)
             if code is not False:
                 self._record_exit(r, code, "Error" if code not in (None, 0) else "Completed", now)
                 continue
-            plan = plans.get((r["namespace"], r["revision"]))
+            plan = plans.get((r.namespace, r.revision))
             if plan is None:
                 continue
-            probe = self.probes.setdefault(key, _Probe(next_at=r["started"] + plan.probe.initial_delay_s))
+            probe = self.probes.setdefault(key, _Probe(next_at=(r.started or now) + plan.probe.initial_delay_s))
             if now >= probe.next_at:
-                probe.next_at = now + (plan.probe.period_s if r["ready"] else min(plan.probe.period_s, 0.25))
+                probe.next_at = now + (plan.probe.period_s if r.ready else min(plan.probe.period_s, 0.25))
                 to_probe.append((r, plan, probe))
         results = list(self._pool.map(lambda t: self._probe(t[0], t[1]), to_probe))
         for (r, plan, probe), ok in zip(to_probe, results, strict=True):
@@ -137,117 +134,100 @@ class Controller:
             self._next_mem_check = now + self.settings.memory_check_s
             self._check_memory(rows, plans, now)
 
-    def _exit_code(self, key: tuple[str, str, int], r: Any) -> int | None | bool:
+    def _exit_code(self, key: tuple[str, str, int], r: ReplicaRow) -> int | None | bool:
         """False while running; the exit code (None if unknown: not our child) once it exited."""
         proc = self.procs.get(key)
-        if proc is not None and proc.pid == r["pid"]:
+        if proc is not None and proc.pid == r.pid:
             code = proc.poll()
             return False if code is None else code
-        return False if process.is_same_process(r["pid"], r["start_ticks"]) else None
+        return False if r.pid and process.is_same_process(r.pid, r.start_ticks) else None
 
     @staticmethod
-    def _probe(r: Any, plan: LaunchPlan) -> bool:
+    def _probe(r: ReplicaRow, plan: LaunchPlan) -> bool:
         p = plan.probe
+        if r.port is None:
+            return False
         if p.kind == "tcp":
-            return process.probe_tcp(r["port"], p.timeout_s)
-        return process.probe_http(r["port"], p.path, p.timeout_s)
+            return process.probe_tcp(r.port, p.timeout_s)
+        return process.probe_http(r.port, p.path, p.timeout_s)
 
-    def _apply_probe(self, r: Any, plan: LaunchPlan, probe: _Probe, ok: bool) -> None:
-        ns, rev, idx = r["namespace"], r["revision"], r["idx"]
+    def _apply_probe(self, r: ReplicaRow, plan: LaunchPlan, probe: _Probe, ok: bool) -> None:
+        ns, rev, idx = r.namespace, r.revision, r.idx
         if ok:
             probe.successes, probe.failures = probe.successes + 1, 0
-            if not r["ready"] and probe.successes >= plan.probe.success_threshold:
-                self.store.update_replica(ns, rev, idx, ready=1, phase=int(Phase.RUNNING), message="")
-                elapsed = time.time() - r["started"]
+            if not r.ready and probe.successes >= plan.probe.success_threshold:
+                self.store.replica_ready(ns, rev, idx)
+                elapsed = time.time() - (r.started or time.time())
                 self.store.event(
-                    ns,
-                    r["service"],
-                    "Normal",
-                    "Ready",
-                    f"{rev} replica {idx} ready on port {r['port']} after {elapsed:.1f}s",
+                    ns, r.service, "Normal", "Ready", f"{rev} replica {idx} ready on port {r.port} after {elapsed:.1f}s"
                 )
-                logger.info("predictor %s/%s ready on %s after %.1fs", rev, idx, r["port"], elapsed)
+                logger.info("predictor %s/%s ready on %s after %.1fs", rev, idx, r.port, elapsed)
         else:
             probe.failures, probe.successes = probe.failures + 1, 0
-            if r["ready"] and probe.failures >= plan.probe.failure_threshold:
-                self.store.update_replica(ns, rev, idx, ready=0, message="readiness probe failing")
+            if r.ready and probe.failures >= plan.probe.failure_threshold:
+                self.store.replica_unready(ns, rev, idx, "readiness probe failing")
                 self.store.event(
                     ns,
-                    r["service"],
+                    r.service,
                     "Warning",
                     "Unhealthy",
                     f"{rev} replica {idx}: readiness probe failed {probe.failures} times",
                 )
 
-    def _record_exit(self, r: Any, code: int | None, reason: str, now: float) -> None:
-        ns, rev, idx = r["namespace"], r["revision"], r["idx"]
+    def _record_exit(self, r: ReplicaRow, code: int | None, reason: str, now: float) -> None:
+        ns, rev, idx = r.namespace, r.revision, r.idx
         self.procs.pop((ns, rev, idx), None)
         self.probes.pop((ns, rev, idx), None)
-        prev = json.loads(r["last_exit"]) if r["last_exit"] else {}
-        if prev.get("reason") == "OOMKilled" and prev.get("pid") == r["pid"]:
+        prev = r.last_exit or {}
+        if prev.get("reason") == "OOMKilled" and prev.get("pid") == r.pid:
             reason, code = "OOMKilled", EXIT_OOM
         if code is None:
             reason = "exited while the controller was not watching"
-        tail = process.tail(Path(r["log"]))
+        tail = process.tail(Path(r.log)) if r.log else []
         last = {
             "exit_code": code,
             "reason": reason,
             "log_tail": tail,
             "time": _now_iso(),
             "revision": rev,
-            "pid": r["pid"],
+            "pid": r.pid,
         }
-        ran_s = max(0.0, now - (r["started"] or now))  # the reconciler decides whether a crash loop goes on
-        self.store.update_replica(
-            ns, rev, idx, phase=int(Phase.EXITED), ready=0, pid=None, last_exit=json.dumps(last), ran_s=ran_s
-        )
+        ran_s = max(0.0, now - (r.started or now))  # the reconciler decides whether a crash loop goes on
+        self.store.replica_exited(ns, rev, idx, last, ran_s)
         self.store.event(
-            ns, r["service"], "Warning", "Exited", f"{rev} replica {idx} exited (code {code}): {' | '.join(tail[-2:])}"
+            ns, r.service, "Warning", "Exited", f"{rev} replica {idx} exited (code {code}): {' | '.join(tail[-2:])}"
         )
 
-    def _check_memory(self, rows: list[Any], plans: dict[tuple[str, str], LaunchPlan], now: float) -> None:
+    def _check_memory(self, rows: list[ReplicaRow], plans: dict[tuple[str, str], LaunchPlan], now: float) -> None:
         for r in rows:
-            plan = plans.get((r["namespace"], r["revision"]))
-            if plan is None or not plan.memory_limit_bytes or not r["pid"]:
+            plan = plans.get((r.namespace, r.revision))
+            if plan is None or not plan.memory_limit_bytes or not r.pid:
                 continue
-            rss = process.group_rss_bytes(r["pid"])
-            if rss > plan.memory_limit_bytes and process.is_same_process(r["pid"], r["start_ticks"]):
+            rss = process.group_rss_bytes(r.pid)
+            if rss > plan.memory_limit_bytes and process.is_same_process(r.pid, r.start_ticks):
                 msg = f"RSS {rss / 2**20:.0f} MiB over the memory limit {plan.memory_limit_bytes / 2**20:.0f} MiB"
-                last = {"reason": "OOMKilled", "pid": r["pid"], "message": msg}
-                self.store.update_replica(r["namespace"], r["revision"], r["idx"], last_exit=json.dumps(last))
-                self.store.event(
-                    r["namespace"], r["service"], "Warning", "OOMKilled", f"{r['revision']} replica {r['idx']}: {msg}"
+                self.store.replica_killed(
+                    r.namespace, r.revision, r.idx, {"reason": "OOMKilled", "pid": r.pid, "message": msg}
                 )
-                process.kill_group(r["pid"], signal.SIGKILL)
+                self.store.event(r.namespace, r.service, "Warning", "OOMKilled", f"{r.revision} replica {r.idx}: {msg}")
+                process.kill_group(r.pid, signal.SIGKILL)
 
     # ---- views for the reconciler -----------------------------------------------------
     def views(self) -> list[ServiceView]:
         replicas: dict[tuple[str, str], list[ReplicaView]] = {}
         for r in self.store.replicas():
-            replicas.setdefault((r["namespace"], r["revision"]), []).append(
-                ReplicaView(r["idx"], Phase(r["phase"]), bool(r["ready"]), r["crash_loop"] or 0, r["ran_s"] or 0.0,
-                            r["next_start"], tuple(json.loads(r["gpus"] or "[]")))
-            )  # fmt: skip
+            replicas.setdefault((r.namespace, r.revision), []).append(
+                ReplicaView(r.idx, r.phase, r.ready, r.crash_loop, r.ran_s, r.next_start, r.gpus)
+            )
         revs: dict[tuple[str, str], list[RevisionView]] = {}
         for rv in self.store.revisions():
-            revs.setdefault((rv["namespace"], rv["service"]), []).append(
-                RevisionView(
-                    rv["name"], rv["number"], rv["spec_hash"], tuple(replicas.get((rv["namespace"], rv["name"]), []))
-                )
+            revs.setdefault((rv.namespace, rv.service), []).append(
+                RevisionView(rv.name, rv.number, rv.spec_hash, tuple(replicas.get((rv.namespace, rv.name), [])))
             )
-        out = []
-        for s in self.store.services():
-            key = (s["namespace"], s["name"])
-            out.append(
-                ServiceView(
-                    s["namespace"],
-                    s["name"],
-                    tuple(revs.get(key, [])),
-                    s["rolled_out"],
-                    json.loads(s["traffic"] or "{}"),
-                )
-            )
-        return out
+        return [
+            ServiceView(s.namespace, s.name, tuple(revs.get((s.namespace, s.name), [])), s.rolled_out, s.traffic)
+            for s in self.store.services()
+        ]
 
     # ---- execute ----------------------------------------------------------------------
     def execute(self, actions: list[Action], desired: dict[tuple[str, str], _Desired]) -> None:
@@ -256,23 +236,14 @@ class Controller:
             if isinstance(a, CreateRevision):
                 d = desired[(a.namespace, a.service)]
                 assert d.plan is not None
-                self.store.db.execute(
-                    "INSERT OR IGNORE INTO services(namespace, name, traffic) VALUES (?,?,?)",
-                    (a.namespace, a.service, "{}"),
-                )
-                self.store.db.execute(
-                    "INSERT OR REPLACE INTO revisions VALUES (?,?,?,?,?,?,?)",
-                    (a.namespace, a.service, a.revision, a.number, a.spec_hash, d.plan.to_json(), time.time()),
-                )
+                self.store.create_revision(a.namespace, a.service, a.revision, a.number, a.spec_hash, d.plan)
                 self.store.event(
                     a.namespace, a.service, "Normal", "RevisionCreated", f"created {a.revision} ({d.plan.runtime})"
                 )
             elif isinstance(a, StartReplica):
                 self._start(a)
             elif isinstance(a, MarkPending):
-                self._upsert_replica(
-                    a.namespace, a.service, a.revision, a.index, phase=int(Phase.PENDING), message=a.message
-                )
+                self.store.replica_pending(a.namespace, a.service, a.revision, a.index, a.message)
                 self.store.event(
                     a.namespace,
                     a.service,
@@ -281,26 +252,21 @@ class Controller:
                     f"{a.revision} replica {a.index}: {a.message}",
                 )
             elif isinstance(a, ScheduleRestart):
-                row = self._replica(a.namespace, a.revision, a.index)
-                restarts = (row["restarts"] if row else 0) + 1  # only grows: what users see flap
+                row = self.store.replica(a.namespace, a.revision, a.index)
+                restarts = (row.restarts if row else 0) + 1  # only grows: what users see flap
                 delay = max(0.0, a.at - time.time())
-                self.store.update_replica(
-                    a.namespace, a.revision, a.index, phase=int(Phase.BACKOFF), next_start=a.at, restarts=restarts,
-                    crash_loop=a.crash_loop,
-                )  # fmt: skip
+                self.store.replica_backoff(a.namespace, a.revision, a.index, at=a.at, restarts=restarts,
+                                           crash_loop=a.crash_loop)  # fmt: skip
                 if row:
                     self.store.event(
                         a.namespace,
-                        row["service"],
+                        row.service,
                         "Warning",
                         "BackOff",
                         f"restarting {a.revision} replica {a.index} in {delay:.0f}s (restart {restarts})",
                     )
             elif isinstance(a, SetTraffic):
-                self.store.db.execute(
-                    "UPDATE services SET traffic=?, rolled_out=? WHERE namespace=? AND name=?",
-                    (json.dumps(a.traffic, sort_keys=True), a.rolled_out, a.namespace, a.service),
-                )
+                self.store.set_traffic(a.namespace, a.service, a.traffic, a.rolled_out)
                 pretty = ", ".join(f"{k}={v}%" for k, v in sorted(a.traffic.items()))
                 self.store.event(a.namespace, a.service, "Normal", "Traffic", f"traffic {pretty}")
         if any(isinstance(a, SetTraffic) for a in actions):
@@ -309,33 +275,15 @@ class Controller:
             if isinstance(a, StopReplica):
                 self._stop(a.namespace, a.revision, a.index)
             elif isinstance(a, DeleteRevision):
-                self.store.db.execute("DELETE FROM revisions WHERE namespace=? AND name=?", (a.namespace, a.revision))
-                self.store.db.execute(
-                    "DELETE FROM replicas WHERE namespace=? AND revision=?", (a.namespace, a.revision)
-                )
+                self.store.delete_revision(a.namespace, a.revision)
                 self.store.event(a.namespace, a.service, "Normal", "RevisionDeleted", f"deleted {a.revision}")
             elif isinstance(a, DeleteService):
-                self.store.db.execute("DELETE FROM services WHERE namespace=? AND name=?", (a.namespace, a.service))
-                self.store.db.execute("DELETE FROM events WHERE namespace=? AND service=?", (a.namespace, a.service))
-                self.store.bump("routes_version")
-
-    def _replica(self, ns: str, rev: str, idx: int) -> Any:
-        return self.store.db.execute(
-            "SELECT * FROM replicas WHERE namespace=? AND revision=? AND idx=?", (ns, rev, idx)
-        ).fetchone()
-
-    def _upsert_replica(self, ns: str, service: str, rev: str, idx: int, **fields: Any) -> None:
-        self.store.db.execute(
-            "INSERT OR IGNORE INTO replicas(namespace, service, revision, idx, phase, ready, restarts) VALUES (?,?,?,?,?,0,0)",
-            (ns, service, rev, idx, int(Phase.PENDING)),
-        )
-        self.store.update_replica(ns, rev, idx, **fields)
+                self.store.delete_service(a.namespace, a.service)
 
     def _start(self, a: StartReplica) -> None:
-        row = self.store.db.execute(
-            "SELECT plan FROM revisions WHERE namespace=? AND name=?", (a.namespace, a.revision)
-        ).fetchone()
-        plan = LaunchPlan.from_json(row["plan"])
+        revision = self.store.revision(a.namespace, a.revision)
+        assert revision is not None  # the reconciler starts replicas of existing revisions only
+        plan = revision.plan
         port = process.free_port()
         command = [c.replace(PORT_TOKEN, str(port)) for c in process.resolve_command(plan.command)]
         if plan.tensor_parallel and len(a.gpus) > 1 and not any("tensor_parallel_size" in c for c in command):
@@ -362,10 +310,9 @@ class Controller:
         key = (a.namespace, a.revision, a.index)
         self.procs[key] = proc
         self.probes.pop(key, None)
-        self._upsert_replica(
-            a.namespace, a.service, a.revision, a.index, phase=int(Phase.STARTING), pid=proc.pid, start_ticks=ticks,
-            port=port, ready=0, started=time.time(), next_start=None, gpus=json.dumps(list(a.gpus)), log=str(log_file),
-            message="running on CPU (fallback)" if a.cpu_fallback else "", cpu_fallback=int(a.cpu_fallback),
+        self.store.replica_started(
+            a.namespace, a.service, a.revision, a.index, pid=proc.pid, start_ticks=ticks, port=port,
+            gpus=tuple(a.gpus), log=str(log_file), cpu_fallback=a.cpu_fallback,
         )  # fmt: skip
         where = "CPU (fallback)" if a.cpu_fallback else (f"GPUs {a.gpus}" if a.gpus else "CPU")
         self.store.event(
@@ -378,51 +325,41 @@ class Controller:
         logger.info("started %s/%s pid %s port %s", a.revision, a.index, proc.pid, port)
 
     def _stop(self, ns: str, rev: str, idx: int) -> None:
-        row = self._replica(ns, rev, idx)
+        row = self.store.replica(ns, rev, idx)
         key = (ns, rev, idx)
         proc = self.procs.pop(key, None)
         self.probes.pop(key, None)
-        if row is not None and row["pid"]:
-            process.terminate(row["pid"], row["start_ticks"], self.settings.stop_grace_s, proc)
-        self.store.db.execute("DELETE FROM replicas WHERE namespace=? AND revision=? AND idx=?", (ns, rev, idx))
+        if row is not None and row.pid:
+            process.terminate(row.pid, row.start_ticks, self.settings.stop_grace_s, proc)
+        self.store.delete_replica(ns, rev, idx)
 
     # ---- publish ----------------------------------------------------------------------
     def publish(self, desired: dict[tuple[str, str], _Desired]) -> None:
         """Write each service's status and route; bump routes_version when any route changed."""
-        domain = self.store.get_meta("domain", "example.com") or "example.com"
-        gateway = self.store.get_meta("gateway_url", "http://127.0.0.1:8080") or ""
+        domain, gateway = self.store.domain(), self.store.gateway_url()
         replicas: dict[tuple[str, str], list[ReplicaFacts]] = {}
         for r in self.store.replicas():
-            replicas.setdefault((r["namespace"], r["service"]), []).append(ReplicaFacts(
-                r["revision"], r["idx"], Phase(r["phase"]), bool(r["ready"]), r["port"], r["restarts"] or 0,
-                r["message"] or "", json.loads(r["last_exit"]) if r["last_exit"] else None, bool(r["cpu_fallback"]),
+            replicas.setdefault((r.namespace, r.service), []).append(ReplicaFacts(
+                r.revision, r.idx, r.phase, r.ready, r.port, r.restarts, r.message, r.last_exit, r.cpu_fallback,
             ))  # fmt: skip
         revs: dict[tuple[str, str], list[str]] = {}
         for rv in self.store.revisions():
-            revs.setdefault((rv["namespace"], rv["service"]), []).append(rv["name"])
+            revs.setdefault((rv.namespace, rv.service), []).append(rv.name)
         changed = False
         for (ns, name), d in desired.items():
-            self.store.db.execute(
-                "INSERT OR IGNORE INTO services(namespace, name, traffic) VALUES (?,?,?)", (ns, name, "{}")
-            )
-            s = self.store.service(ns, name)
-            assert s is not None  # inserted just above
+            s = self.store.ensure_service(ns, name)
             facts = ServiceFacts(
-                ns, name, d.generation, revs.get((ns, name), []), json.loads(s["traffic"] or "{}"), s["rolled_out"],
+                ns, name, d.generation, revs.get((ns, name), []), s.traffic, s.rolled_out,
                 replicas.get((ns, name), []), d.service.invalid, d.error_reason or "InvalidPredictorSpec",
                 d.plan.model_names if d.plan else [name], d.plan.timeout_s if d.plan else None, d.warnings,
                 d.plan.gpus if d.plan else 0,
             )  # fmt: skip
-            previous = json.loads(s["status"]) if s["status"] else None
-            status = compute_status(facts, domain=domain, gateway=gateway, previous=previous)
+            status = compute_status(facts, domain=domain, gateway=gateway, previous=s.status)
             ready = next(c for c in status["conditions"] if c["type"] == "Ready")
-            route = json.dumps(compute_route(facts, ready.get("message", "")), sort_keys=True)
-            text = json.dumps(status, sort_keys=True)
-            if text != s["status"] or route != s["route"]:
-                self.store.db.execute(
-                    "UPDATE services SET status=?, route=? WHERE namespace=? AND name=?", (text, route, ns, name)
-                )
-                changed = changed or route != s["route"]
+            route = compute_route(facts, ready.get("message", ""))
+            if status != s.status or route != s.route:
+                self.store.publish_service(ns, name, status, route)
+                changed = changed or route != s.route
         if changed:
             self.store.bump("routes_version")
 
@@ -445,31 +382,25 @@ class Controller:
     def adopt(self) -> None:
         """At start: say which predictors survived the previous controller."""
         for r in self.store.replicas():
-            if r["phase"] in (Phase.STARTING, Phase.RUNNING) and process.is_same_process(r["pid"], r["start_ticks"]):
+            if r.alive and r.pid and process.is_same_process(r.pid, r.start_ticks):
                 self.store.event(
-                    r["namespace"],
-                    r["service"],
-                    "Normal",
-                    "Adopted",
-                    f"{r['revision']} replica {r['idx']} (pid {r['pid']}) adopted",
+                    r.namespace, r.service, "Normal", "Adopted", f"{r.revision} replica {r.idx} (pid {r.pid}) adopted"
                 )
-                self.probes[(r["namespace"], r["revision"], r["idx"])] = _Probe(successes=1 if r["ready"] else 0)
+                self.probes[(r.namespace, r.revision, r.idx)] = _Probe(successes=1 if r.ready else 0)
 
     def stop_all(self) -> None:
         for r in self.store.replicas():
-            if r["pid"]:
-                proc = self.procs.get((r["namespace"], r["revision"], r["idx"]))
-                process.terminate(r["pid"], r["start_ticks"], self.settings.stop_grace_s, proc)
+            if r.pid:
+                proc = self.procs.get((r.namespace, r.revision, r.idx))
+                process.terminate(r.pid, r.start_ticks, self.settings.stop_grace_s, proc)
         deadline = time.time() + self.settings.stop_grace_s + 2
         for r in self.store.replicas():
-            while r["pid"] and process.is_same_process(r["pid"], r["start_ticks"]) and time.time() < deadline:
-                proc = self.procs.get((r["namespace"], r["revision"], r["idx"]))
+            while r.pid and process.is_same_process(r.pid, r.start_ticks) and time.time() < deadline:
+                proc = self.procs.get((r.namespace, r.revision, r.idx))
                 if proc is not None:
                     proc.poll()
                 time.sleep(0.05)
-        self.store.db.execute("DELETE FROM replicas")  # the next `isvc up` starts them afresh
-        self.store.db.execute("UPDATE services SET route=NULL, status=NULL")
-        self.store.bump("routes_version")
+        self.store.forget_processes()  # the next `isvc up` starts them afresh
 
     def run(self) -> None:
         parent = os.getppid()

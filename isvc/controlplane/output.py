@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from isvc.controlplane.serving import Serving
+    from isvc.controlplane.store import EventRow, RevisionRow
 
 
 def age(ts: str | float | None) -> str:
@@ -88,8 +89,8 @@ def runtime_table(objs: list[dict[str, Any]]) -> str:
 def describe_text(
     obj: dict[str, Any],
     warnings: list[str],
-    events: list[Any],
-    revisions: list[Any],
+    events: list[EventRow],
+    revisions: list[RevisionRow],
     gateway: str,
     running: bool,
     serving: Serving | None = None,
@@ -108,8 +109,8 @@ def describe_text(
         f'Model name:   {", ".join(models)}   <- the "model" to send in OpenAI requests',
     ]
     if revisions:
-        plan = json.loads(revisions[-1]["plan"])
-        out += [f"Runtime:      {plan['runtime']}", f"Command:      {' '.join(plan['command'])}"]
+        plan = revisions[-1].plan
+        out += [f"Runtime:      {plan.runtime}", f"Command:      {' '.join(plan.command)}"]
     if serving is not None:
         out += [f"{(label.capitalize() + ':') if label else '':<13} {text}" for label, text in serving.lines()]
     if not running:
@@ -136,7 +137,7 @@ def describe_text(
         out += [f"  {w}" for w in warnings]
     out.append("Events:")
     for e in events:
-        out.append(f"  {age(e['time']):>5}  {e['type']:<8} {e['reason']:<16} {e['message']}")
+        out.append(f"  {age(e.time):>5}  {e.type:<8} {e.reason:<16} {e.message}")
     host = st.get("url", "").removeprefix("http://")
     path, body = _try_request(serving.task if serving else None, models[0])
     route = path.removeprefix("/openai")

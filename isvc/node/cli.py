@@ -121,11 +121,10 @@ def down(argv: list[str]) -> int:
             time.sleep(0.1)
     leftovers = 0
     for r in store.replicas():  # belt and braces: predictors of a controller that died with the supervisor
-        if r["pid"] and process.is_same_process(r["pid"], r["start_ticks"]):
-            process.kill_group(r["pid"], signal.SIGKILL)
+        if r.pid and process.is_same_process(r.pid, r.start_ticks):
+            process.kill_group(r.pid, signal.SIGKILL)
             leftovers += 1
-    store.db.execute("DELETE FROM replicas")  # the next `isvc up` starts them afresh
-    store.db.execute("UPDATE services SET route=NULL, status=NULL")
+    store.forget_processes()  # the next `isvc up` starts them afresh
     print("isvc down: stopped" if pid is not None else "isvc down: control plane was not running", end="")
     print(f" ({leftovers} leftover predictor(s) killed)" if leftovers else "")
     return 0

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from isvc.controlplane import cli, process
-from isvc.controlplane.store import Store
+from isvc.controlplane.store import ReplicaRow, Store
 from isvc.node import cli as node_cli
 
 FAKE = Path(__file__).with_name("fake_predictor.py")
@@ -54,7 +54,7 @@ class ControlPlane:
 
     def status(self, name: str, ns: str = "default") -> dict[str, Any]:
         row = self.store().service(ns, name)
-        return json.loads(row["status"]) if row and row["status"] else {}
+        return (row.status if row else None) or {}
 
     def condition(self, name: str, type_: str = "Ready", ns: str = "default") -> dict[str, Any]:
         return next((c for c in self.status(name, ns).get("conditions", []) if c["type"] == type_), {})
@@ -78,9 +78,9 @@ class ControlPlane:
         self.wait(ready, timeout_s, f"{ns}/{name} Ready")
         return self.status(name, ns)
 
-    def replicas(self, name: str, ns: str = "default") -> list[Any]:
+    def replicas(self, name: str, ns: str = "default") -> list[ReplicaRow]:
         rows = self.store().replicas(ns, name)
-        self.pids_seen |= {r["pid"] for r in rows if r["pid"]}
+        self.pids_seen |= {r.pid for r in rows if r.pid}
         return rows
 
     def log_tail(self) -> str:
@@ -129,7 +129,7 @@ def start(tmp: Path, *extra: str) -> ControlPlane:
 
 def stop(cp: ControlPlane) -> None:
     rows = cp.store().replicas()
-    cp.pids_seen |= {r["pid"] for r in rows if r["pid"]}
+    cp.pids_seen |= {r.pid for r in rows if r.pid}
     assert node_cli.down(cp.args("--timeout", "20")) == 0
     try:
         cp.proc.wait(timeout=20)

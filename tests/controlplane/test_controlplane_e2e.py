@@ -69,9 +69,9 @@ def test_apply_to_ready_then_routed_by_host_path_and_model(
 
     # The port the manifest declared (8080) was mapped to a free one.
     (rep,) = cp.replicas("fake1")
-    assert rep["port"] != 8080
+    assert rep.port != 8080
     info = httpx.get(f"{cp.url}/serving/default/fake1/info").json()
-    assert info["port"] == rep["port"] and info["pid"] == rep["pid"]
+    assert info["port"] == rep.port and info["pid"] == rep.pid
 
     capsys.readouterr()
     assert cli.get(cp.args("isvc")) == 0
@@ -84,7 +84,7 @@ def test_apply_to_ready_then_routed_by_host_path_and_model(
     assert cli.logs(cp.args("fake1")) == 0
     assert "fake predictor fakemodel on port" in capsys.readouterr().out
 
-    pid = rep["pid"]
+    pid = rep.pid
     assert cli.delete(cp.args("isvc", "fake1")) == 0
     cp.wait(lambda: process.start_ticks(pid) is None, 15, "the predictor to stop")
     cp.wait(lambda: httpx.post(f"{cp.url}/v1/completions", json=body).status_code == 404, 5, "route removal")
@@ -125,7 +125,7 @@ def test_runtime_predictor_with_pvc_storage_two_replicas(control_plane: ControlP
     (pvc_root / "global-shared" / "models" / "m1").mkdir(parents=True)
     assert cp.apply(RUNTIME.format(fake=FAKE)) == 0
     cp.wait_ready("withstore", "demo")
-    cp.wait(lambda: sum(r["ready"] for r in cp.replicas("withstore", "demo")) == 2, 15, "both replicas ready")
+    cp.wait(lambda: sum(r.ready for r in cp.replicas("withstore", "demo")) == 2, 15, "both replicas ready")
     seen = set()
     for _ in range(6):
         info = httpx.get(f"{cp.url}/info", headers={"Host": "withstore.demo.example.com"}).json()
@@ -150,7 +150,7 @@ def test_missing_gpus_leave_the_predictor_pending_with_a_condition(control_plane
         10,
     )
     assert cond["status"] == "False" and cond["message"] == "needs 2 GPUs, 0 present"
-    assert all(r["pid"] is None for r in cp.replicas("needs-gpu", "demo"))
+    assert all(r.pid is None for r in cp.replicas("needs-gpu", "demo"))
     host = {"Host": "needs-gpu.demo.example.com"}  # the 503 says why, in each protocol's format
     r = httpx.post(f"{cp.url}/v1/completions", headers=host, json={"prompt": "x"})
     assert r.status_code == 503 and "needs 2 GPUs, 0 present" in r.json()["error"]["message"]
@@ -190,7 +190,7 @@ def test_canary_splits_traffic_and_promotion_moves_it_all(control_plane: Control
     )
     assert set(counts) == {"can-predictor-00001", "can-predictor-00002"}
     assert 10 <= counts["can-predictor-00002"] <= 50, counts
-    old_pid = next(r["pid"] for r in cp.replicas("can") if r["revision"] == "can-predictor-00001")
+    old_pid = next(r.pid for r in cp.replicas("can") if r.revision == "can-predictor-00001")
 
     assert cp.apply(fake_container("can", "--model_name", "v2")) == 0  # promote: no canary percent
     cp.wait(lambda: process.start_ticks(old_pid) is None, 15, "the old revision to stop")
@@ -207,14 +207,14 @@ def test_a_crashing_predictor_backs_off_and_says_why(control_plane: ControlPlane
 
     def crashed_twice() -> bool:
         reps = cp.replicas("crashy")
-        return bool(reps) and reps[0]["restarts"] >= 2
+        return bool(reps) and reps[0].restarts >= 2
 
     cp.wait(crashed_twice, 20, "two restarts")
     cond = cp.wait(lambda: (c := cp.condition("crashy")).get("reason") == "CrashLoopBackOff" and c, 10)
     assert "exit code 7" in cond["message"] and "exiting with 7" in cond["message"]
     status = cp.status("crashy")
     assert status["modelStatus"]["lastFailureInfo"]["exitCode"] == 7
-    events = [e["reason"] for e in cp.store().events("default", "crashy", 50)]
+    events = [e.reason for e in cp.store().events("default", "crashy", 50)]
     assert "BackOff" in events and "Exited" in events
 
 
@@ -225,11 +225,11 @@ def test_a_predictor_that_dies_after_becoming_ready_backs_off_and_its_restarts_a
     the first restart is at once, each next one waits longer, and the count only grows."""
     cp = control_plane
     assert cp.apply(fake_container("flappy", "--exit-after", "1.5", "--exit-code", "9")) == 0
-    cp.wait(lambda: (r := cp.replicas("flappy")) and r[0]["restarts"] >= 3, 30, "three restarts")
+    cp.wait(lambda: (r := cp.replicas("flappy")) and r[0].restarts >= 3, 30, "three restarts")
     events = cp.store().events("default", "flappy", 100)
-    backoffs = [e["message"].split(" in ")[1] for e in events if e["reason"] == "BackOff"]
+    backoffs = [e.message.split(" in ")[1] for e in events if e.reason == "BackOff"]
     assert backoffs[:3] == ["0s (restart 1)", "1s (restart 2)", "2s (restart 3)"]
-    readies = [e for e in events if e["reason"] == "Ready"]
+    readies = [e for e in events if e.reason == "Ready"]
     assert len(readies) >= 3  # it was ready before each exit: readiness did not reset the backoff
     capsys.readouterr()
     assert cli.get(cp.args("isvc", "flappy")) == 0
@@ -243,9 +243,9 @@ def test_kill_9_of_a_predictor_and_of_the_controller_are_survived(control_plane:
     cp.wait_ready("tough")
     host = {"Host": "tough.default.example.com"}
     (rep,) = cp.replicas("tough")
-    os.kill(rep["pid"], signal.SIGKILL)
+    os.kill(rep.pid, signal.SIGKILL)
     cp.wait(
-        lambda: (r := cp.replicas("tough")) and r[0]["pid"] not in (None, rep["pid"]) and r[0]["ready"],
+        lambda: (r := cp.replicas("tough")) and r[0].pid not in (None, rep.pid) and r[0].ready,
         20,
         "a restarted predictor",
     )
@@ -258,11 +258,11 @@ def test_kill_9_of_a_predictor_and_of_the_controller_are_survived(control_plane:
     os.kill(controller_pid, signal.SIGKILL)
     # The gateway keeps serving while the controller is down and comes back.
     for _ in range(10):
-        assert httpx.get(f"{cp.url}/info", headers=host).json()["pid"] == rep["pid"]
+        assert httpx.get(f"{cp.url}/info", headers=host).json()["pid"] == rep.pid
     cp.wait(lambda: int(cp.store().get_meta("controller_pid") or 0) not in (0, controller_pid), 20, "a new controller")
-    cp.wait(lambda: "Adopted" in [e["reason"] for e in cp.store().events("default", "tough", 50)], 10, "adoption")
+    cp.wait(lambda: "Adopted" in [e.reason for e in cp.store().events("default", "tough", 50)], 10, "adoption")
     (after,) = cp.replicas("tough")
-    assert after["pid"] == rep["pid"] and after["ready"]  # re-adopted, not restarted
+    assert after.pid == rep.pid and after.ready  # re-adopted, not restarted
 
 
 def test_api_keys_guard_their_namespace(start_control_plane) -> None:  # type: ignore[no-untyped-def]

@@ -86,7 +86,7 @@ def test_seed_2_custom_container_on_port_8080_is_remapped_and_ready_by_tcp(
     assert cp.apply(manifest_2_runnable_here(initial_delay_s=1)) == 0
     cp.wait_ready("ysz-t1", NS, timeout_s=120)
     (rep,) = cp.replicas("ysz-t1", NS)
-    assert rep["port"] != 8080 and rep["cpu_fallback"] == 1
+    assert rep.port != 8080 and rep.cpu_fallback
     # A tcp probe only says the port is open (KServe semantics; the seed waits 30 s for that reason):
     # the server may still be loading the model and answer 503 itself until it is done.
     r = cp.wait(lambda: (x := chat(cp, f"ysz-t1.{NS}.example.com", "qwen")).status_code != 503 and x, 60, "the model")
@@ -128,7 +128,7 @@ def test_seed_1_on_smollm2_with_cpu_fallback_timed(start_control_plane, pvc_root
                          "max_tokens": 12, "temperature": 0})  # fmt: skip
     assert r.status_code == 200 and "Paris" in r.json()["choices"][0]["message"]["content"]
     (rep,) = cp.replicas("llama2-7b-chat", NS)
-    direct, via = f"http://127.0.0.1:{rep['port']}/v2/health/ready", f"{cp.url}/v2/health/ready"
+    direct, via = f"http://127.0.0.1:{rep.port}/v2/health/ready", f"{cp.url}/v2/health/ready"
     with httpx.Client() as c:
         for _ in range(5):
             c.get(direct), c.get(via, headers={"Host": host})

@@ -70,7 +70,7 @@ def tiny(start_control_plane: Callable[..., ControlPlane]) -> ControlPlane:
 
 def predictor_pid(cp: ControlPlane) -> int:
     (rep,) = cp.replicas("tiny")
-    return int(rep["pid"])
+    return int(rep.pid or 0)
 
 
 def wait_served_again(cp: ControlPlane, killed_at: float) -> float:
