@@ -16,19 +16,30 @@ from typing import Any
 import yaml
 
 from isvc.controlplane.output import describe_text, isvc_table, runtime_table
-from isvc.controlplane.plan import InvalidServeArgs, build_plan
+from isvc.controlplane.plan import InvalidServeArgs, LaunchPlan, build_plan
 from isvc.controlplane.process import running_pid
 from isvc.controlplane.serving import Serving, serving_of
 from isvc.controlplane.store import RevisionRow, Store, state_dir
 from isvc.errors import IsvcError
-from isvc.manifest import SHORT_NAMES, ManifestError, Resource, ServingRuntime, load_paths, parse_documents
-from isvc.manifest.models import InferenceService
+from isvc.manifest import (
+    SERVICE_KINDS,
+    SHORT_NAMES,
+    ManifestError,
+    Problem,
+    Resource,
+    ServingRuntime,
+    llmisvc,
+    load_paths,
+    parse_documents,
+)
+from isvc.manifest.models import InferenceService, LLMInferenceService
 
 _GROUP = "serving.kserve.io"
 _PLURAL = {
     "InferenceService": "inferenceservice",
     "ServingRuntime": "servingruntime",
     "ClusterServingRuntime": "clusterservingruntime",
+    "LLMInferenceService": "llminferenceservice",
 }
 
 
@@ -95,6 +106,7 @@ def apply(argv: list[str]) -> int:
                 _print_dry_run(res, runtimes)
                 continue
             _check_args(res, runtimes)
+            _check_name_free(store, res)
             verb = store.upsert_resource(res.kind, res.namespace, res.name, res.body, res.warnings)
             print(f"{_PLURAL[res.kind]}.{_GROUP}/{res.name} {verb}")
     except IsvcError as exc:
@@ -107,20 +119,45 @@ def apply(argv: list[str]) -> int:
 def _check_args(res: Resource, runtimes: list[ServingRuntime]) -> None:
     """Refuse args ``isvc serve`` would refuse at start; other plan problems are the controller's to report
     (a runtime may be applied later, GPUs may come)."""
-    if isinstance(res.obj, InferenceService):
-        try:
-            build_plan(res.obj, runtimes)
-        except InvalidServeArgs:
+    try:
+        _plan_of(res, runtimes)
+    except InvalidServeArgs:
+        raise
+    except IsvcError:
+        pass
+
+
+def _plan_of(res: Resource, runtimes: list[ServingRuntime]) -> LaunchPlan | None:
+    """The predictor's plan (None for a runtime); an LLMInferenceService's errors name its own fields."""
+    if res.predictor is None:
+        return None
+    try:
+        return build_plan(res.predictor, runtimes)
+    except IsvcError as exc:
+        if res.derived is None:
             raise
-        except IsvcError:
-            pass
+        raise type(exc)(res.derived.rename(exc.message), param=res.derived.rename(exc.param or "")) from exc
+
+
+def _check_name_free(store: Store, res: Resource) -> None:
+    """An InferenceService and an LLMInferenceService may not share a name: the gateway serves both by name."""
+    if res.kind not in SERVICE_KINDS:
+        return
+    for other in SERVICE_KINDS:
+        if other != res.kind and store.resource(other, res.namespace, res.name) is not None:
+            message = (
+                f"{other} {res.namespace}/{res.name} exists: locally both would be served as "
+                f"{res.name}.{res.namespace}.{store.domain()}; delete it first (isvc delete {_PLURAL[other]} "
+                f"{res.name} -n {res.namespace}) or choose another name"
+            )
+            raise ManifestError([Problem(res.source, res.index, "metadata.name", message)])
 
 
 def _print_dry_run(res: Resource, runtimes: list[ServingRuntime]) -> None:
     print(f"{_PLURAL[res.kind]}.{_GROUP}/{res.name} validated (dry run)")
-    if not isinstance(res.obj, InferenceService):
+    plan = _plan_of(res, runtimes)
+    if plan is None:
         return
-    plan = build_plan(res.obj, runtimes)
     print(f"  namespace:   {res.namespace}")
     print(f"  runtime:     {plan.runtime}")
     print(f"  command:     {' '.join(plan.command)}")
@@ -238,9 +275,11 @@ def export(argv: list[str]) -> int:
 
 
 # ---- get / describe / logs -------------------------------------------------------------
-def _isvc_objects(store: Store, ns: str | None, name: str | None) -> list[dict[str, Any]]:
+def _isvc_objects(
+    store: Store, ns: str | None, name: str | None, kind: str = "InferenceService"
+) -> list[dict[str, Any]]:
     out = []
-    for row in store.resources("InferenceService", ns):
+    for row in store.resources(kind, ns):
         if name and row.name != name:
             continue
         svc = store.service(row.namespace, row.name)
@@ -265,8 +304,8 @@ def get(argv: list[str]) -> int:
         kind, name = _kind(word), slash_name or args.name
         store = _store(args)
         ns = None if args.all_namespaces else (args.namespace or "default")
-        if kind == "InferenceService":
-            objs = _isvc_objects(store, ns, name)
+        if kind in SERVICE_KINDS:
+            objs = _isvc_objects(store, ns, name, kind)
         else:
             from isvc.controlplane.runtimes import all_runtimes
 
@@ -291,7 +330,7 @@ def get(argv: list[str]) -> int:
         else:
             table = (
                 isvc_table(objs, wide=args.output == "wide", all_ns=ns is None)
-                if kind == "InferenceService"
+                if kind in SERVICE_KINDS
                 else runtime_table(objs)
             )
             print(table)
@@ -301,7 +340,7 @@ def get(argv: list[str]) -> int:
 
 
 def describe(argv: list[str]) -> int:
-    p = common_args(argparse.ArgumentParser(prog="isvc describe", description="show one InferenceService in detail"))
+    p = common_args(argparse.ArgumentParser(prog="isvc describe", description="show one InferenceService or LLMInferenceService in detail"))
     p.add_argument("type")
     p.add_argument("name", nargs="?")
     p.add_argument("-n", "--namespace", default="default")
@@ -309,7 +348,7 @@ def describe(argv: list[str]) -> int:
     try:
         word, _, slash_name = args.type.partition("/")
         kind, name = _kind(word), slash_name or args.name
-        if kind != "InferenceService":
+        if kind not in SERVICE_KINDS:
             return get(
                 [args.type, *([name] if name else []), "-n", args.namespace, "-o", "yaml"]
                 + (["--state-dir", args.state_dir] if args.state_dir else [])
@@ -317,10 +356,10 @@ def describe(argv: list[str]) -> int:
         if not name:
             raise IsvcError("describe isvc needs a NAME")
         store = _store(args)
-        objs = _isvc_objects(store, args.namespace, name)
+        objs = _isvc_objects(store, args.namespace, name, kind)
         if not objs:
             raise IsvcError(f'{_PLURAL[kind]}.{_GROUP} "{name}" not found in namespace {args.namespace}')
-        row = store.resource("InferenceService", args.namespace, name)
+        row = store.resource(kind, args.namespace, name)
         warnings = row.warnings if row else []
         events = store.events(args.namespace, name)
         gateway = store.gateway_url()
@@ -338,9 +377,16 @@ def _serving(store: Store, body: dict[str, Any], revisions: list[RevisionRow]) -
     try:
         if revisions:
             return serving_of(revisions[-1].plan)
-        return serving_of(build_plan(InferenceService.model_validate(body), store.runtimes().items))
+        return serving_of(build_plan(_predictor(body), store.runtimes().items))
     except (IsvcError, ValueError):
         return None  # a plan the controller cannot build: its conditions say why
+
+
+def _predictor(body: dict[str, Any]) -> InferenceService:
+    """The InferenceService whose predictor serves ``body`` (an LLMInferenceService runs as one)."""
+    if body.get("kind") == "LLMInferenceService":
+        return llmisvc.to_inference_service(LLMInferenceService.model_validate(body)).isvc
+    return InferenceService.model_validate(body)
 
 
 def logs(argv: list[str]) -> int:

@@ -41,9 +41,10 @@ from isvc.controlplane.reconciler import (
 )
 from isvc.controlplane.settings import CPU_FALLBACK_ENV, ControllerSettings, detect_gpus, env_flag
 from isvc.controlplane.status import ReplicaFacts, ServiceFacts, compute_route, compute_status
-from isvc.controlplane.store import ReplicaRow, Store
+from isvc.controlplane.store import ReplicaRow, ResourceRow, Store
 from isvc.errors import IsvcError
-from isvc.manifest.models import InferenceService, ServingRuntime
+from isvc.manifest import SERVICE_KINDS, llmisvc
+from isvc.manifest.models import InferenceService, LLMInferenceService, ServingRuntime
 
 logger = logging.getLogger(__name__)
 EXIT_OOM = 137
@@ -71,7 +72,7 @@ class Controller:
     store: Store = field(init=False)
     procs: dict[tuple[str, str, int], subprocess.Popen[bytes]] = field(default_factory=dict)
     probes: dict[tuple[str, str, int], _Probe] = field(default_factory=dict)
-    _plan_cache: dict[tuple[str, str, int, int], _Desired] = field(default_factory=dict)
+    _plan_cache: dict[tuple[str, str, str, int, int], _Desired] = field(default_factory=dict)
     _pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(max_workers=8))
     _next_mem_check: float = 0.0
     stopping: bool = False
@@ -83,18 +84,24 @@ class Controller:
     def desired(self) -> dict[tuple[str, str], _Desired]:
         runtimes = self.store.runtimes()
         out: dict[tuple[str, str], _Desired] = {}
-        for row in self.store.resources("InferenceService"):
-            key = (row.namespace, row.name, row.generation, runtimes.version)
+        # InferenceServices first: an LLMInferenceService of the same name (apply refuses one) waits for it to go
+        for row in [r for kind in SERVICE_KINDS for r in self.store.resources(kind)]:
+            if (row.namespace, row.name) in out:
+                continue
+            key = (row.kind, row.namespace, row.name, row.generation, runtimes.version)
             cached = self._plan_cache.get(key)
             if cached is None:
-                cached = self._plan(row.body, row.generation, row.warnings, runtimes.items)
+                cached = self._plan(row, runtimes.items)
                 self._plan_cache[key] = cached
             out[(row.namespace, row.name)] = cached
         return out
 
-    def _plan(
-        self, body: dict[str, Any], generation: int, warnings: list[str], runtimes: list[ServingRuntime]
-    ) -> _Desired:
+    @staticmethod
+    def _plan(row: ResourceRow, runtimes: list[ServingRuntime]) -> _Desired:
+        body, rename = row.body, _same
+        if row.kind == "LLMInferenceService":  # runs as the InferenceService it amounts to
+            derived = llmisvc.to_inference_service(LLMInferenceService.model_validate(row.body))
+            body, rename = derived.body, derived.rename
         isvc = InferenceService.model_validate(body)
         ns, name = isvc.metadata.namespace, isvc.metadata.name
         pred = isvc.spec.predictor
@@ -104,9 +111,10 @@ class Controller:
             reason = (
                 "NoSupportingRuntime" if getattr(exc, "code", "") == "no_supporting_runtime" else "InvalidPredictorSpec"
             )
-            return _Desired(DesiredService(ns, name, "", invalid=exc.message), None, generation, warnings, reason)
+            invalid = DesiredService(ns, name, "", invalid=rename(exc.message))
+            return _Desired(invalid, None, row.generation, row.warnings, reason)
         svc = DesiredService(ns, name, spec_hash(body), plan.replicas, pred.canary_traffic_percent, plan.gpus)
-        return _Desired(svc, plan, generation, warnings + plan.notes)
+        return _Desired(svc, plan, row.generation, row.warnings + plan.notes)
 
     # ---- observe ----------------------------------------------------------------------
     def observe(self, now: float) -> None:
@@ -428,6 +436,10 @@ class Controller:
         if (self.store.get_meta("shutdown") or "") == "1":
             logger.info("stopping all predictors")
             self.stop_all()
+
+
+def _same(text: str) -> str:
+    return text
 
 
 def _now_iso() -> str:

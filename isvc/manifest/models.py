@@ -164,3 +164,37 @@ class ServingRuntime(_Model):
     kind: Literal["ServingRuntime", "ClusterServingRuntime"]
     metadata: ObjectMeta
     spec: ServingRuntimeSpec
+
+
+class LLMModel(_Model):
+    uri: str
+    name: str | None = None
+
+
+class Parallelism(_Model):
+    tensor: int | None = None
+    pipeline: int | None = None
+    data: int | None = None
+    data_local: int | None = None
+    expert: bool | None = None
+
+
+class PodTemplate(_Model):
+    containers: list[Container] = Field(default_factory=list)
+
+
+class LLMInferenceServiceSpec(_Model):
+    model: LLMModel
+    replicas: int | None = None
+    parallelism: Parallelism | None = None
+    template: PodTemplate | None = None
+
+
+class LLMInferenceService(_Model):
+    """KServe's LLM API (``serving.kserve.io/v1alpha2``, on llm-d); locally it runs as the
+    InferenceService it amounts to (isvc.manifest.llmisvc)."""
+
+    api_version: str
+    kind: Literal["LLMInferenceService"]
+    metadata: ObjectMeta
+    spec: LLMInferenceServiceSpec

@@ -8,10 +8,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from isvc.manifest import schema, webhook
+from isvc.manifest import llmisvc, schema, webhook
 from isvc.manifest.errors import ManifestError, Problem
 from isvc.manifest.loader import Document
-from isvc.manifest.models import InferenceService, ServingRuntime
+from isvc.manifest.models import InferenceService, LLMInferenceService, ServingRuntime
 
 SHORT_NAMES: dict[str, str] = {
     "isvc": "InferenceService",
@@ -21,7 +21,12 @@ SHORT_NAMES: dict[str, str] = {
     "servingruntimes": "ServingRuntime",
     "clusterservingruntime": "ClusterServingRuntime",
     "clusterservingruntimes": "ClusterServingRuntime",
+    "llmisvc": "LLMInferenceService",
+    "llminferenceservice": "LLMInferenceService",
+    "llminferenceservices": "LLMInferenceService",
 }
+SERVICE_KINDS = ("InferenceService", "LLMInferenceService")
+"""The kinds that run predictors; they share one name space per namespace (the gateway routes by name)."""
 
 
 @dataclass(slots=True)
@@ -32,14 +37,23 @@ class Resource:
     namespace: str
     name: str
     body: dict[str, Any]
-    obj: InferenceService | ServingRuntime
+    obj: InferenceService | ServingRuntime | LLMInferenceService
     warnings: list[str] = field(default_factory=list)
     source: str = "<string>"
     index: int = 0
+    derived: llmisvc.Derived | None = None
+    """For an LLMInferenceService: the InferenceService it runs as."""
 
     @property
     def key(self) -> tuple[str, str, str]:
         return (self.kind, self.namespace, self.name)
+
+    @property
+    def predictor(self) -> InferenceService | None:
+        """The InferenceService whose predictor serves this resource (None for a runtime)."""
+        if self.derived is not None:
+            return self.derived.isvc
+        return self.obj if isinstance(self.obj, InferenceService) else None
 
 
 def _pydantic_problems(doc: Document, exc: ValidationError) -> list[Problem]:
@@ -71,6 +85,8 @@ def parse_one(doc: Document, runtimes: Iterable[ServingRuntime] = ()) -> Resourc
         raise ManifestError(problems)
     if kind == "ClusterServingRuntime":
         body.setdefault("metadata", {})["namespace"] = ""
+    if kind == "LLMInferenceService":
+        return _parse_llm(doc)
     try:
         obj: InferenceService | ServingRuntime = (
             InferenceService.model_validate(body) if kind == "InferenceService" else ServingRuntime.model_validate(body)
@@ -87,6 +103,28 @@ def parse_one(doc: Document, runtimes: Iterable[ServingRuntime] = ()) -> Resourc
         raise ManifestError([doc.problem(p, m) for p, m in rules])
     meta = obj.metadata
     return Resource(kind, meta.namespace, meta.name, body, obj, warnings, doc.source, doc.index)
+
+
+def _parse_llm(doc: Document) -> Resource:
+    """An LLMInferenceService: its own rules, then those of the InferenceService it runs as (named as its fields)."""
+    try:
+        llm = LLMInferenceService.model_validate(doc.body)
+    except ValidationError as exc:
+        raise ManifestError(_pydantic_problems(doc, exc)) from exc
+    rules = webhook.check_llm_inference_service(llm)
+    derived = llmisvc.to_inference_service(llm)
+    seen = {p for p, _ in rules}
+    for path, message in webhook.check_inference_service(derived.isvc):
+        path = derived.rename(path)
+        if path not in seen:
+            rules.append((path, derived.rename(message)))
+    if rules:
+        raise ManifestError([doc.problem(p, m) for p, m in rules])
+    meta = llm.metadata
+    warnings = llmisvc.warnings(doc.body, llm)
+    return Resource(
+        "LLMInferenceService", meta.namespace, meta.name, doc.body, llm, warnings, doc.source, doc.index, derived
+    )
 
 
 def parse_documents(docs: Iterable[Document], runtimes: Iterable[ServingRuntime] = ()) -> list[Resource]:

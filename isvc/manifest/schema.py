@@ -22,6 +22,7 @@ KINDS: dict[str, str] = {
     "InferenceService": "v1beta1",
     "ServingRuntime": "v1alpha1",
     "ClusterServingRuntime": "v1alpha1",
+    "LLMInferenceService": "v1alpha2",
 }
 
 

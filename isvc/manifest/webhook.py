@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from isvc.manifest.images import entrypoint
-from isvc.manifest.models import FRAMEWORKS, Container, InferenceService, ServingRuntime
+from isvc.manifest.models import FRAMEWORKS, Container, InferenceService, LLMInferenceService, ServingRuntime
 from isvc.manifest.quantity import parse_quantity
 
 # KServe: inferenceservice_validation.go (IsvcNameFmt)
@@ -70,7 +70,7 @@ def check_name(kind: str, meta: dict[str, Any]) -> list[tuple[str, str]]:
     name, ns = meta.get("name"), meta.get("namespace", "default")
     if not isinstance(name, str) or not name:
         return [("metadata.name", "Required value: name is required")]
-    pattern = _ISVC_NAME if kind == "InferenceService" else _DNS1123_LABEL
+    pattern = _ISVC_NAME if kind in ("InferenceService", "LLMInferenceService") else _DNS1123_LABEL
     if len(name) > 63 or not pattern.match(name):
         problems.append(
             (
@@ -209,6 +209,25 @@ def _check_command(c: Container, path: str) -> list[tuple[str, str]]:
             f"the entrypoint of {image} (it runs commands on the host); set command to what the entrypoint runs",
         )
     ]
+
+
+def check_llm_inference_service(llm: LLMInferenceService) -> list[tuple[str, str]]:
+    """What KServe's LLMInferenceService webhook and the InferenceService rules it runs as refuse here."""
+    problems: list[tuple[str, str]] = []
+    uri = llm.spec.model.uri
+    if not uri.startswith(_STORAGE_PREFIXES):
+        problems.append(
+            (
+                "spec.model.uri",
+                f'Invalid value: "{uri}": the model URI must start with one of {", ".join(_STORAGE_PREFIXES)}',
+            )
+        )
+    if llm.spec.replicas is not None and llm.spec.replicas < 0:
+        problems.append(("spec.replicas", f"Invalid value: {llm.spec.replicas}: must be >= 0"))
+    containers = llm.spec.template.containers if llm.spec.template else []
+    for i, c in enumerate(containers):
+        problems += _check_container(c, f"spec.template.containers[{i}]")
+    return problems
 
 
 def check_serving_runtime(rt: ServingRuntime, others: list[ServingRuntime]) -> list[tuple[str, str]]:

@@ -1,0 +1,161 @@
+"""LLMInferenceService (serving.kserve.io/v1alpha2): the seed's first manifest converted to one, validated
+against KServe's vendored CRD schema, run by `isvc up` as a real `isvc serve`, and answering the seed's
+completions curl through the gateway; bad fields named; cluster-only fields warned about."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from cp_helpers import ControlPlane
+from test_seed_manifests import NS, seed, stock_pvc
+
+from isvc.controlplane import cli
+from isvc.errors import ConfigError
+from isvc.manifest import ManifestError, load_text, parse_one, schema
+from isvc.manifest.llmisvc import to_llm_inference_service
+
+SEED_COMPLETION = {"model": "llama2", "prompt": "你好! 我们用中文打个招呼", "stream": False, "max_tokens": 30}
+
+
+def llm(index: int) -> dict:  # type: ignore[type-arg]
+    doc, _ = to_llm_inference_service(yaml.safe_load(seed(index)))
+    return doc
+
+
+def test_the_seeds_llm_manifests_convert_to_schema_valid_llm_inference_services() -> None:
+    doc, warnings = to_llm_inference_service(yaml.safe_load(seed(1)))
+    assert schema.validate("LLMInferenceService", "v1alpha2", doc) == []
+    assert doc["apiVersion"] == "serving.kserve.io/v1alpha2" and doc["kind"] == "LLMInferenceService"
+    assert doc["spec"]["model"] == {"uri": "pvc://global-shared/models/Llama-2-7b-chat-hf", "name": "llama2"}
+    (main,) = doc["spec"]["template"]["containers"]
+    assert main["name"] == "main" and main["resources"]["limits"]["nvidia.com/gpu"] == "1" and "args" not in main
+    assert warnings == []
+
+    doc, warnings = to_llm_inference_service(yaml.safe_load(seed(3)))
+    assert schema.validate("LLMInferenceService", "v1alpha2", doc) == []
+    assert doc["spec"]["model"] == {
+        "uri": "pvc://global-shared/models/Qwen2-72B-Instruct-GPTQ-Int4",
+        "name": "qwen2-72b",
+    }
+    assert doc["spec"]["parallelism"] == {"tensor": 2}  # its two GPUs; vLLM shards only when told
+    assert doc["spec"]["template"]["containers"][0]["args"] == [
+        "--max-model-len=6144", "--trust-remote-code", "--gpu-memory-utilization=0.95", "--quantization=gptq"
+    ]  # fmt: skip
+    assert any(w.startswith("spec.predictor.volumes: not carried over") for w in warnings)
+    assert any(w.startswith("spec.predictor.model.volumeMounts: not carried over") for w in warnings)
+
+    with pytest.raises(ConfigError, match=r"spec\.predictor\.model: only a model predictor"):
+        to_llm_inference_service(yaml.safe_load(seed(2)))  # a custom vLLM container
+
+
+def test_seed_1_as_an_llm_inference_service_serves_the_seed_curl(
+    start_control_plane, pvc_root: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    cp: ControlPlane = start_control_plane("--cpu-fallback")  # the seed asks for a GPU
+    stock_pvc(pvc_root, tiny_model_dir)
+    assert cp.apply(yaml.safe_dump(llm(1), allow_unicode=True)) == 0
+    assert "llminferenceservice.serving.kserve.io/llama2-7b-chat created" in capsys.readouterr().out
+    status = cp.wait_ready("llama2-7b-chat", NS, timeout_s=120)
+    assert status["url"] == f"http://llama2-7b-chat.{NS}.example.com"
+    r = httpx.post(
+        f"{cp.url}/openai/v1/completions", headers={"Host": f"llama2-7b-chat.{NS}.example.com"}, json=SEED_COMPLETION,
+        timeout=60,
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert r.json()["model"] == "llama2" and r.json()["usage"]["completion_tokens"] == 30
+    assert r.headers["x-isvc-revision"] == "llama2-7b-chat-predictor-00001"
+
+    capsys.readouterr()
+    assert cli.get(cp.args("llmisvc", "-n", NS)) == 0
+    out = capsys.readouterr().out
+    assert "llama2-7b-chat" in out and "True" in out and f"http://llama2-7b-chat.{NS}.example.com" in out
+    assert cli.get(cp.args("isvc", "-n", NS)) == 0  # kubectl's kinds stay apart
+    assert "llama2-7b-chat" not in capsys.readouterr().out
+    assert cli.describe(cp.args("llmisvc", "llama2-7b-chat", "-n", NS)) == 0
+    out = capsys.readouterr().out
+    assert "Model name:   llama2" in out and f"URL:          http://llama2-7b-chat.{NS}.example.com" in out
+    assert "--model_name=llama2" in out and "CPUFallback" in out
+
+    # an InferenceService may not take its name: the gateway serves both by name
+    assert cp.apply(seed(1)) == 1
+    err = capsys.readouterr().err
+    assert "metadata.name: LLMInferenceService kserve-test/llama2-7b-chat exists" in err
+    assert cli.delete(cp.args("llmisvc", "llama2-7b-chat", "-n", NS)) == 0
+    cp.wait(lambda: not cp.replicas("llama2-7b-chat", NS), 20, "the predictor to stop")
+
+
+LLM = """\
+apiVersion: serving.kserve.io/v1alpha2
+kind: LLMInferenceService
+metadata: {{name: chat, namespace: demo}}
+spec:
+  model: {{uri: "pvc://models/chat", name: chat-model}}
+{extra}"""
+
+
+def dry_run(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    path = tmp_path / "llm.yaml"
+    path.write_text(text)
+    code = cli.apply(["-f", str(path), "--dry-run", "--state-dir", str(tmp_path / "state")])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    ("extra", "field", "words"),
+    [
+        ("  replicaz: 2\n", "spec.replicaz", 'unknown field "replicaz"'),
+        ("  parallelism: {tensor: 0}\n", "spec.parallelism.tensor", "minimum"),
+        ("  template:\n    containers: [{name: main, args: [--max_lenght=64]}]\n",
+         "spec.template.containers[0].args[0]", "did you mean --max_length"),
+        ("  template:\n    containers: [{name: main, resources: {requests: {cpu: '4'}, limits: {cpu: '2'}}}]\n",
+         "spec.template.containers[0].resources.requests", "must be less than or equal to cpu limit"),
+    ],
+)  # fmt: skip
+def test_a_bad_llm_inference_service_gets_an_error_naming_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: str, field: str, words: str
+) -> None:
+    code, _, err = dry_run(tmp_path, LLM.format(extra=extra), capsys)
+    assert code == 1 and f"{field}: " in err and words in err, err
+
+
+def test_a_model_uri_without_a_known_scheme_is_refused() -> None:
+    (doc,) = load_text(LLM.format(extra="").replace("pvc://models/chat", "ftp://models/chat"))
+    with pytest.raises(ManifestError) as exc:
+        parse_one(doc)
+    assert exc.value.problems[0].path == "spec.model.uri" and "must start with one of" in exc.value.problems[0].message
+
+
+def test_router_scheduler_and_prefill_are_accepted_with_a_warning_that_they_need_a_cluster(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra = """\
+  replicas: 2
+  parallelism: {tensor: 2, data: 4}
+  router:
+    route: {}
+    gateway: {}
+    scheduler: {}
+  prefill:
+    replicas: 1
+  template:
+    containers:
+      - name: main
+        image: ghcr.io/llm-d/llm-d-cuda:v0.9.0
+        args: [--max-model-len=4096]
+        env: [{name: VLLM_LOGGING_LEVEL, value: INFO}]
+"""
+    code, out, err = dry_run(tmp_path, LLM.format(extra=extra), capsys)
+    assert code == 0, err
+    for field in ("spec.router.scheduler", "spec.router.route", "spec.router.gateway", "spec.prefill"):
+        line = next(x for x in err.splitlines() if f"llminferenceservice/chat: {field}:" in x)
+        assert "needs a cluster" in line, line
+    assert "spec.parallelism.data: accepted; only tensor parallelism maps to one machine" in err
+    assert "spec.template.containers[0].image: recorded, not pulled" in err
+    assert re.search(r"runtime: +ClusterServingRuntime/[a-z]+-huggingfaceserver\n", out), out
+    assert "--model_name=chat-model" in out and "--max-model-len=4096" in out and "--tensor_parallel_size=2" in out
+    assert "storage:     pvc://models/chat -> /mnt/models" in out and "replicas:    2;" in out
