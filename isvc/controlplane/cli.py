@@ -340,7 +340,11 @@ def get(argv: list[str]) -> int:
 
 
 def describe(argv: list[str]) -> int:
-    p = common_args(argparse.ArgumentParser(prog="isvc describe", description="show one InferenceService or LLMInferenceService in detail"))
+    p = common_args(
+        argparse.ArgumentParser(
+            prog="isvc describe", description="show one InferenceService or LLMInferenceService in detail"
+        )
+    )
     p.add_argument("type")
     p.add_argument("name", nargs="?")
     p.add_argument("-n", "--namespace", default="default")
