@@ -11,13 +11,14 @@ import httpx
 import pytest
 import yaml
 from cp_helpers import ControlPlane
-from test_seed_manifests import NS, seed, stock_pvc
+from test_seed_manifests import NS, SEED, seed, stock_pvc
 
 from isvc.controlplane import cli
 from isvc.errors import ConfigError
 from isvc.manifest import ManifestError, load_text, parse_one, schema
 from isvc.manifest.llmisvc import to_llm_inference_service
 
+needs_seed = pytest.mark.skipif(not SEED.exists(), reason="seed notes not present")
 SEED_COMPLETION = {"model": "llama2", "prompt": "你好! 我们用中文打个招呼", "stream": False, "max_tokens": 30}
 
 
@@ -26,6 +27,7 @@ def llm(index: int) -> dict:  # type: ignore[type-arg]
     return doc
 
 
+@needs_seed
 def test_the_seeds_llm_manifests_convert_to_schema_valid_llm_inference_services() -> None:
     doc, warnings = to_llm_inference_service(yaml.safe_load(seed(1)))
     assert schema.validate("LLMInferenceService", "v1alpha2", doc) == []
@@ -52,6 +54,7 @@ def test_the_seeds_llm_manifests_convert_to_schema_valid_llm_inference_services(
         to_llm_inference_service(yaml.safe_load(seed(2)))  # a custom vLLM container
 
 
+@needs_seed
 def test_seed_1_as_an_llm_inference_service_serves_the_seed_curl(
     start_control_plane, pvc_root: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:  # type: ignore[no-untyped-def]
