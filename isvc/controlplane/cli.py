@@ -240,13 +240,13 @@ def export(argv: list[str]) -> int:
     if not args.filename and not args.runtime:
         p.error("give -f FILE (manifests to export) and/or --runtime")
     try:
-        to_llm = exp.llm_converter() if args.to == "llmisvc" else None
         result = (
             exp.export(
                 load_paths(args.filename),
                 runtime_name=args.runtime_name or None,
                 namespace=args.namespace,
-                to_llm=to_llm,
+                to_llm=args.to == "llmisvc",
+                check=_serve_args_problems,
             )
             if args.filename
             else exp.Exported()
@@ -272,6 +272,19 @@ def export(argv: list[str]) -> int:
         print(f"Warning: {w}", file=sys.stderr)
     sys.stdout.write("---\n".join(parts))
     return 0
+
+
+def _serve_args_problems(resources: list[Resource]) -> list[Problem]:
+    """Args ``isvc serve`` would refuse at start, as ``isvc apply`` refuses them (the cluster runs it too)."""
+    runtimes = [r.obj for r in resources if isinstance(r.obj, ServingRuntime)]
+    problems = []
+    for res in resources:
+        try:
+            _check_args(res, runtimes)
+        except InvalidServeArgs as exc:
+            field = exc.param or ""
+            problems.append(Problem(res.source, res.index, field, exc.message.removeprefix(f"{field}: ")))
+    return problems
 
 
 # ---- get / describe / logs -------------------------------------------------------------

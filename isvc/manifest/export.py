@@ -20,7 +20,6 @@ Every document out is validated against the vendored CRD schemas (``schema.py``)
 from __future__ import annotations
 
 import copy
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,9 +28,10 @@ from isvc.errors import ConfigError
 from isvc.manifest import schema
 from isvc.manifest.deploy import RUNTIME_NAME
 from isvc.manifest.errors import ManifestError, Problem
+from isvc.manifest.llmisvc import to_llm_inference_service
 from isvc.manifest.loader import Document
 from isvc.manifest.models import FRAMEWORKS
-from isvc.manifest.parse import parse_documents
+from isvc.manifest.parse import Resource, parse_documents
 
 LOCAL_ANNOTATION_PREFIX = "isvc.dev/"
 MOUNT_PATH = "/mnt/models"
@@ -46,7 +46,8 @@ _ASK_FOR_STORAGE = (
 )
 TARGETS = ("inferenceservice", "llmisvc")
 
-LlmConverter = Callable[[dict[str, Any]], tuple[dict[str, Any], list[str]]]
+Check = Callable[[list[Resource]], list[Problem]]
+"""More checks on the parsed documents (the CLI passes the plan's: args ``isvc serve`` would refuse)."""
 
 
 @dataclass(slots=True)
@@ -57,41 +58,32 @@ class Exported:
     warnings: list[str] = field(default_factory=list)
 
 
-def llm_converter() -> LlmConverter:
-    """``isvc.manifest.llmisvc.to_llm_inference_service``, imported when ``--to llmisvc`` asks for it."""
-    try:
-        module = importlib.import_module("isvc.manifest.llmisvc")
-        convert: LlmConverter = module.to_llm_inference_service
-        return convert
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(
-            "--to llmisvc: this isvc has no InferenceService -> LLMInferenceService conversion yet "
-            f"(isvc.manifest.llmisvc.to_llm_inference_service: {exc}); use --to inferenceservice",
-            param="--to",
-        ) from exc
-
-
 def export(
     docs: list[Document],
     *,
     runtime_name: str | None = RUNTIME_NAME,
     namespace: str | None = None,
-    to_llm: LlmConverter | None = None,
+    to_llm: bool = False,
+    check: Check | None = None,
 ) -> Exported:
-    """Turn local documents into cluster documents; raise ManifestError with every problem found."""
+    """Turn local documents into cluster documents; raise ManifestError with every problem found.
+
+    ``to_llm``: LLM InferenceServices out as LLMInferenceServices (``--to llmisvc``).
+    """
     docs = [Document(d.source, d.index, copy.deepcopy(d.body)) for d in docs]
     problems = [p for d in docs for p in _set_namespace(d, namespace)]
     if problems:
         raise ManifestError(problems)
     removed = [_strip_local_metadata(d.body) for d in docs]
-    # the checks `isvc apply` makes (schema, webhook rules), on copies: parsing fills in defaults
-    parse_documents([Document(d.source, d.index, copy.deepcopy(d.body)) for d in docs])
+    # the checks `isvc apply` makes (schema, webhook rules, then `check`), on copies: parsing fills in defaults
+    resources = parse_documents([Document(d.source, d.index, copy.deepcopy(d.body)) for d in docs])
+    problems = check(resources) if check is not None else []
     out = Exported()
     for doc, notes in zip(docs, removed):
         body, kind = doc.body, doc.body["kind"]
         who = f"{kind.lower()}/{body['metadata']['name']}"
         if kind == "InferenceService":
-            converted = _to_llm(to_llm, body, notes) if to_llm is not None else None
+            converted = _to_llm(body, notes) if to_llm else None
             # an LLMInferenceService names no runtime; the checks still run on the InferenceService
             problems += _inference_service(doc, None if converted else runtime_name, notes)
             body = converted or body
@@ -111,11 +103,11 @@ def export(
     return out
 
 
-def _to_llm(convert: LlmConverter, body: dict[str, Any], notes: list[str]) -> dict[str, Any] | None:
+def _to_llm(body: dict[str, Any], notes: list[str]) -> dict[str, Any] | None:
     """The LLMInferenceService of an InferenceService, or None (with the reason in ``notes``) for one that
     does not convert (a custom container, another format): that one is exported as an InferenceService."""
     try:
-        converted, more = convert(copy.deepcopy(body))
+        converted, more = to_llm_inference_service(copy.deepcopy(body))
     except ConfigError as exc:
         notes.append(f"kept as an InferenceService: {exc.message}")
         return None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +163,22 @@ def test_a_model_on_this_machine_is_refused_asking_for_a_storage_uri(
     assert "a path on this machine" in err and "storageUri" in err and "pvc://CLAIM/PATH" in err
 
 
+@pytest.mark.parametrize("to", ["inferenceservice", "llmisvc"])
+@pytest.mark.parametrize(
+    ("arg", "words"),
+    [("--max_lenght=64", "unknown flag --max_lenght; did you mean --max_length?"),
+     ("--tensor_parallel_size=two", "argument --tensor_parallel_size: invalid int value: 'two'")],
+)  # fmt: skip
+def test_args_isvc_serve_refuses_are_refused_as_apply_refuses_them(
+    arg: str, words: str, to: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The exported service runs `isvc serve` on the cluster too: a flag it refuses would crash-loop there."""
+    code, docs, err = export(tmp_path, capsys, ISVC.replace('"--model_name=smol"', f'"--model_name=smol", "{arg}"'),
+                             flags=("--to", to))  # fmt: skip
+    assert code == 1 and docs == []
+    assert f"m0.yaml[doc 0]: spec.predictor.model.args[2]: {words}" in err, err
+
+
 def test_remote_storage_and_a_model_dir_under_the_mount_are_kept(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -261,21 +276,10 @@ def test_an_explicit_kserve_runtime_is_kept_with_a_note(tmp_path: Path, capsys: 
     assert "kserve-huggingfaceserver kept: on a cluster that is KServe's own server" in err
 
 
-def test_to_llmisvc_without_the_converter_is_a_clear_error(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setitem(sys.modules, "isvc.manifest.llmisvc", None)  # as if the module were not there
-    code, docs, err = export(tmp_path, capsys, ISVC, flags=("--to", "llmisvc"))
-    assert code == 1 and docs == []
-    assert "error: --to llmisvc: this isvc has no InferenceService -> LLMInferenceService conversion" in err
-    assert "use --to inferenceservice" in err
-
-
 @pytest.mark.skipif(not SEED.exists(), reason="seed notes not present")
 def test_to_llmisvc_converts_the_llm_services_and_keeps_a_custom_container(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    pytest.importorskip("isvc.manifest.llmisvc")
     code, docs, err = export(tmp_path, capsys, seed(1), seed(2), flags=("--to", "llmisvc"))
     assert code == 0, err
     assert [d["kind"] for d in docs] == ["LLMInferenceService", "InferenceService"]
