@@ -3,7 +3,8 @@
 Locally an LLMInferenceService runs as the InferenceService it amounts to (``to_inference_service``):
 ``spec.model.uri`` is the ``storageUri``, ``spec.model.name`` the served model name, ``replicas`` the
 replica count, the ``main`` template container's ``args``/``env``/``resources`` go to isvc's
-huggingface runtime (``isvc serve``), and ``parallelism.tensor`` becomes ``--tensor_parallel_size``.
+huggingface runtime (``isvc serve``; the flags in its ``VLLM_ADDITIONAL_ARGS`` env var too, as KServe's
+template passes them to ``vllm serve``), and ``parallelism.tensor`` becomes ``--tensor_parallel_size``.
 Its fields that need a cluster (router, scheduler, prefill/decode, workers) are accepted with a
 warning (``warnings``). ``to_llm_inference_service`` goes the other way, for ``isvc export --to llmisvc``.
 
@@ -28,6 +29,8 @@ ISVC_API_VERSION = "serving.kserve.io/v1beta1"
 MAIN = "main"
 """KServe's name for the model server container of an LLMInferenceService's pod template."""
 MOUNT_PATH = "/mnt/models"
+ADDITIONAL_ARGS_ENV = "VLLM_ADDITIONAL_ARGS"
+"""The ``main`` container's env var whose flags KServe's template adds to ``vllm serve`` (before the args)."""
 
 _CLUSTER = "needs a cluster (Kubernetes with KServe and llm-d)"
 _SPEC_WHY = {
@@ -86,6 +89,14 @@ def main_container(llm: LLMInferenceService) -> tuple[int, Container] | None:
     return (0, containers[0]) if containers else None
 
 
+def additional_args(value: str | None) -> list[str] | None:
+    """The flags of a ``VLLM_ADDITIONAL_ARGS`` value, split as bash splits them; None if it does not split."""
+    try:
+        return shlex.split(value or "")
+    except ValueError:  # an unclosed quote: webhook.check_llm_inference_service reports it
+        return None
+
+
 def served_name(llm: LLMInferenceService) -> str:
     return llm.spec.model.name or llm.metadata.name
 
@@ -101,6 +112,11 @@ def to_inference_service(llm: LLMInferenceService) -> Derived:
         index, main = found
         cpath = f"spec.template.containers[{index}]"
         fields["spec.predictor.model"] = cpath
+        for i, env in enumerate(main.env):  # KServe's template puts these before the container's args
+            if env.name == ADDITIONAL_ARGS_ENV:
+                for arg in additional_args(env.value) or []:
+                    fields[f"spec.predictor.model.args[{len(args)}]"] = f"{cpath}.env[{i}].value"
+                    args.append(arg)
         for i, arg in enumerate(main.args):
             fields[f"spec.predictor.model.args[{len(args)}]"] = f"{cpath}.args[{i}]"
             args.append(arg)
@@ -163,6 +179,10 @@ def warnings(body: dict[str, Any], llm: LLMInferenceService) -> list[str]:
         if found is None or i != found[0]:
             out.append(f"{path} ({c.get('name')}): accepted but not run (isvc runs the {MAIN} container only)")
             continue
+        for j, env in enumerate(c.get("env") or []):
+            if isinstance(env, dict) and env.get("name") == ADDITIONAL_ARGS_ENV and "valueFrom" in env:
+                why = "is not read from a ConfigMap or Secret here; write its flags as the value or in args"
+                out.append(f"{path}.env[{j}].valueFrom: {ADDITIONAL_ARGS_ENV} {why}")
         for key in c:
             if key not in _MAIN_HONOURED:
                 out.append(f"{path}.{key}: {_MAIN_WHY.get(key, 'accepted but not honoured (not supported by isvc)')}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from isvc.manifest import llmisvc
 from isvc.manifest.images import entrypoint
 from isvc.manifest.models import FRAMEWORKS, Container, InferenceService, LLMInferenceService, ServingRuntime
 from isvc.manifest.quantity import parse_quantity
@@ -227,6 +228,10 @@ def check_llm_inference_service(llm: LLMInferenceService) -> list[tuple[str, str
     containers = llm.spec.template.containers if llm.spec.template else []
     for i, c in enumerate(containers):
         problems += _check_container(c, f"spec.template.containers[{i}]")
+        for j, e in enumerate(c.env):
+            if e.name == llmisvc.ADDITIONAL_ARGS_ENV and llmisvc.additional_args(e.value) is None:
+                message = f'Invalid value: "{e.value}": {e.name} does not split into flags (an unclosed quote?)'
+                problems.append((f"spec.template.containers[{i}].env[{j}].value", message))
     return problems
 
 

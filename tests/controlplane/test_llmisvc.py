@@ -162,3 +162,33 @@ def test_router_scheduler_and_prefill_are_accepted_with_a_warning_that_they_need
     assert re.search(r"runtime: +ClusterServingRuntime/[a-z]+-huggingfaceserver\n", out), out
     assert "--model_name=chat-model" in out and "--max-model-len=4096" in out and "--tensor_parallel_size=2" in out
     assert "storage:     pvc://models/chat -> /mnt/models" in out and "replicas:    2;" in out
+
+
+ADDITIONAL = """\
+  template:
+    containers:
+      - name: main
+        env:
+          - {{name: VLLM_LOGGING_LEVEL, value: INFO}}
+          - name: VLLM_ADDITIONAL_ARGS
+            value: {value}
+        args: [--dtype=float32]
+"""
+
+
+def test_the_flags_in_vllm_additional_args_are_passed_as_kserves_template_passes_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """KServe's own samples set vLLM's flags in this env var; here they reach `isvc serve`, before the args."""
+    value = "--enable-auto-tool-choice --tool-call-parser=hermes --max-model-len 2048"
+    code, out, err = dry_run(tmp_path, LLM.format(extra=ADDITIONAL.format(value=f"'{value}'")), capsys)
+    assert code == 0, err
+    assert f"--model_name=chat-model {value} --dtype=float32 --http_port=" in out, out
+
+    bad = "--enable-auto-tool-choice --tool-call-parser=qwen3_coder"
+    code, _, err = dry_run(tmp_path, LLM.format(extra=ADDITIONAL.format(value=f"'{bad}'")), capsys)
+    assert code == 1 and "spec.template.containers[0].env[1].value: argument --tool_call_parser: invalid choice" in err
+
+    code, _, err = dry_run(tmp_path, LLM.format(extra=ADDITIONAL.format(value='"--max-model-len \'2048"')), capsys)
+    assert code == 1 and "spec.template.containers[0].env[1].value: Invalid value:" in err, err
+    assert "does not split into flags" in err
