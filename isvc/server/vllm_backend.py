@@ -3,23 +3,48 @@
 vLLM is an optional extra, never imported by isvc's CPU path. The KServe flags map to
 vLLM's: tensor parallel size (default: the visible GPUs), quantization, GPU memory
 utilization, max model length, trust-remote-code, served model name and port.
+
+vLLM runs in this interpreter, or in the one env ``ISVC_VLLM_PYTHON`` names: a venv of its own,
+since vLLM pins torch, transformers and fastapi apart from isvc (the GPU image,
+deploy/image/Containerfile.gpu, keeps it in /opt/vllm).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
+VLLM_PYTHON_ENV = "ISVC_VLLM_PYTHON"
+
+
+def vllm_python() -> str:
+    """The interpreter that runs vLLM's server: env ``ISVC_VLLM_PYTHON``, else this one."""
+    return os.environ.get(VLLM_PYTHON_ENV) or sys.executable
+
+
+def vllm_installed() -> bool:
+    """Whether ``vllm_python()`` can import vllm (asked without importing it)."""
+    python = os.environ.get(VLLM_PYTHON_ENV)
+    if not python:
+        return importlib.util.find_spec("vllm") is not None
+    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"
+    try:
+        return subprocess.run([python, "-c", probe], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
 
 def vllm_argv(args: argparse.Namespace, model_dir: Path) -> list[str]:
     argv = [
-        sys.executable,
+        vllm_python(),
         "-m",
         "vllm.entrypoints.openai.api_server",
         "--model",
