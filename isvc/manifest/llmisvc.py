@@ -284,21 +284,30 @@ def to_llm_inference_service(doc: dict[str, Any]) -> tuple[dict[str, Any], list[
         )
     served = values.get("model_name") or values.get("served_model_name") or meta.get("name")
     llm_model: dict[str, Any] = {"uri": uri, "name": served}
+    gpus = str(((model.get("resources") or {}).get("limits") or {}).get("nvidia.com/gpu", ""))
+    if tensor is None and gpus.isdigit() and int(gpus) > 1:
+        tensor = int(gpus)  # KServe's huggingfaceserver shards over the pod's GPUs; vLLM needs it said
+    if tensor:
+        # also as vLLM's flag: KServe's single-node template passes parallelism.tensor to `vllm serve` only
+        # from 0.20 (kserve#5782); the args come after its flags, so the two agree where both are given
+        args.append(f"--tensor-parallel-size={tensor}")
     container: dict[str, Any] = {"name": MAIN}
     if args:
         container["args"] = args
     for key in ("env", "resources"):
         if model.get(key):
             container[key] = model[key]
-    gpus = str(((model.get("resources") or {}).get("limits") or {}).get("nvidia.com/gpu", ""))
-    if tensor is None and gpus.isdigit() and int(gpus) > 1:
-        tensor = int(gpus)  # KServe's huggingfaceserver shards over the pod's GPUs; vLLM needs it said
     spec: dict[str, Any] = {"model": llm_model}
     if pred.get("minReplicas") is not None:
         spec["replicas"] = pred["minReplicas"]
     if tensor:
         spec["parallelism"] = {"tensor": tensor}
     spec["template"] = {"containers": [container]}
+    warn.append(
+        "spec.router: not set, so KServe makes no route: the service is reached inside the cluster (Service "
+        f"{meta.get('name')}-kserve-workload-svc, port 8000); add `router: {{route: {{}}, gateway: {{}}}}` to "
+        "route to it through KServe's Gateway"
+    )
     out_meta = {k: meta[k] for k in ("name", "namespace", "labels") if meta.get(k)}
     annotations = {
         k: v
