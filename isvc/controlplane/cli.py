@@ -239,6 +239,8 @@ def export(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if not args.filename and not args.runtime:
         p.error("give -f FILE (manifests to export) and/or --runtime")
+    if args.image and not args.runtime:
+        p.error("--image sets the image of the ClusterServingRuntime: give it with --runtime")
     try:
         result = (
             exp.export(

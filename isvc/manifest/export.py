@@ -196,7 +196,10 @@ def _pin(model: dict[str, Any], path: str, runtime_name: str | None, notes: list
     at = next(i for i, (k, _) in enumerate(items) if k == "modelFormat") + 1
     model.clear()
     model.update([*items[:at], ("runtime", runtime_name), *items[at:]])  # beside modelFormat, where one reads it
-    notes.append(f"{path}.runtime set to {runtime_name} (install it with `kubectl apply -k deploy/kserve`)")
+    install = (
+        "install it with `kubectl apply -k deploy/kserve`" if runtime_name == RUNTIME_NAME else "it must exist there"
+    )
+    notes.append(f"{path}.runtime set to {runtime_name} ({install})")
     limits = (model.get("resources") or {}).get("limits") or {}
     if "nvidia.com/gpu" in limits:
         notes.append(f"{path}.resources asks for a GPU: give {runtime_name} the GPU build of isvc's image")

@@ -105,6 +105,12 @@ def test_export_runtime_prints_the_deploy_file_and_it_is_schema_valid(
         assert_valid(d)
 
 
+def test_image_without_runtime_is_an_error_not_ignored(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        export(tmp_path, capsys, ISVC, flags=("--image", "ghcr.io/me/isvc:0.1.0"))
+    assert exc.value.code == 2 and "--image sets the image of the ClusterServingRuntime" in capsys.readouterr().err
+
+
 def test_the_runtime_file_is_read_through_the_package_and_is_the_deploy_file() -> None:
     assert cluster_runtime_text() == DEPLOY_FILE.read_text()
     assert cluster_runtime() == yaml.safe_load(DEPLOY_FILE.read_text())
@@ -250,6 +256,10 @@ def test_which_predictors_are_pinned_to_isvcs_runtime(tmp_path: Path, capsys: py
     assert list(model(ISVC))[:2] == ["modelFormat", "runtime"]  # written beside the format
     assert "runtime" not in model(ISVC, "--runtime-name", "")  # the cluster's auto-selection picks
     assert model(ISVC, "--runtime-name", "my-hf")["runtime"] == "my-hf"
+    assert (
+        "runtime set to my-hf (it must exist there)"
+        in export(tmp_path, capsys, ISVC, flags=("--runtime-name", "my-hf"))[2]
+    )
     explicit = ISVC.replace(
         "modelFormat: {name: huggingface}", "modelFormat: {name: huggingface}\n      runtime: kserve-huggingfaceserver"
     )
