@@ -81,12 +81,13 @@ class Derived:
 
 
 def main_container(llm: LLMInferenceService) -> tuple[int, Container] | None:
-    """The template's model server container: the one named ``main``, else the first."""
+    """The template's model server container: the one named ``main``.
+
+    KServe merges the template into its own by container name, so only ``main`` changes the model server;
+    other containers are sidecars, even the first.
+    """
     containers = llm.spec.template.containers if llm.spec.template else []
-    for i, c in enumerate(containers):
-        if c.name == MAIN:
-            return i, c
-    return (0, containers[0]) if containers else None
+    return next(((i, c) for i, c in enumerate(containers) if c.name == MAIN), None)
 
 
 def additional_args(value: str | None) -> list[str] | None:

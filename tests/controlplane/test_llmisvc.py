@@ -194,3 +194,12 @@ def test_the_flags_in_vllm_additional_args_are_passed_as_kserves_template_passes
     code, _, err = dry_run(tmp_path, LLM.format(extra=ADDITIONAL.format(value='"--max-model-len \'2048"')), capsys)
     assert code == 1 and "spec.template.containers[0].env[1].value: Invalid value:" in err, err
     assert "does not split into flags" in err
+
+
+def test_only_the_container_named_main_is_the_model_server(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """KServe merges the template into its own by name: a lone container of another name is a sidecar."""
+    extra = "  template:\n    containers: [{name: proxy, image: envoy, args: [--config=/etc/envoy.yaml]}]\n"
+    code, out, err = dry_run(tmp_path, LLM.format(extra=extra), capsys)
+    assert code == 0, err
+    assert "spec.template.containers[0] (proxy): accepted but not run" in err
+    assert "--config" not in out and "--model_name=chat-model" in out
