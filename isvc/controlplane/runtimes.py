@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from isvc.errors import ConfigError
-from isvc.manifest.deploy import RUNTIME_NAME, cluster_runtime
+from isvc.manifest.deploy import KSERVE_HUGGINGFACE, MOUNT_PATH, RUNTIME_NAME, cluster_runtime
 from isvc.manifest.images import entrypoint
 from isvc.manifest.loader import Document, load_text
 from isvc.manifest.models import ModelSpec, ServingRuntime
@@ -24,11 +24,6 @@ from isvc.manifest.parse import parse_documents
 
 BUILTIN = "isvc.dev/builtin"
 """Annotation on the built-in runtimes (``get`` shows them with the SOURCE ``built-in``)."""
-
-KSERVE_HUGGINGFACE = "kserve-huggingfaceserver"
-"""KServe's own huggingface runtime; here a second built-in that also runs ``isvc serve``."""
-
-MOUNT_PATH = "/mnt/models"
 
 # kserve-vllmserver has no cluster file of isvc's (on a cluster it is KServe's own vLLM runtime).
 # `python` as a command means the running interpreter; see launcher.resolve_command.

@@ -26,7 +26,7 @@ from typing import Any
 
 from isvc.errors import ConfigError
 from isvc.manifest import schema
-from isvc.manifest.deploy import RUNTIME_NAME
+from isvc.manifest.deploy import KSERVE_HUGGINGFACE, MOUNT_PATH, RUNTIME_NAME
 from isvc.manifest.errors import ManifestError, Problem
 from isvc.manifest.llmisvc import to_llm_inference_service
 from isvc.manifest.loader import Document
@@ -34,8 +34,6 @@ from isvc.manifest.models import FRAMEWORKS
 from isvc.manifest.parse import Resource, parse_documents
 
 LOCAL_ANNOTATION_PREFIX = "isvc.dev/"
-MOUNT_PATH = "/mnt/models"
-KSERVE_HUGGINGFACE = "kserve-huggingfaceserver"
 _SERVER_SET_METADATA = (
     "generation", "creationTimestamp", "resourceVersion", "uid", "managedFields", "selfLink", "deletionTimestamp",
 )  # fmt: skip

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from isvc.errors import ConfigError
+from isvc.manifest.deploy import MOUNT_PATH
 from isvc.manifest.models import Container, InferenceService, LLMInferenceService
 from isvc.runtime_args import normalize
 
@@ -28,7 +29,6 @@ API_VERSION = "serving.kserve.io/v1alpha2"
 ISVC_API_VERSION = "serving.kserve.io/v1beta1"
 MAIN = "main"
 """KServe's name for the model server container of an LLMInferenceService's pod template."""
-MOUNT_PATH = "/mnt/models"
 ADDITIONAL_ARGS_ENV = "VLLM_ADDITIONAL_ARGS"
 """The ``main`` container's env var whose flags KServe's template adds to ``vllm serve`` (before the args)."""
 

@@ -18,6 +18,12 @@ import yaml
 RUNTIME_NAME = "isvc-huggingfaceserver"
 """The ClusterServingRuntime's name; ``isvc export`` pins it as ``spec.predictor.model.runtime``."""
 
+KSERVE_HUGGINGFACE = "kserve-huggingfaceserver"
+"""KServe's own huggingface ClusterServingRuntime (priority 1), which isvc's outranks."""
+
+MOUNT_PATH = "/mnt/models"
+"""Where KServe mounts a predictor's storage; ``isvc serve``'s default ``--model_dir``."""
+
 IMAGE_PLACEHOLDER = "isvc"
 """The image the file names; kustomization.yaml's ``images:`` replaces it with the user's registry and tag."""
 
