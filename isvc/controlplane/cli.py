@@ -67,20 +67,9 @@ def _kind(word: str) -> str:
 # ---- apply / delete -------------------------------------------------------------------
 def _load(files: list[str], namespace: str | None, store: Store) -> list[Resource]:
     docs = load_paths(files)
-    for d in docs:
-        meta = d.body.setdefault("metadata", {}) if isinstance(d.body.get("metadata", {}), dict) else None
-        if meta is not None and namespace and d.body.get("kind") != "ClusterServingRuntime":
-            placeholder = "${" in str(meta.get("namespace", ""))  # the seed's `namespace: "${YOUR-NS}"`
-            if meta.get("namespace") not in (None, namespace) and not placeholder:
-                raise ManifestError(
-                    [
-                        d.problem(
-                            "metadata.namespace",
-                            f"the namespace from the file ({meta['namespace']}) does not match -n {namespace}",
-                        )
-                    ]
-                )
-            meta["namespace"] = namespace
+    problems = [p for d in docs for p in d.set_namespace(namespace)]
+    if problems:
+        raise ManifestError(problems)
     return parse_documents(docs, store.runtimes().items)
 
 

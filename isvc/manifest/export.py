@@ -69,7 +69,7 @@ def export(
     ``to_llm``: LLM InferenceServices out as LLMInferenceServices (``--to llmisvc``).
     """
     docs = [Document(d.source, d.index, copy.deepcopy(d.body)) for d in docs]
-    problems = [p for d in docs for p in _set_namespace(d, namespace)]
+    problems = [p for d in docs for p in d.set_namespace(namespace)]
     if problems:
         raise ManifestError(problems)
     removed = [_strip_local_metadata(d.body) for d in docs]
@@ -111,26 +111,6 @@ def _to_llm(body: dict[str, Any], notes: list[str]) -> dict[str, Any] | None:
         return None
     notes += more
     return converted
-
-
-def _set_namespace(doc: Document, namespace: str | None) -> list[Problem]:
-    """``-n`` as ``isvc apply`` reads it: fills a missing namespace or a ``${...}`` placeholder."""
-    meta = doc.body.get("metadata")
-    if not isinstance(meta, dict):
-        return []
-    if doc.body.get("kind") == "ClusterServingRuntime":
-        meta.pop("namespace", None)  # cluster-scoped
-        return []
-    if namespace:
-        current = meta.get("namespace")
-        if current not in (None, namespace) and "${" not in str(current):
-            return [
-                doc.problem(
-                    "metadata.namespace", f"the namespace from the file ({current}) does not match -n {namespace}"
-                )
-            ]
-        meta["namespace"] = namespace
-    return []
 
 
 def _strip_local_metadata(body: dict[str, Any]) -> list[str]:

@@ -27,6 +27,24 @@ class Document:
     def problem(self, path: str, message: str) -> Problem:
         return Problem(self.source, self.index, path, message)
 
+    def set_namespace(self, namespace: str | None) -> list[Problem]:
+        """``-n NAMESPACE`` as kubectl reads it: fills a missing namespace or a ``${...}`` placeholder (the
+        seed's ``namespace: "${YOUR-NS}"``); another namespace in the file is a problem. A
+        ClusterServingRuntime is cluster-scoped: its namespace is dropped."""
+        meta = self.body.get("metadata")
+        if not isinstance(meta, dict):
+            return []
+        if self.body.get("kind") == "ClusterServingRuntime":
+            meta.pop("namespace", None)
+            return []
+        if namespace:
+            current = meta.get("namespace")
+            if current not in (None, namespace) and "${" not in str(current):
+                message = f"the namespace from the file ({current}) does not match -n {namespace}"
+                return [self.problem("metadata.namespace", message)]
+            meta["namespace"] = namespace
+        return []
+
 
 def load_text(text: str, source: str = "<string>") -> list[Document]:
     """Parse a multi-document YAML string; empty documents are skipped (kubectl does too)."""
