@@ -88,6 +88,7 @@ def apply(argv: list[str]) -> int:
             if (rt.kind, rt.metadata.namespace, rt.metadata.name) not in {r.key for r in resources}
         ]
         runtimes += [r.obj for r in resources if isinstance(r.obj, ServingRuntime)]
+        _check_names_free(store, resources)
         for res in resources:
             for w in res.warnings:
                 print(f"Warning: {res.kind.lower()}/{res.name}: {w}", file=sys.stderr)
@@ -95,7 +96,6 @@ def apply(argv: list[str]) -> int:
                 _print_dry_run(res, runtimes)
                 continue
             _check_args(res, runtimes)
-            _check_name_free(store, res)
             verb = store.upsert_resource(res.kind, res.namespace, res.name, res.body, res.warnings)
             print(f"{_PLURAL[res.kind]}.{_GROUP}/{res.name} {verb}")
     except IsvcError as exc:
@@ -128,18 +128,29 @@ def _plan_of(res: Resource, runtimes: list[ServingRuntime]) -> LaunchPlan | None
         raise type(exc)(res.derived.rename(exc.message), param=res.derived.rename(exc.param or "")) from exc
 
 
-def _check_name_free(store: Store, res: Resource) -> None:
-    """An InferenceService and an LLMInferenceService may not share a name: the gateway serves both by name."""
-    if res.kind not in SERVICE_KINDS:
-        return
-    for other in SERVICE_KINDS:
-        if other != res.kind and store.resource(other, res.namespace, res.name) is not None:
-            message = (
-                f"{other} {res.namespace}/{res.name} exists: locally both would be served as "
-                f"{res.name}.{res.namespace}.{store.domain()}; delete it first (isvc delete {_PLURAL[other]} "
-                f"{res.name} -n {res.namespace}) or choose another name"
-            )
-            raise ManifestError([Problem(res.source, res.index, "metadata.name", message)])
+def _check_names_free(store: Store, resources: list[Resource]) -> None:
+    """An InferenceService and an LLMInferenceService may not share a name (the gateway serves both by name):
+    neither one already applied nor two in the same files. Checked before anything is applied, and in a dry run."""
+    applying = {r.key for r in resources}
+    problems = []
+    for res in resources:
+        if res.kind not in SERVICE_KINDS:
+            continue
+        for other in SERVICE_KINDS:
+            if other == res.kind:
+                continue
+            if (other, res.namespace, res.name) in applying:
+                where, fix = "is in the same files", "rename one"
+            elif store.resource(other, res.namespace, res.name) is not None:
+                where, fix = "exists", f"delete it first (isvc delete {_PLURAL[other]} {res.name} -n {res.namespace})"
+                fix += " or choose another name"
+            else:
+                continue
+            host = f"{res.name}.{res.namespace}.{store.domain()}"
+            message = f"{other} {res.namespace}/{res.name} {where}, and locally both would be served as {host}: {fix}"
+            problems.append(Problem(res.source, res.index, "metadata.name", message))
+    if problems:
+        raise ManifestError(problems)
 
 
 def _print_dry_run(res: Resource, runtimes: list[ServingRuntime]) -> None:

@@ -203,3 +203,34 @@ def test_only_the_container_named_main_is_the_model_server(tmp_path: Path, capsy
     assert code == 0, err
     assert "spec.template.containers[0] (proxy): accepted but not run" in err
     assert "--config" not in out and "--model_name=chat-model" in out
+
+
+ISVC_CHAT = """\
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata: {name: chat, namespace: demo}
+spec:
+  predictor:
+    model: {modelFormat: {name: huggingface}, storageUri: "pvc://models/chat"}
+"""
+
+
+def test_the_two_kinds_may_not_share_a_name_in_one_apply_nor_in_a_dry_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Checked before anything is applied: nothing half-applied, and --dry-run says what apply would."""
+    (tmp_path / "both.yaml").write_text(ISVC_CHAT + "---\n" + LLM.format(extra=""))
+    state = ["--state-dir", str(tmp_path / "state")]
+    for extra in (["--dry-run"], []):
+        assert cli.apply(["-f", str(tmp_path / "both.yaml"), *extra, *state]) == 1
+        err = capsys.readouterr().err
+        assert "both.yaml[doc 1]: metadata.name: InferenceService demo/chat is in the same files" in err, err
+        assert "both.yaml[doc 0]: metadata.name: LLMInferenceService demo/chat is in the same files" in err
+    assert cli.get(["llmisvc", "-A", *state]) == 0 and cli.get(["isvc", "-A", *state]) == 0
+    assert "chat" not in capsys.readouterr().out  # neither was applied
+
+    (tmp_path / "llm.yaml").write_text(LLM.format(extra=""))
+    (tmp_path / "isvc.yaml").write_text(ISVC_CHAT)
+    assert cli.apply(["-f", str(tmp_path / "llm.yaml"), *state]) == 0
+    assert cli.apply(["-f", str(tmp_path / "isvc.yaml"), "--dry-run", *state]) == 1
+    assert "metadata.name: LLMInferenceService demo/chat exists" in capsys.readouterr().err
