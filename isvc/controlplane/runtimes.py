@@ -95,7 +95,7 @@ def _kserve_stand_in(isvc_runtime: dict[str, Any]) -> dict[str, Any]:
     """``kserve-huggingfaceserver``: KServe's own runtime's name and priority (1), run by ``isvc serve``.
 
     ``isvc serve`` takes KServe's huggingfaceserver flags, so manifests that name KServe's runtime keep running;
-    auto-selection prefers isvc's runtime (priority 2), as on a cluster where both are installed.
+    auto-selection prefers isvc's runtime (priority 3), as on a cluster where both are installed.
     """
     doc = copy.deepcopy(isvc_runtime)
     doc["metadata"]["name"] = KSERVE_HUGGINGFACE

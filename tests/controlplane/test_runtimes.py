@@ -47,7 +47,7 @@ def test_the_local_builtin_is_the_deploy_files_runtime_as_a_host_process() -> No
 def test_kserves_runtime_name_stays_a_builtin_running_isvc_serve_below_isvcs_priority() -> None:
     isvc_rt, kserve_rt = builtin(RUNTIME_NAME), builtin(KSERVE_HUGGINGFACE)
     assert kserve_rt["spec"]["supportedModelFormats"][0]["priority"] == 1
-    assert isvc_rt["spec"]["supportedModelFormats"][0]["priority"] == 2
+    assert isvc_rt["spec"]["supportedModelFormats"][0]["priority"] == 3
     assert kserve_rt["spec"]["containers"] == isvc_rt["spec"]["containers"]
 
 

@@ -116,14 +116,44 @@ def test_the_runtime_file_is_read_through_the_package_and_is_the_deploy_file() -
     assert cluster_runtime() == yaml.safe_load(DEPLOY_FILE.read_text())
 
 
+# KServe's auto-selected huggingface runtimes as its config/runtimes ships them (0.17 to 0.20), when
+# /work/shared/kserve/runtimes is not here to read them from
+KSERVE_HF_PRIORITIES = {"kserve-huggingfaceserver": 1, "kserve-huggingfaceserver-multinode": 2}
+
+
+def kserve_hf_runtimes() -> dict[str, tuple[int, set[str]]]:
+    """KServe's auto-selected huggingface ClusterServingRuntimes: name -> (priority, protocol versions)."""
+    out = {name: (p, {"v1", "v2"}) for name, p in KSERVE_HF_PRIORITIES.items()}
+    for path in sorted(KSERVE_RUNTIME.parent.glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text())
+        for f in doc["spec"]["supportedModelFormats"]:
+            if f["name"] == "huggingface" and f.get("autoSelect"):
+                out[doc["metadata"]["name"]] = (f["priority"], set(doc["spec"].get("protocolVersions", [])))
+    return out
+
+
+def kserve_priority_of(name: str) -> int:
+    return kserve_hf_runtimes()[name][0]
+
+
+def test_kserves_webhook_would_admit_the_runtime_beside_kserves_own() -> None:
+    """KServe refuses a ClusterServingRuntime whose auto-selected format and priority equal another's with a
+    protocol in common (servingruntime_webhook.go, validateServingRuntimePriority): `kubectl apply -k` would fail."""
+    rt = cluster_runtime()
+    (fmt,) = rt["spec"]["supportedModelFormats"]
+    for name, (priority, protocols) in kserve_hf_runtimes().items():
+        assert not (priority == fmt["priority"] and protocols & set(rt["spec"]["protocolVersions"])), name
+
+
 def test_the_cluster_runtime_has_what_the_issue_asks() -> None:
     rt = cluster_runtime()
     assert rt["kind"] == "ClusterServingRuntime" and rt["metadata"]["name"] == "isvc-huggingfaceserver"
     (fmt,) = rt["spec"]["supportedModelFormats"]
-    kserve_priority = 1
-    if KSERVE_RUNTIME.exists():  # KServe's own runtime, as its config/runtimes ships it
-        kserve_priority = yaml.safe_load(KSERVE_RUNTIME.read_text())["spec"]["supportedModelFormats"][0]["priority"]
-    assert fmt["name"] == "huggingface" and fmt["autoSelect"] is True and fmt["priority"] > kserve_priority
+    assert (
+        fmt["name"] == "huggingface"
+        and fmt["autoSelect"] is True
+        and fmt["priority"] > kserve_priority_of("kserve-huggingfaceserver")
+    )
     assert set(rt["spec"]["protocolVersions"]) == {"v1", "v2"}
     assert rt["spec"]["annotations"] == {"prometheus.kserve.io/port": "8080", "prometheus.kserve.io/path": "/metrics"}
     (c,) = rt["spec"]["containers"]
