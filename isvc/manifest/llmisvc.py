@@ -200,7 +200,8 @@ _ISVC_ONLY = {
     "max_request_body_bytes", "max_request_header_bytes", "request_header_timeout_seconds",
     "request_body_timeout_seconds", "disable_lower_case", "disable_special_tokens", "return_token_type_ids",
     "return_probabilities", "backend", "task", "kv_cache_space", "num_threads", "num_speculative_tokens",
-    "speculative_max_batch", "max_queue", "max_batch_tokens", "host",
+    "speculative_max_batch", "max_queue", "max_batch_tokens", "host", "return_offsets_mapping", "return_raw_logits",
+    "tensor_input_names",
 }  # fmt: skip
 _VLLM_FLAG_VALUES = {"trust_remote_code", "enable_prefix_caching", "no_enable_prefix_caching", "enforce_eager",
                      "enable_auto_tool_choice", "disable_log_requests", "trust_request_chat_template"}  # fmt: skip

@@ -234,3 +234,20 @@ def test_the_two_kinds_may_not_share_a_name_in_one_apply_nor_in_a_dry_run(
     assert cli.apply(["-f", str(tmp_path / "llm.yaml"), *state]) == 0
     assert cli.apply(["-f", str(tmp_path / "isvc.yaml"), "--dry-run", *state]) == 1
     assert "metadata.name: LLMInferenceService demo/chat exists" in capsys.readouterr().err
+
+
+LLM_ISVC = ISVC_CHAT
+
+
+def test_every_isvc_serve_flag_vllm_lacks_is_dropped_on_the_way_to_an_llm_inference_service() -> None:
+    """`vllm serve` refuses a flag it does not know: the pod would crash-loop on the cluster."""
+    args = ["--model_name=chat", "--return_raw_logits", "--tensor_input_names=input_ids", "--max_model_len=512"]
+    doc = yaml.safe_load(LLM_ISVC)
+    doc["spec"]["predictor"]["model"]["args"] = args
+    out, warnings = to_llm_inference_service(doc)
+    assert out["spec"]["template"]["containers"][0]["args"] == ["--max-model-len=512"]
+    for i, flag in ((1, "return_raw_logits"), (2, "tensor_input_names")):
+        assert (
+            f"spec.predictor.model.args[{i}]: --{flag} is not a vLLM flag; dropped (vllm serve would refuse it)"
+            in warnings
+        )
