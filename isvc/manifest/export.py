@@ -28,9 +28,9 @@ from isvc.errors import ConfigError
 from isvc.manifest import schema
 from isvc.manifest.deploy import KSERVE_HUGGINGFACE, MOUNT_PATH, RUNTIME_NAME
 from isvc.manifest.errors import ManifestError, Problem
-from isvc.manifest.llmisvc import to_llm_inference_service
+from isvc.manifest.llmisvc import to_llm_inference_service, vllm_refuses
 from isvc.manifest.loader import Document
-from isvc.manifest.models import FRAMEWORKS
+from isvc.manifest.models import FRAMEWORKS, LLMInferenceService
 from isvc.manifest.parse import Resource, parse_documents
 
 LOCAL_ANNOTATION_PREFIX = "isvc.dev/"
@@ -87,6 +87,8 @@ def export(
             body = converted or body
         elif kind == "LLMInferenceService":
             problems += _storage(doc, (body["spec"].get("model") or {}).get("uri"), "spec.model.uri", notes)
+            llm = LLMInferenceService.model_validate(body)
+            problems += [doc.problem(path, message) for path, message in vllm_refuses(llm)]
         else:
             problems += _runtime(doc)
         if body.get("kind") in schema.KINDS:

@@ -168,6 +168,7 @@ def warnings(body: dict[str, Any], llm: LLMInferenceService) -> list[str]:
     for key in spec.get("parallelism") or {}:
         if key != "tensor":
             out.append(f"spec.parallelism.{key}: accepted; {_PARALLELISM_WHY}")
+    out += [f"{path}: {message} (here isvc serve takes it)" for path, message in vllm_refuses(llm)]
     template = spec.get("template") or {}
     found = main_container(llm)
     for key in template:
@@ -205,6 +206,12 @@ _ISVC_ONLY = {
 }  # fmt: skip
 _VLLM_FLAG_VALUES = {"trust_remote_code", "enable_prefix_caching", "no_enable_prefix_caching", "enforce_eager",
                      "enable_auto_tool_choice", "disable_log_requests", "trust_request_chat_template"}  # fmt: skip
+_MODEL_FLAGS = {
+    "model_dir": "spec.model.uri says where the model is",
+    "model_id": "spec.model.uri says where the model is (hf://ORG/NAME)",
+    "model_name": "spec.model.name is the served name",
+}
+"""isvc serve's model flags: KServe's template passes the model and its name to vllm serve itself."""
 _CARRIED = {"model", "minReplicas"}
 _MODEL_CARRIED = {"modelFormat", "args", "env", "resources", "storageUri", "name"}
 
@@ -222,6 +229,32 @@ def _flags(args: list[str]) -> list[tuple[str, str | None, int]]:
                 out[-1] = (out[-1][0], item, out[-1][2])
             else:
                 out.append(("", item, i))
+    return out
+
+
+def vllm_refuses(llm: LLMInferenceService) -> list[tuple[str, str]]:
+    """``(field, message)`` for each flag of the ``main`` container (args and ``VLLM_ADDITIONAL_ARGS``) that
+    ``isvc serve`` takes but ``vllm serve``, which runs them on a cluster, refuses."""
+    found = main_container(llm)
+    if found is None:
+        return []
+    index, main = found
+    cpath = f"spec.template.containers[{index}]"
+    sources = [(f"{cpath}.args[{i}]", [arg]) for i, arg in enumerate(main.args)]
+    sources += [
+        (f"{cpath}.env[{i}].value", additional_args(env.value) or [])
+        for i, env in enumerate(main.env)
+        if env.name == ADDITIONAL_ARGS_ENV
+    ]
+    out = []
+    for path, items in sources:
+        for name, _, _ in _flags(items):
+            if name in _MODEL_FLAGS:
+                out.append(
+                    (path, f"--{name} is isvc serve's: on a cluster `vllm serve` refuses it; {_MODEL_FLAGS[name]}")
+                )
+            elif name in _ISVC_ONLY:
+                out.append((path, f"--{name} is isvc serve's, not vLLM's: on a cluster `vllm serve` refuses it"))
     return out
 
 

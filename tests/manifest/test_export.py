@@ -215,6 +215,34 @@ def test_args_isvc_serve_refuses_are_refused_as_apply_refuses_them(
     assert f"m0.yaml[doc 0]: spec.predictor.model.args[2]: {words}" in err, err
 
 
+def test_an_llm_inference_service_with_isvc_serves_own_flags_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Locally isvc serve takes them; on a cluster KServe runs `vllm serve` with the main container's args."""
+    text = """\
+apiVersion: serving.kserve.io/v1alpha2
+kind: LLMInferenceService
+metadata: {name: chat, namespace: demo}
+spec:
+  model: {uri: "hf://HuggingFaceTB/SmolLM2-135M-Instruct"}
+  template:
+    containers:
+      - name: main
+        args: [--max-model-len=512, --max_queue=8, --model_name=chat]
+        env: [{name: VLLM_ADDITIONAL_ARGS, value: "--kv-cache-space 2"}]
+"""
+    code, docs, err = export(tmp_path, capsys, text)
+    assert code == 1 and docs == []
+    assert "spec.template.containers[0].args[1]: --max_queue is isvc serve's, not vLLM's" in err
+    assert "spec.template.containers[0].args[2]: --model_name is isvc serve's" in err and "spec.model.name" in err
+    assert "spec.template.containers[0].env[0].value: --kv_cache_space is isvc serve's" in err
+    assert "args[0]" not in err  # --max-model-len is vLLM's too
+    code, docs, err = export(tmp_path, capsys, text.replace(", --max_queue=8, --model_name=chat", "").replace(
+        "--kv-cache-space 2", "--enforce-eager"))  # fmt: skip
+    assert code == 0, err
+    assert_valid(docs[0])
+
+
 def test_remote_storage_and_a_model_dir_under_the_mount_are_kept(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
