@@ -80,10 +80,14 @@ if [ -n "${TORCH_WHEELS:-}" ]; then
     args+=(--build-arg WHEELS_DIR=/var/cache/isvc-wheels --build-arg TORCH_INDEX_URL=)
 fi
 
+previous=$(buildah images --quiet --no-trunc "$IMAGE" 2>/dev/null || true)
 echo "== buildah bud -f deploy/image/Containerfile -t $IMAGE"
 buildah bud --isolation chroot --network host --layers --pull=never \
     --ignorefile deploy/image/Containerfile.dockerignore \
     "${volumes[@]}" "${args[@]}" "$@" -f deploy/image/Containerfile -t "$IMAGE" .
 
+if [ -n "$previous" ] && [ "$previous" != "$(buildah images --quiet --no-trunc "$IMAGE")" ]; then
+    buildah rmi "$previous" >/dev/null 2>&1 || true  # the image this tag named before, now untagged
+fi
 elapsed=$(($(date +%s) - started))
 echo "== built $IMAGE in ${elapsed}s; size: $(buildah images --format '{{.Size}}' "$IMAGE" | head -1)"

@@ -34,6 +34,9 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("IMAGE", "localhost/isvc:cpu")
 SEED_ARGS = ["--model_dir=/mnt/models/Llama-2-7b-chat-hf", "--model_name=llama2"]  # the seed's manifest 1
+# The seed's chat curl sets no max_tokens, and SmolLM2 rambles in Chinese up to its 8192-token context (over
+# 7 minutes here); --max_length=2048, as the repo's SmolLM2 fixtures, ends it in about a minute.
+BOUND = ["--max_length=2048"]
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +147,7 @@ def test_seed_manifest_served_from_the_image(
     assert whoami.stdout.strip() == "1000", whoami.stderr
     port = free_port()
     # loopback only on this machine; in a pod the image's default host 0.0.0.0 and port 8080 apply
-    box.start([*image["Entrypoint"], *SEED_ARGS, "--host=127.0.0.1", f"--http_port={port}"])
+    box.start([*image["Entrypoint"], *SEED_ARGS, *BOUND, "--host=127.0.0.1", f"--http_port={port}"])
     box.wait_ready(port)
     log = box.output()
     assert "native kernels not used" not in log, log  # prebuilt in the image, loaded as uid 1000
