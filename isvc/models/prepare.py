@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -105,6 +106,7 @@ def _convert(target: Path, quiet: bool) -> None:
         bar.update()
 
         (gguf_path).unlink()
+        _default_permissions(out)
         if target.exists():
             shutil.rmtree(target)
         out.rename(target)
@@ -112,6 +114,17 @@ def _convert(target: Path, quiet: bool) -> None:
     finally:
         bar.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _default_permissions(folder: Path) -> None:
+    """The mode a plainly written file gets (0644 under the usual umask): safetensors writes the
+    weights 0600, which a container's non-root user (uid 1000 in isvc's image) cannot read when
+    the folder is mounted at /mnt/models."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
 
 
 def fetch_gguf(work: Path) -> Path:

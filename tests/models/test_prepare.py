@@ -144,3 +144,14 @@ def test_the_real_model_loads_in_sentence_transformers() -> None:
     assert abs(float((vectors[0] ** 2).sum()) - 1.0) < 1e-5
     similar, unrelated = float(vectors[0] @ vectors[1]), float(vectors[0] @ vectors[2])
     assert similar > 0.5 > unrelated
+
+
+def test_a_prepared_folder_is_readable_by_other_users(tmp_path):
+    """A container's non-root user reads the folder mounted at /mnt/models (safetensors writes 0600)."""
+    from isvc.models.prepare import _default_permissions
+
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"x")
+    weights.chmod(0o600)
+    _default_permissions(tmp_path)
+    assert weights.stat().st_mode & 0o044 == 0o044
