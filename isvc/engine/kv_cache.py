@@ -8,8 +8,9 @@ tokens: ~160 MB more RSS with an fp8 cache). Reading a page never written gives 
 
 Running requests hold slots 0..n-1 (the scheduler keeps them dense), so decode attention reads
 the view ``[:n, :, :length]`` without copying. ``ensure`` checks each step against the memory
-budget as if every running slot were as long as the longest; when the engine idles, the
-written pages go back to the system.
+budget as if every running slot were as long as the longest. A slot's pages go back to the
+system when it is vacated or given to a new request, so what is resident is what the running
+requests wrote, within that budget; when the engine idles, everything goes back.
 """
 
 from __future__ import annotations
@@ -19,10 +20,6 @@ import mmap
 import torch
 
 from isvc.errors import ConfigError
-
-RELEASE_ABOVE_TOKENS = 1024
-"""Idle release: only once slots x tokens written since the last release exceed this (SmolLM2: 23 MB
-in float16). Below it, a serial client's next request reuses the pages without faulting them in again."""
 
 
 class KVCacheFull(Exception):
@@ -50,8 +47,9 @@ class KVCache:
         self.capacity = max(1, min(max_len, budget_bytes // self.bytes_per_slot_token))
         """Tokens per slot: the stride between slots' rows (fixed)."""
         self.num_slots = 0
+        """Slots the last step used."""
         self.length = 0
-        """The most slots and tokens any step may have written since the last release."""
+        """The most tokens a step may have written into a slot since the engine last idled."""
         shape = (max_slots, num_kv_heads, self.capacity, head_dim)
         self._maps: list[mmap.mmap] = []
         self.k = [self._reserve(shape) for _ in range(num_layers)]
@@ -63,30 +61,54 @@ class KVCache:
 
     @property
     def nbytes(self) -> int:
-        """An upper bound of the memory the cache holds: the slots and length steps may have written."""
+        """An upper bound of the memory the cache holds: the running slots at the longest length written."""
         return self.num_slots * self.length * self.bytes_per_slot_token
 
     def ensure(self, num_slots: int, length: int) -> None:
-        """Let a step write ``num_slots`` slots of up to ``length`` tokens; KVCacheFull over budget."""
+        """Let a step write ``num_slots`` slots of up to ``length`` tokens; KVCacheFull over budget.
+        Slots past ``num_slots`` that the last step used are vacated: their pages go back."""
         if num_slots * length * self.bytes_per_slot_token > self.budget_bytes or length > self.capacity:
             raise KVCacheFull(f"{num_slots} slots x {length} tokens exceed the KV cache budget")
-        self.num_slots, self.length = max(self.num_slots, num_slots), max(self.length, length)
+        for slot in range(num_slots, self.num_slots):
+            self.release(slot)
+        self.num_slots, self.length = num_slots, max(self.length, length)
+
+    def release(self, slot: int, keep: int = 0) -> None:
+        """Give back the pages of ``slot`` past its first ``keep`` positions (they read as zeros after)."""
+        itemsize, row = self.dtype.itemsize, self.capacity * self.head_dim * self.dtype.itemsize
+        spans = (
+            [(slot * self.num_kv_heads * row, (slot + 1) * self.num_kv_heads * row)]  # the slot is contiguous
+            if keep == 0
+            else [
+                ((slot * self.num_kv_heads + h) * row + keep * self.head_dim * itemsize,
+                 (slot * self.num_kv_heads + h + 1) * row)
+                for h in range(self.num_kv_heads)
+            ]
+        )  # fmt: skip
+        for start, end in spans:
+            start = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside the span only
+            end = end // mmap.PAGESIZE * mmap.PAGESIZE
+            if end > start:
+                for m in self._maps:
+                    m.madvise(mmap.MADV_DONTNEED, start, end - start)
 
     def shrink(self) -> None:
-        """Give the written pages back to the system (called when the engine idles)."""
-        if self.num_slots * self.length <= RELEASE_ABOVE_TOKENS:
+        """Give every written page back to the system (called when the engine idles)."""
+        if self.length == 0:  # nothing written since the last time
             return
         for m in self._maps:
             m.madvise(mmap.MADV_DONTNEED)  # an anonymous private mapping reads as zeros afterwards
         self.num_slots = self.length = 0
 
     def move(self, src: int, dst: int, length: int) -> None:
-        """Copy one slot's first ``length`` positions into another (slot compaction)."""
-        if length <= 0:
-            return
-        for cache in (self.k, self.v):
-            for layer in cache:
-                layer[dst, :, :length].copy_(layer[src, :, :length])
+        """Copy one slot's first ``length`` positions into another (slot compaction); ``src`` is vacated
+        and what ``dst``'s last request wrote past ``length`` goes back."""
+        if length > 0:
+            for cache in (self.k, self.v):
+                for layer in cache:
+                    layer[dst, :, :length].copy_(layer[src, :, :length])
+        self.release(src)
+        self.release(dst, keep=max(length, 0))
 
     def _reserve(self, shape: tuple[int, int, int, int]) -> torch.Tensor:
         size = shape[0] * shape[1] * shape[2] * shape[3] * self.dtype.itemsize

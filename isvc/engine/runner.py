@@ -66,6 +66,8 @@ class ModelRunner:
             [r.num_computed_tokens + 1 + len(drafts.get(r, ())) for r in out.decode] + [c.end for c in out.prefill]
         )
         self.cache.ensure(out.num_slots, need)
+        for slot in out.admitted:
+            self.cache.release(slot)
         for req, hit in self._prefix_loads:
             if req.slot is not None:  # not finished meanwhile
                 PrefixCache.load(hit, self.cache, req.slot)

@@ -57,6 +57,8 @@ class SchedulerOutput:
     """Draft tokens verified after the next token, for some requests of ``decode``."""
     num_slots: int = 0
     """Slots in use during the step (dense 0..n-1)."""
+    admitted: list[int] = field(default_factory=list)
+    """Slots given to requests in this step: whatever an earlier request left in them is stale."""
 
     @property
     def num_tokens(self) -> int:
@@ -155,6 +157,7 @@ class Scheduler:
             req.status = RequestStatus.RUNNING
             req.slot = len(self.running)
             self.running.append(req)
+            out.admitted.append(req.slot)
             if self.on_admit is not None:
                 self.on_admit(req)
             budget -= self._add_chunk(out, req, budget)

@@ -45,9 +45,26 @@ def test_the_budget_counts_every_running_slot_at_the_longest_length():
     assert kv.capacity == 4660  # no slot can be longer than the whole budget, so none is reserved so
 
 
-def test_small_use_is_kept_across_idle_periods():
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from /proc")
+def test_a_vacated_or_reused_slot_gives_its_pages_back_and_a_moved_one_keeps_its_rows():
     kv = cache()
-    kv.ensure(1, 200)
-    kv.k[0][0, :, :200] = 2.0
-    kv.shrink()  # a serial client's next request reuses the pages
-    assert kv.nbytes == 200 * kv.bytes_per_slot_token and bool((kv.k[0][0, :, :200] == 2.0).all())
+    before = rss_mb()
+    kv.ensure(4, 2000)
+    for layer in kv.k + kv.v:  # four requests of 2,000 tokens: 4 * 2000 * 23 KB = 176 MB
+        layer[:4, :, :2000] = 1.0
+        layer[3, :, :500] = 3.0
+    assert rss_mb() - before > 160
+
+    kv.move(src=3, dst=1, length=500)  # slot 1's request finished; slot 3's (500 tokens) moves into the hole
+    kv.ensure(3, 600)  # the next step runs three slots
+    # whole pages go back: 4 KiB are 32 positions of 64 float16 values, so from 512 on
+    assert bool((kv.k[0][1, :, :500] == 3.0).all()) and not kv.k[0][1, :, 512:2000].any()
+    assert not kv.k[0][3].any()  # vacated
+    held = lambda tokens: tokens * kv.bytes_per_slot_token / 2**20 + 10  # MB, with room for the test's own
+    assert rss_mb() - before < held(2000 + 2000 + 512)  # slots 0 and 2, and 1's 500 tokens
+
+    kv.release(2)  # admitted to a new request: the last one's keys are gone
+    assert not kv.v[29][2].any() and rss_mb() - before < held(2000 + 512)
+
+    kv.ensure(1, 600)  # two slots vacated at once
+    assert not kv.k[0][1].any() and rss_mb() - before < held(2000)
