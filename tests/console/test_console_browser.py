@@ -137,8 +137,9 @@ def test_apply_the_seed_manifest_from_the_page_and_watch_it_become_ready(
     open_view(page, "Apply")
     page.get_by_label("Manifest", exact=True).fill(seed(1))
     page.get_by_role("button", name="Dry run", exact=True).click()
-    page.wait_for_load_state("networkidle")
-    expect(page.get_by_role("alert")).to_have_count(0)
+    # the result names the service; no field error (an alert region may be there, empty)
+    expect(page.get_by_role("status").filter(has_text=SERVICE)).to_have_count(1)
+    assert [t.strip() for t in page.get_by_role("alert").all_text_contents()] in ([], [""])
     assert console.store().service(NS, SERVICE) is None, "a dry run must not create the service"
     shoot(page, "apply")
 
@@ -232,21 +233,20 @@ def test_service_detail_links_a_log_that_follows_live(
 
     page.get_by_role("link", name="Logs", exact=True).first.click()
     log = page.locator("#log")
-    expect(log).to_contain_text(re.compile(r"storage|initializ", re.I), timeout=15_000)
-    expect(log).to_contain_text(re.compile(r"ready|serving", re.I))
-    before = log.text_content() or ""
+    # the storage initializer's lines come first in a replica's log, then the model server's
+    expect(log).to_contain_text("storage-initializer: fetching pvc://global-shared/models", timeout=15_000)
+    expect(log).to_contain_text(f"as '{MODEL}'")
     page.evaluate("() => { window.__sameDocument = true }")
-    # a request through the gateway adds lines to the predictor's log; the page shows them without a reload
+    # a request through the gateway adds a line to the predictor's log; the page shows it without a reload
+    prompt = "Hello from the log test"
     r = httpx.post(
         f"{served.url}/openai/v1/completions",
         headers={"Host": f"{SERVICE}.{NS}.example.com"},
-        json={"model": MODEL, "prompt": "Hello", "max_tokens": 2},
+        json={"model": MODEL, "prompt": prompt, "max_tokens": 2},
         timeout=60,
     )
     assert r.status_code == 200, r.text
-    page.wait_for_function(
-        "n => document.getElementById('log').textContent.length > n", arg=len(before), timeout=15_000
-    )
+    expect(log).to_contain_text(re.compile(r"POST /(openai/)?v1/completions 200"), timeout=15_000)
     assert page.evaluate("() => window.__sameDocument === true"), "the log page reloaded instead of following"
     shoot(page, "logs")
     assert not js_errors
