@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -24,6 +25,7 @@ from isvc.errors import IsvcError
 from isvc.manifest import (
     SERVICE_KINDS,
     SHORT_NAMES,
+    Document,
     ManifestError,
     Problem,
     Resource,
@@ -81,28 +83,52 @@ def apply(argv: list[str]) -> int:
     args = p.parse_args(argv)
     store = _store(args)
     try:
-        resources = _load(args.filename, args.namespace, store)
-        runtimes = [
-            rt
-            for rt in store.runtimes().items
-            if (rt.kind, rt.metadata.namespace, rt.metadata.name) not in {r.key for r in resources}
-        ]
-        runtimes += [r.obj for r in resources if isinstance(r.obj, ServingRuntime)]
-        _check_names_free(store, resources)
-        for res in resources:
-            for w in res.warnings:
-                print(f"Warning: {res.kind.lower()}/{res.name}: {w}", file=sys.stderr)
-            if args.dry_run:
-                _print_dry_run(res, runtimes)
-                continue
-            _check_args(res, runtimes)
-            verb = store.upsert_resource(res.kind, res.namespace, res.name, res.body, res.warnings)
-            print(f"{_PLURAL[res.kind]}.{_GROUP}/{res.name} {verb}")
+        apply_documents(
+            store, load_paths(args.filename), args.namespace, dry_run=args.dry_run,
+            out=print, warn=lambda line: print(line, file=sys.stderr),
+        )  # fmt: skip
     except IsvcError as exc:
         return fail(exc)
     if not args.dry_run and running_pid(store.root) is None:
         print(f"note: the control plane is not running for {store.root}; `isvc up` to run these", file=sys.stderr)
     return 0
+
+
+def apply_documents(
+    store: Store,
+    docs: list[Document],
+    namespace: str | None,
+    *,
+    dry_run: bool,
+    out: Callable[[str], None],
+    warn: Callable[[str], None],
+) -> list[Resource]:
+    """``isvc apply`` of parsed documents (the CLI's files, the console's text): validate all, then write each.
+
+    Raises ``ManifestError`` (every problem with its field path) or another ``IsvcError`` before anything
+    invalid is written; ``out`` gets the lines ``isvc apply`` prints, ``warn`` its warnings.
+    """
+    problems = [p for d in docs for p in d.set_namespace(namespace)]
+    if problems:
+        raise ManifestError(problems)
+    resources = parse_documents(docs, store.runtimes().items)
+    runtimes = [
+        rt
+        for rt in store.runtimes().items
+        if (rt.kind, rt.metadata.namespace, rt.metadata.name) not in {r.key for r in resources}
+    ]
+    runtimes += [r.obj for r in resources if isinstance(r.obj, ServingRuntime)]
+    _check_names_free(store, resources)
+    for res in resources:
+        for w in res.warnings:
+            warn(f"Warning: {res.kind.lower()}/{res.name}: {w}")
+        if dry_run:
+            _print_dry_run(res, runtimes, out)
+            continue
+        _check_args(res, runtimes)
+        verb = store.upsert_resource(res.kind, res.namespace, res.name, res.body, res.warnings)
+        out(f"{_PLURAL[res.kind]}.{_GROUP}/{res.name} {verb}")
+    return resources
 
 
 def _check_args(res: Resource, runtimes: list[ServingRuntime]) -> None:
@@ -153,26 +179,26 @@ def _check_names_free(store: Store, resources: list[Resource]) -> None:
         raise ManifestError(problems)
 
 
-def _print_dry_run(res: Resource, runtimes: list[ServingRuntime]) -> None:
-    print(f"{_PLURAL[res.kind]}.{_GROUP}/{res.name} validated (dry run)")
+def _print_dry_run(res: Resource, runtimes: list[ServingRuntime], out: Callable[[str], None] = print) -> None:
+    out(f"{_PLURAL[res.kind]}.{_GROUP}/{res.name} validated (dry run)")
     plan = _plan_of(res, runtimes)
     if plan is None:
         return
-    print(f"  namespace:   {res.namespace}")
-    print(f"  runtime:     {plan.runtime}")
-    print(f"  command:     {' '.join(plan.command)}")
-    print(f"  port:        declared {plan.declared_port} -> a free 127.0.0.1 port chosen at start (__ISVC_PORT__)")
+    out(f"  namespace:   {res.namespace}")
+    out(f"  runtime:     {plan.runtime}")
+    out(f"  command:     {' '.join(plan.command)}")
+    out(f"  port:        declared {plan.declared_port} -> a free 127.0.0.1 port chosen at start (__ISVC_PORT__)")
     if plan.storage_uri:
-        print(f"  storage:     {plan.storage_uri} -> /mnt/models")
-    print(
+        out(f"  storage:     {plan.storage_uri} -> /mnt/models")
+    out(
         f"  readiness:   {plan.probe.kind} {plan.probe.path if plan.probe.kind == 'http' else ''} every {plan.probe.period_s:g}s"
     )
-    print(f"  resources:   gpus={plan.gpus} threads={plan.cpu_threads} memory_limit={plan.memory_limit_bytes}")
-    print(f"  replicas:    {plan.replicas}; model name(s): {', '.join(plan.model_names)}")
+    out(f"  resources:   gpus={plan.gpus} threads={plan.cpu_threads} memory_limit={plan.memory_limit_bytes}")
+    out(f"  replicas:    {plan.replicas}; model name(s): {', '.join(plan.model_names)}")
     for label, text in serving_of(plan).lines():
-        print(f"  {(label + ':') if label else '':<12} {text}")
+        out(f"  {(label + ':') if label else '':<12} {text}")
     for note in plan.notes:
-        print(f"  note:        {note}")
+        out(f"  note:        {note}")
 
 
 def delete(argv: list[str]) -> int:
@@ -443,4 +469,4 @@ def logs(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["apply", "common_args", "delete", "describe", "export", "fail", "get", "logs"]
+__all__ = ["apply", "apply_documents", "common_args", "delete", "describe", "export", "fail", "get", "logs"]

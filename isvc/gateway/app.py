@@ -26,8 +26,10 @@ from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Mount
 from starlette.routing import Route as StarletteRoute
+from starlette.types import ASGIApp
 
 from isvc.errors import (
     GatewayTimeout,
@@ -52,6 +54,7 @@ RouteSource = Callable[[], tuple[int, list[dict[str, Any]]]]
 
 REVISION_HEADER = "x-isvc-revision"
 SERVICE_HEADER = "x-isvc-service"
+CONSOLE_PATH = "/_isvc/console"
 _HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
         "transfer-encoding", "upgrade", "host"}  # fmt: skip
 _HOP_RESPONSE = _HOP | {"content-length"}  # the body is re-streamed (chunked)
@@ -136,8 +139,12 @@ def _token(request: Request) -> str:
     return auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
 
 
-def create_app(settings: GatewaySettings, source: RouteSource) -> Starlette:
-    """The gateway, behind ``EdgeMiddleware`` (500s in the protocol) and ``isvc.http_limits`` (413, 408)."""
+def create_app(settings: GatewaySettings, source: RouteSource, console: ASGIApp | None = None) -> Starlette:
+    """The gateway, behind ``EdgeMiddleware`` (500s in the protocol) and ``isvc.http_limits`` (413, 408).
+
+    ``console`` (``isvc up``'s web console) is mounted at ``/_isvc/console``; ``GET /`` of a Host that is no
+    service's redirects there.
+    """
     routes = _Routes(source, settings.domain, settings.refresh_s)
     state: dict[str, httpx.AsyncClient] = {}
 
@@ -277,6 +284,8 @@ def create_app(settings: GatewaySettings, source: RouteSource) -> Starlette:
                     return JSONResponse({"status": "ok", "routes": routes.get().known(visible_to(request))})
                 if path in ("/v1/models", "/openai/v1/models"):
                     return await list_models(request)
+                if console is not None and path in ("/", CONSOLE_PATH) and request.method in ("GET", "HEAD"):
+                    return RedirectResponse(f"{CONSOLE_PATH}/", status_code=307)
             target = await resolve(request, visible_to(request))
             check_key(request, target.route.namespace)
             upstream, pick = await send(request, target)
@@ -291,8 +300,11 @@ def create_app(settings: GatewaySettings, source: RouteSource) -> Starlette:
             return Response(status_code=CLIENT_CLOSED)  # nobody reads it
 
     methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
+    app_routes: list[BaseRoute] = [StarletteRoute("/{path:path}", proxy, methods=methods)]
+    if console is not None:
+        app_routes.insert(0, Mount(CONSOLE_PATH, app=console))
     return Starlette(
-        routes=[StarletteRoute("/{path:path}", proxy, methods=methods)],
+        routes=app_routes,
         lifespan=lifespan,
         middleware=[
             Middleware(EdgeMiddleware),

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from isvc.console.auth import KEY_FILE, admin_key
 from isvc.controlplane import process
 from isvc.controlplane.cli import common_args, fail
 from isvc.controlplane.settings import CPU_FALLBACK_ENV, GPUS_ENV, detect_gpus, env_flag
@@ -41,6 +42,9 @@ def up(argv: list[str]) -> int:
                    help="a connection must send its header block within this (default 10)")  # fmt: skip
     p.add_argument("--body-timeout", type=float, default=None, metavar="SECONDS",
                    help="longest stall between two body chunks (408 then; default 30)")  # fmt: skip
+    p.add_argument("--admin-key", default=os.environ.get("ISVC_ADMIN_KEY"), metavar="KEY",
+                   help="key the web console (/_isvc/console) requires; off loopback without it, one is made in "
+                        "the state dir's admin.key and printed once (env ISVC_ADMIN_KEY)")  # fmt: skip
     p.add_argument("-d", "--detach", action="store_true", help="run in the background")
     p.add_argument("--wait-timeout", type=float, default=60.0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -66,8 +70,11 @@ def up(argv: list[str]) -> int:
         flag = "-".join(str(p) for p in first["loc"]).removesuffix("_s").replace("_", "-")
         return fail(IsvcError(f"--{flag}: {first['msg']}"))
     gpus = detect_gpus() if args.gpus is None else args.gpus
+    key, created = admin_key(root, args.host, args.admin_key)
+    if created:
+        print(f"isvc up: the console's admin key (saved in {root / KEY_FILE}, shown only now): {key}", flush=True)
     try:
-        return serve(settings, cpu_fallback=args.cpu_fallback, gpus=gpus)
+        return serve(settings, cpu_fallback=args.cpu_fallback, gpus=gpus, admin_key=key)
     except IsvcError as exc:
         return fail(exc)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import uvicorn
 
+from isvc.console.app import create_console
 from isvc.controlplane import process
 from isvc.controlplane.store import Store
 from isvc.errors import ConfigError
@@ -89,8 +90,11 @@ def _check_port(host: str, port: int) -> None:
             ) from exc
 
 
-def serve(settings: GatewaySettings, *, cpu_fallback: bool, gpus: int) -> int:
-    """Run until SIGINT/SIGTERM; then stop the controller, which stops the predictors."""
+def serve(settings: GatewaySettings, *, cpu_fallback: bool, gpus: int, admin_key: str | None = None) -> int:
+    """Run until SIGINT/SIGTERM; then stop the controller, which stops the predictors.
+
+    ``admin_key`` is the console's (``isvc.console.auth.admin_key``: None for an open console on loopback).
+    """
     root = settings.state_dir
     if (pid := process.running_pid(root)) is not None:
         raise ConfigError(f"isvc is already running for {root} (pid {pid}); `isvc down` first")
@@ -109,10 +113,13 @@ def serve(settings: GatewaySettings, *, cpu_fallback: bool, gpus: int) -> int:
     child = ControllerChild(root, cpu_fallback, gpus)
     child.start()
     routes_store = Store(root)
-    app = create_app(settings, lambda: (routes_store.version("routes_version"), routes_store.routes()))
+    console = create_console(root, admin_key=admin_key)
+    app = create_app(settings, lambda: (routes_store.version("routes_version"), routes_store.routes()), console)
     config = uvicorn_config(app, host=settings.host, port=settings.port, limits=settings.limits,
                             log_level="warning", access_log=False, server_header=False, date_header=False)  # fmt: skip
     logger.info("isvc up: gateway on http://%s:%s, state in %s", host_for_url, settings.port, root)
+    logger.info("isvc up: console on http://%s:%s/_isvc/console/%s", host_for_url, settings.port,
+                " (admin key required)" if admin_key else "")  # fmt: skip
 
     # NOTE: uvicorn re-raises the signal that stopped it once it has shut down; with the
     # default handler that would kill us before the controller and predictors are stopped.

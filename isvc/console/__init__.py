@@ -1,0 +1,24 @@
+"""The web console of ``isvc up``: services, apply, logs, playground and metrics, served by the gateway.
+
+It lives at ``/_isvc/console/`` (and ``/`` redirects there when no service Host matches). Pages are
+server-rendered Jinja2 templates with a small script of our own (``static/console.js``: fetch and
+EventSource); every asset comes from this package, none from a CDN.
+
+The console changes state (apply, delete), so unless the gateway is bound to loopback it needs the
+admin key (``isvc up --admin-key KEY``, else ``<state dir>/admin.key``, made and printed on first start),
+sent as ``Authorization: Bearer KEY`` or set as a cookie by the login form. Namespace API keys never
+grant it. State-changing calls take JSON only, so another site cannot post a form to them.
+
+Contract with the browser tests (keep these exact):
+
+- every page's ``<title>`` starts with "isvc console"; a ``<nav>`` has links named "Services", "Apply",
+  "Playground", "Metrics";
+- the services table has ``id="services"``, one row per service holding its name and a READY cell whose
+  text is ``True``, ``False`` or ``Unknown``; the name links to the service's detail page;
+- the apply page has a ``<textarea>`` labelled "Manifest", buttons "Dry run" and "Apply"; field errors
+  are shown in an element with ``role="alert"`` that contains the field path (e.g. ``spec.predictor``);
+- the playground has a ``<select>`` labelled "Service", a ``<textarea>`` labelled "Message", a button
+  "Send", and the streamed answer in ``id="answer"``;
+- a service's detail page links each replica's log with a link "Logs"; the log page shows the text in
+  ``id="log"`` and follows it live; the detail page has a button "Delete", then "Confirm delete".
+"""

@@ -1,0 +1,270 @@
+"""The console's ASGI app, mounted by the gateway at ``/_isvc/console`` (see the package docstring)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from isvc.console import auth, views
+from isvc.console.metrics import MetricsSampler
+from isvc.controlplane.cli import apply_documents
+from isvc.controlplane.store import Store
+from isvc.errors import IsvcError
+from isvc.manifest import SERVICE_KINDS, ManifestError, load_text
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "/_isvc/console"
+_LOG_LINES = 500
+_FOLLOW_S = 0.3
+_KEEPALIVE_EVERY = 50
+
+
+def create_console(root: Path, *, admin_key: str | None, poll_s: float = 1.0) -> Starlette:
+    """The console of the control plane in ``root``; ``admin_key`` None means open (a loopback gateway)."""
+    env = Environment(loader=PackageLoader("isvc.console", "templates"), autoescape=select_autoescape(["html"]))
+    sampler = MetricsSampler()
+
+    def store() -> Store:
+        return Store(root)
+
+    def page(request: Request, name: str, status_code: int = 200, **ctx: Any) -> HTMLResponse:
+        html = env.get_template(name).render(prefix=PREFIX, path=request.url.path, locked=admin_key is not None, **ctx)
+        return HTMLResponse(html, status_code=status_code)
+
+    def read_sync(fn: Callable[[Store], Any]) -> Any:
+        s = store()
+        try:
+            return fn(s)
+        finally:
+            s.close()
+
+    async def read(fn: Callable[[Store], Any]) -> Any:
+        """``fn`` on a Store of its own, in a thread: the gateway's event loop never waits on SQLite."""
+        return await asyncio.to_thread(read_sync, fn)
+
+    # ---- pages ----
+    async def services_page(request: Request) -> Response:
+        rows = await read(views.services)
+        name = "_services.html" if request.query_params.get("fragment") else "services.html"
+        return page(request, name, services=rows)
+
+    async def service_page(request: Request) -> Response:
+        ns, name = request.path_params["ns"], request.path_params["name"]
+        svc = await read(lambda s: views.service(s, ns, name))
+        if svc is None:
+            return page(request, "missing.html", 404, what=f"service {ns}/{name}")
+        template = "_service.html" if request.query_params.get("fragment") else "service.html"
+        return page(request, template, svc=svc)
+
+    async def apply_page(request: Request) -> Response:
+        return page(request, "apply.html")
+
+    async def logs_page(request: Request) -> Response:
+        p = request.path_params
+        return page(request, "logs.html", ns=p["ns"], revision=p["revision"], index=p["index"])
+
+    async def playground_page(request: Request) -> Response:
+        rows = await read(views.services)
+        return page(request, "playground.html", services=rows)
+
+    async def metrics_page(request: Request) -> Response:
+        return page(request, "metrics.html")
+
+    async def login(request: Request) -> Response:
+        if request.method == "GET":
+            return page(request, "login.html", error="")
+        # a urlencoded form of one field (Starlette's form parser would need python-multipart)
+        form = parse_qs((await request.body())[:4096].decode("utf-8", "replace"))
+        key = form.get("key", [""])[0].strip()
+        if admin_key is None or auth.matches(key, admin_key):
+            resp = RedirectResponse(f"{PREFIX}/", status_code=303)
+            resp.set_cookie(auth.COOKIE, key, httponly=True, samesite="strict", path=PREFIX)
+            return resp
+        return page(request, "login.html", 401, error="That is not the admin key.")
+
+    # ---- JSON / SSE API ----
+    async def api_services(request: Request) -> Response:
+        return JSONResponse([v.to_json() for v in await read(lambda s: views.services(s, detail=True))])
+
+    async def api_service(request: Request) -> Response:
+        ns, name = request.path_params["ns"], request.path_params["name"]
+        svc = await read(lambda s: views.service(s, ns, name))
+        if svc is None:
+            return _error(404, f"no InferenceService {ns}/{name}")
+        return JSONResponse(svc.to_json())
+
+    async def api_apply(request: Request) -> Response:
+        body = await _json_body(request)
+        if isinstance(body, Response):
+            return body
+        text, dry_run = body.get("manifest"), bool(body.get("dry_run", False))
+        namespace = body.get("namespace") or None
+        if not isinstance(text, str) or not text.strip():
+            return _error(422, "manifest: paste one or more YAML documents", problems=[
+                {"path": "manifest", "message": "empty", "doc": 0}])  # fmt: skip
+        out: list[str] = []
+        warnings: list[str] = []
+
+        def run(s: Store) -> None:
+            apply_documents(s, load_text(text, "<console>"), namespace, dry_run=dry_run, out=out.append,
+                            warn=warnings.append)  # fmt: skip
+
+        try:
+            await read(run)
+        except ManifestError as exc:
+            problems = [{"path": p.path, "message": p.message, "doc": p.index} for p in exc.problems]
+            return _error(422, exc.message, problems=problems, warnings=warnings)
+        except IsvcError as exc:
+            problems = [{"path": exc.param, "message": exc.message, "doc": 0}] if exc.param else []
+            return _error(exc.http_status if exc.http_status < 500 else 422, exc.message, problems=problems,
+                          warnings=warnings)  # fmt: skip
+        return JSONResponse({"ok": True, "dry_run": dry_run, "lines": out, "warnings": warnings})
+
+    async def api_delete(request: Request) -> Response:
+        body = await _json_body(request)
+        if isinstance(body, Response):
+            return body
+        kind, ns, name = body.get("kind", "InferenceService"), body.get("namespace"), body.get("name")
+        if kind not in SERVICE_KINDS or not isinstance(ns, str) or not isinstance(name, str):
+            return _error(422, f"kind must be one of {', '.join(SERVICE_KINDS)}; namespace and name are strings")
+        if not await read(lambda s: s.delete_resource(kind, ns, name)):
+            return _error(404, f"no {kind} {ns}/{name}")
+        return JSONResponse({"ok": True, "deleted": f"{kind} {ns}/{name}"})
+
+    async def api_logs(request: Request) -> Response:
+        p = request.path_params
+        path = await read(lambda s: views.log_path(s, p["ns"], p["revision"], p["index"]))
+        if path is None:
+            return _error(404, f"no replica {p['index']} of revision {p['ns']}/{p['revision']}")
+        lines = int(request.query_params.get("tail", _LOG_LINES))
+        follow = request.query_params.get("follow", "1") != "0"
+        return StreamingResponse(_follow(path, lines, follow, request.is_disconnected), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store"})  # fmt: skip
+
+    async def api_metrics(request: Request) -> Response:
+        targets = await read(_metric_targets)
+        return JSONResponse(await sampler.sample(targets))
+
+    async def api_stream(request: Request) -> Response:
+        """Server-sent ``services`` events: the list again whenever it changes (checked every ``poll_s``)."""
+
+        async def events() -> AsyncIterator[bytes]:
+            last = ""
+            while not await request.is_disconnected():
+                data = json.dumps([v.to_json() for v in await read(views.services)], sort_keys=True)
+                if data != last:
+                    last = data
+                    yield f"event: services\ndata: {data}\n\n".encode()
+                else:
+                    yield b": keepalive\n\n"
+                await asyncio.sleep(poll_s)
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+    static = StaticFiles(packages=[("isvc.console", "static")])
+    routes = [
+        Route("/", services_page),
+        Route("/services/{ns}/{name}", service_page),
+        Route("/apply", apply_page),
+        Route("/logs/{ns}/{revision}/{index:int}", logs_page),
+        Route("/playground", playground_page),
+        Route("/metrics", metrics_page),
+        Route("/login", login, methods=["GET", "POST"]),
+        Route("/api/services", api_services),
+        Route("/api/services/{ns}/{name}", api_service),
+        Route("/api/stream", api_stream),
+        Route("/api/apply", api_apply, methods=["POST"]),
+        Route("/api/delete", api_delete, methods=["POST"]),
+        Route("/api/logs/{ns}/{revision}/{index:int}", api_logs),
+        Route("/api/metrics", api_metrics),
+        Mount("/static", static, name="static"),
+    ]
+
+    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if admin_key is None or request.url.path.startswith((f"{PREFIX}/static/", f"{PREFIX}/login")):
+            return await call_next(request)
+        bearer = request.headers.get("authorization", "")
+        sent = bearer[7:].strip() if bearer.lower().startswith("bearer ") else request.cookies.get(auth.COOKIE)
+        if auth.matches(sent, admin_key):
+            return await call_next(request)
+        if "/api/" in request.url.path:
+            return _error(401, "the console needs the admin key: 'Authorization: Bearer <key>' (isvc up --admin-key, "
+                               "or the key in the state dir's admin.key)")  # fmt: skip
+        return page(request, "login.html", 401, error="")
+
+    return Starlette(routes=routes, middleware=[Middleware(BaseHTTPMiddleware, dispatch=guard)])
+
+
+def _metric_targets(store: Store) -> list[tuple[str, str, list[str]]]:
+    """(service "ns/name", revision, endpoints of its ready replicas)."""
+    return [
+        (f"{r.namespace}/{r.service}", r.revision, [f"http://127.0.0.1:{r.port}"])
+        for r in store.replicas()
+        if r.ready and r.port
+    ]
+
+
+async def _json_body(request: Request) -> dict[str, Any] | Response:
+    """State changes take JSON only: a cross-site form post cannot send it without a CORS preflight."""
+    if not request.headers.get("content-type", "").startswith("application/json"):
+        return _error(415, "send the request as application/json")
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(400, "the body is not valid JSON")
+    if not isinstance(body, dict):
+        return _error(400, "the body must be a JSON object")
+    return body
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+async def _follow(
+    path: Path, lines: int, follow: bool, disconnected: Callable[[], Awaitable[bool]]
+) -> AsyncIterator[bytes]:
+    """The last ``lines`` of the log as ``data:`` events (one per line), then new lines as they are written."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 (closed below; the generator owns it)
+    except OSError as exc:
+        yield f"event: error\ndata: {exc}\n\n".encode()
+        return
+    try:
+        for line in views.tail(path, lines):
+            yield _line_event(line)
+        f.seek(0, 2)
+        held, idle = b"", 0
+        while follow and not await disconnected():
+            chunk = f.read()
+            if not chunk:
+                idle += 1
+                if idle % _KEEPALIVE_EVERY == 0:
+                    yield b": keepalive\n\n"  # a proxy or a browser would close a silent stream
+                await asyncio.sleep(_FOLLOW_S)
+                continue
+            held += chunk
+            *done, held = held.split(b"\n")
+            for raw in done:
+                yield _line_event(raw.decode("utf-8", "replace"))
+    finally:
+        f.close()
+
+
+def _line_event(line: str) -> bytes:
+    return f"data: {json.dumps(line.rstrip())}\n\n".encode()

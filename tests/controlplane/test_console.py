@@ -1,0 +1,179 @@
+"""The web console of `isvc up` over HTTP (httpx against a real `isvc up`); the browser tests drive the same pages."""
+
+from __future__ import annotations
+
+import json
+import re
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+from cp_helpers import ControlPlane, fake_container
+from test_seed_manifests import NS, seed, stock_pvc
+
+CONSOLE = "/_isvc/console"
+
+
+def api_apply(cp: ControlPlane, text: str, *, dry_run: bool, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.post(f"{cp.url}{CONSOLE}/api/apply", json={"manifest": text, "dry_run": dry_run}, headers=headers,
+                      timeout=30)  # fmt: skip
+
+
+def services_table(cp: ControlPlane) -> dict[str, str]:
+    """name -> the READY cell's text, read from the services page's table."""
+    html = httpx.get(f"{cp.url}{CONSOLE}/", timeout=10).text
+    table = html[html.index('<table id="services">') :]
+    rows = re.findall(r'<tr data-service="[^/"]+/([^"]+)">.*?data-ready="[^"]*"[^>]*>([^<]*)</td>', table, re.S)
+    return dict(rows)
+
+
+def sse_lines(cp: ControlPlane, path: str, until: str, timeout_s: float = 20.0) -> list[str]:
+    """The ``data:`` lines of an SSE stream, read until one contains ``until``."""
+    got: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    with httpx.stream("GET", f"{cp.url}{path}", timeout=timeout_s) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                got.append(json.loads(line[6:]))
+                if until in got[-1]:
+                    return got
+            assert time.monotonic() < deadline, f"no {until!r} in {got}"
+    raise AssertionError(f"stream ended without {until!r}: {got}")
+
+
+def test_console_is_served_on_loopback_without_a_key(control_plane: ControlPlane) -> None:
+    cp = control_plane
+    r = httpx.get(f"{cp.url}/", timeout=10)
+    assert r.status_code == 307 and r.headers["location"] == f"{CONSOLE}/"
+    assert httpx.get(f"{cp.url}{CONSOLE}", timeout=10).headers["location"] == f"{CONSOLE}/"
+    pages = {"/": "Services", "/apply": "Apply", "/playground": "Playground", "/metrics": "Metrics"}
+    for path, title in pages.items():
+        html = httpx.get(f"{cp.url}{CONSOLE}{path}", timeout=10).text
+        assert re.search(r"<title>isvc console · " + title, html), html[:300]
+        nav = html[html.index("<nav") : html.index("</nav>")]
+        assert re.findall(r">(\w+)</a>", nav) == ["Services", "Apply", "Playground", "Metrics"]
+        assert "https://" not in html  # nothing from a CDN
+    apply_html = httpx.get(f"{cp.url}{CONSOLE}/apply", timeout=10).text
+    assert '<label for="manifest">Manifest</label>' in apply_html and '<textarea id="manifest"' in apply_html
+    assert ">Dry run</button>" in apply_html and ">Apply</button>" in apply_html and 'role="alert"' in apply_html
+    for asset in ("console.js", "console.css"):
+        assert httpx.get(f"{cp.url}{CONSOLE}/static/{asset}", timeout=10).status_code == 200
+    # a service Host still goes to the service, not the console
+    r = httpx.get(f"{cp.url}/", headers={"Host": "nope.default.example.com"}, timeout=10)
+    assert r.status_code == 404 and "no InferenceService" in r.text
+
+
+def test_apply_dry_run_field_errors_logs_and_delete(control_plane: ControlPlane) -> None:
+    cp = control_plane
+    bad = fake_container("fake1").replace("containers:", "containerz:")
+    r = api_apply(cp, bad, dry_run=True)
+    assert r.status_code == 422, r.text
+    assert any(p["path"].startswith("spec.predictor") for p in r.json()["problems"]), r.json()
+    text = fake_container("fake1")
+    r = api_apply(cp, text, dry_run=True)
+    assert r.status_code == 200 and r.json()["lines"][0].endswith("fake1 validated (dry run)"), r.text
+    assert "fake1" not in services_table(cp)  # a dry run changes nothing
+    r = api_apply(cp, text, dry_run=False)
+    assert r.json()["lines"] == ["inferenceservice.serving.kserve.io/fake1 created"], r.text
+    cp.wait(lambda: services_table(cp).get("fake1") == "True", 30, "READY True in the services table")
+    # the live stream carries the same list
+    with httpx.stream("GET", f"{cp.url}{CONSOLE}/api/stream", timeout=10) as s:
+        line = next(line for line in s.iter_lines() if line.startswith("data: "))
+    (svc,) = json.loads(line[6:])
+    assert svc["name"] == "fake1" and svc["ready"] == "True" and svc["traffic"] == {"fake1-predictor-00001": 100}
+    detail = httpx.get(f"{cp.url}{CONSOLE}/services/default/fake1", timeout=10).text
+    replica = cp.replicas("fake1")[0]
+    assert f"<td>{replica.pid}</td>" in detail and f"<td>{replica.port}</td>" in detail and "RevisionCreated" in detail
+    logs = re.search(r'href="([^"]+)">Logs</a>', detail)
+    assert logs and logs.group(1) == f"{CONSOLE}/logs/default/fake1-predictor-00001/0"
+    assert 'id="log"' in httpx.get(f"{cp.url}{logs.group(1)}", timeout=10).text
+    api = f"{CONSOLE}/api/logs/default/fake1-predictor-00001/0"
+    assert any("fake predictor fake on port" in line for line in sse_lines(cp, api, "fake predictor"))
+    # following: a line written after the stream opened arrives
+    log_file = Path(replica.log or "")
+    with httpx.stream("GET", f"{cp.url}{api}?tail=1", timeout=20) as s:
+        lines = s.iter_lines()
+        assert next(lines).startswith("data: ")
+        with open(log_file, "a") as f:
+            f.write("a line written later\n")
+        assert any("a line written later" in line for line in lines if line.startswith("data: "))
+    # delete, and the predictor goes
+    r = httpx.post(f"{cp.url}{CONSOLE}/api/delete", json={"namespace": "default", "name": "fake1"}, timeout=10)
+    assert r.status_code == 200 and r.json()["deleted"] == "InferenceService default/fake1"
+    cp.wait(lambda: not cp.replicas("fake1") and "fake1" not in services_table(cp), 30, "fake1 gone")
+    r = httpx.post(f"{cp.url}{CONSOLE}/api/delete", json={"namespace": "default", "name": "fake1"}, timeout=10)
+    assert r.status_code == 404
+    # state changes take JSON only (a cross-site form cannot post one)
+    r = httpx.post(f"{cp.url}{CONSOLE}/api/apply", data={"manifest": text}, timeout=10)
+    assert r.status_code == 415
+
+
+def test_off_loopback_the_console_needs_the_admin_key(start_control_plane: Callable[..., ControlPlane]) -> None:
+    cp = start_control_plane("--host", "0.0.0.0", "--admin-key", "s3cret", "--api-key", "*=nskey")
+    for path in ("/", "/apply", "/api/services", "/api/logs/default/x-predictor-00001/0"):
+        assert httpx.get(f"{cp.url}{CONSOLE}{path}", timeout=10).status_code == 401, path
+        r = httpx.get(f"{cp.url}{CONSOLE}{path}", headers={"Authorization": "Bearer nskey"}, timeout=10)
+        assert r.status_code == 401, path  # a namespace key never opens the console
+    r = api_apply(cp, fake_container("fake1"), dry_run=False)
+    assert r.status_code == 401 and "admin key" in r.json()["error"]
+    assert cp.store().resources() == []
+    ok = {"Authorization": "Bearer s3cret"}
+    assert httpx.get(f"{cp.url}{CONSOLE}/api/services", headers=ok, timeout=10).json() == []
+    assert api_apply(cp, fake_container("fake1"), dry_run=True, headers=ok).status_code == 200
+    # the login form sets a cookie the pages then accept
+    with httpx.Client(base_url=cp.url, timeout=10) as browser:
+        assert browser.post(f"{CONSOLE}/login", data={"key": "wrong"}).status_code == 401
+        r = browser.post(f"{CONSOLE}/login", data={"key": "s3cret"})
+        assert r.status_code == 303
+        assert browser.get(f"{CONSOLE}/").status_code == 200
+    assert httpx.get(f"{cp.url}/_isvc/healthz", timeout=10).status_code == 200  # the gateway itself is unchanged
+
+
+def test_a_key_file_is_made_and_printed_once_off_loopback(start_control_plane: Callable[..., ControlPlane]) -> None:
+    cp = start_control_plane("--host", "0.0.0.0")
+    key_file = cp.state_dir / "admin.key"
+    key = key_file.read_text().strip()
+    assert len(key) >= 24 and stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert key in (cp.tmp / "up.log").read_text()
+    assert httpx.get(f"{cp.url}{CONSOLE}/api/services", timeout=10).status_code == 401
+    r = httpx.get(f"{cp.url}{CONSOLE}/api/services", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    assert r.status_code == 200
+
+
+def test_seed_manifest_applied_from_the_console_answers_the_playground(
+    control_plane: ControlPlane, pvc_root: Path, tiny_model_dir: Path
+) -> None:
+    cp = control_plane
+    stock_pvc(pvc_root, tiny_model_dir)
+    text = seed(1).replace('nvidia.com/gpu: "1"', "").replace("\n\n", "\n")
+    r = api_apply(cp, text, dry_run=True)
+    assert r.status_code == 200 and "model name(s): llama2" in "\n".join(r.json()["lines"]), r.text
+    assert api_apply(cp, text, dry_run=False).status_code == 200
+    cp.wait_ready("llama2-7b-chat", NS, timeout_s=120)
+    (svc,) = httpx.get(f"{cp.url}{CONSOLE}/api/services", timeout=10).json()
+    assert svc["model_names"] == ["llama2"] and svc["url"] == f"http://llama2-7b-chat.{NS}.example.com"
+    playground = httpx.get(f"{cp.url}{CONSOLE}/playground", timeout=10).text
+    assert f'<option value="{NS}/llama2-7b-chat" data-model="llama2">' in playground
+    assert '<label for="service">Service</label>' in playground and '<label for="message">Message</label>' in playground
+    # what the playground sends: the gateway's own OpenAI route, streamed
+    body = {"model": "llama2", "stream": True, "max_tokens": 6, "messages": [{"role": "user", "content": "Hi"}],
+            "stream_options": {"include_usage": True}}  # fmt: skip
+    url = f"{cp.url}/serving/{NS}/llama2-7b-chat/openai/v1/chat/completions"
+    with httpx.stream("POST", url, json=body, timeout=60) as s:
+        assert s.status_code == 200 and s.headers["x-isvc-revision"] == "llama2-7b-chat-predictor-00001"
+        events = [line[6:] for line in s.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]" and json.loads(events[-2])["usage"]["completion_tokens"] == 6
+    # the storage initializer's lines are in the replica's log
+    api = f"{CONSOLE}/api/logs/{NS}/llama2-7b-chat-predictor-00001/0?follow=0"
+    with httpx.stream("GET", f"{cp.url}{api}", timeout=20) as s:
+        log = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: ")]
+    assert any(line.startswith("storage-initializer: pvc://") for line in log), log[:5]
+    # metrics: two samples a second apart give tokens/s and the TTFT of the request above
+    httpx.get(f"{cp.url}{CONSOLE}/api/metrics", timeout=10)
+    time.sleep(1.1)
+    m = httpx.get(f"{cp.url}{CONSOLE}/api/metrics", timeout=10).json()[f"{NS}/llama2-7b-chat"]
+    assert m["ttft_p50_s"] is not None and m["ttft_p50_s"] > 0 and len(m["points"]) == 2
+    assert m["running"] == 0 and m["waiting"] == 0
