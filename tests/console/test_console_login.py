@@ -19,7 +19,6 @@ if TYPE_CHECKING:
 
 ADMIN_KEY = "console-admin-key-for-tests"
 NS_KEY = "namespace-key-for-tests"
-CONSOLE_NOT_BUILT = pytest.mark.xfail(strict=False, reason="console not built yet")
 
 
 def expect(target):  # type: ignore[no-untyped-def]
@@ -44,7 +43,6 @@ def sign_in(page: Page, key: str) -> None:
     page.wait_for_load_state()
 
 
-@CONSOLE_NOT_BUILT
 def test_the_console_asks_for_the_admin_key(
     page: Page, js_errors: list[str], shoot: Callable[[Page, str], None]
 ) -> None:
