@@ -55,6 +55,10 @@ def up(argv: list[str]) -> int:
             return fail(IsvcError(f"--api-key wants NS=KEY, got {item!r}"))
         keys.setdefault(ns.strip(), []).append(key.strip())
     root = state_dir(args.state_dir)
+    # made before -d forks, so that the key is shown on this terminal, not in the background process's log
+    key, created = admin_key(root, args.host, args.admin_key)
+    if created:
+        print(f"isvc up: the console's admin key (saved in {root / KEY_FILE}, shown only now): {key}", flush=True)
     if args.detach:
         return _detach(root, argv, args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -70,9 +74,6 @@ def up(argv: list[str]) -> int:
         flag = "-".join(str(p) for p in first["loc"]).removesuffix("_s").replace("_", "-")
         return fail(IsvcError(f"--{flag}: {first['msg']}"))
     gpus = detect_gpus() if args.gpus is None else args.gpus
-    key, created = admin_key(root, args.host, args.admin_key)
-    if created:
-        print(f"isvc up: the console's admin key (saved in {root / KEY_FILE}, shown only now): {key}", flush=True)
     try:
         return serve(settings, cpu_fallback=args.cpu_fallback, gpus=gpus, admin_key=key)
     except IsvcError as exc:
