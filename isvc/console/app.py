@@ -93,7 +93,9 @@ def create_console(root: Path, *, admin_key: str | None, poll_s: float = 1.0) ->
         key = form.get("key", [""])[0].strip()
         if admin_key is None or auth.matches(key, admin_key):
             resp = RedirectResponse(f"{PREFIX}/", status_code=303)
-            resp.set_cookie(auth.COOKIE, key, httponly=True, samesite="strict", path=PREFIX)
+            if admin_key is not None:
+                resp.set_cookie(auth.COOKIE, auth.cookie_value(admin_key), httponly=True, samesite="strict",
+                                path=PREFIX)  # fmt: skip
             return resp
         return page(request, "login.html", 401, error="That is not the admin key.")
 
@@ -199,8 +201,10 @@ def create_console(root: Path, *, admin_key: str | None, poll_s: float = 1.0) ->
         if admin_key is None or request.url.path.startswith((f"{PREFIX}/static/", f"{PREFIX}/login")):
             return await call_next(request)
         bearer = request.headers.get("authorization", "")
-        sent = bearer[7:].strip() if bearer.lower().startswith("bearer ") else request.cookies.get(auth.COOKIE)
-        if auth.matches(sent, admin_key):
+        sent = bearer[7:].strip() if bearer.lower().startswith("bearer ") else None
+        if auth.matches(sent, admin_key) or auth.matches(
+            request.cookies.get(auth.COOKIE), auth.cookie_value(admin_key)
+        ):
             return await call_next(request)
         if "/api/" in request.url.path:
             return _error(401, "the console needs the admin key: 'Authorization: Bearer <key>' (isvc up --admin-key, "
@@ -246,9 +250,12 @@ async def _follow(
         yield f"event: error\ndata: {exc}\n\n".encode()
         return
     try:
-        for line in views.tail(path, lines):
+        # the tail ends where following starts: a line written meanwhile is sent once, not lost
+        end = f.seek(0, 2)
+        f.seek(max(0, end - max(8192, lines * 400)))
+        text = f.read(end - f.tell()).decode("utf-8", "replace")
+        for line in [line for line in text.splitlines() if line.strip()][-lines:] if lines > 0 else []:
             yield _line_event(line)
-        f.seek(0, 2)
         held, idle = b"", 0
         while follow and not await disconnected():
             chunk = f.read()

@@ -47,3 +47,8 @@ def admin_key(root: Path, host: str, explicit: str | None) -> tuple[str | None, 
 
 def matches(sent: str | None, key: str) -> bool:
     return bool(sent) and hmac.compare_digest(sent.encode(), key.encode())  # type: ignore[union-attr]
+
+
+def cookie_value(key: str) -> str:
+    """What the sign-in cookie holds: a MAC of the key, not the key (it opens only this console)."""
+    return hmac.new(key.encode(), b"isvc console session", "sha256").hexdigest()

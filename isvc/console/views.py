@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from isvc.controlplane import process
 from isvc.controlplane.store import Store
 from isvc.manifest import SERVICE_KINDS
+
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+"""A Kubernetes name (DNS label): never '..', never a path."""
 
 
 @dataclass
@@ -98,9 +101,7 @@ def log_path(store: Store, namespace: str, revision: str, index: int) -> Path | 
     row = store.replica(namespace, revision, index)
     if row is not None and row.log:
         return Path(row.log)
+    if not (_NAME.fullmatch(namespace) and _NAME.fullmatch(revision)):  # a log of a deleted replica, by name
+        return None
     path = store.root / "logs" / namespace / f"{revision}-{index}.log"
     return path if path.exists() else None
-
-
-def tail(path: Path, lines: int) -> list[str]:
-    return process.tail(path, lines, max_bytes=max(8192, lines * 400))
