@@ -25,7 +25,7 @@ def services_table(cp: ControlPlane) -> dict[str, str]:
     """name -> the READY cell's text, read from the services page's table."""
     html = httpx.get(f"{cp.url}{CONSOLE}/", timeout=10).text
     table = html[html.index('<table id="services">') :]
-    rows = re.findall(r'<tr data-service="[^/"]+/([^"]+)">.*?data-ready="[^"]*"[^>]*>([^<]*)</td>', table, re.S)
+    rows = re.findall(r'<tr data-service="[^/"]+/([^"]+)"[^>]*>.*?data-ready="[^"]*"[^>]*>([^<]*)</td>', table, re.S)
     return dict(rows)
 
 

@@ -24,8 +24,17 @@
   // Services: an SSE stream says when the list changed; the table is re-rendered by the server.
   const servicesLive = $("#services-live");
   if (servicesLive) {
+    const filter = $("#ns-filter");
+    function applyFilter() {
+      const namespaces = [...new Set([...servicesLive.querySelectorAll("tr[data-ns]")].map((tr) => tr.dataset.ns))].sort();
+      const chosen = filter.value;
+      filter.innerHTML = '<option value="">All namespaces</option>' + namespaces.map((ns) => "<option>" + esc(ns) + "</option>").join("");
+      filter.value = namespaces.includes(chosen) ? chosen : "";
+      for (const tr of servicesLive.querySelectorAll("tr[data-ns]")) tr.hidden = Boolean(filter.value) && tr.dataset.ns !== filter.value;
+    }
+    filter.addEventListener("change", applyFilter);
     const es = new EventSource(prefix + "/api/stream");
-    es.addEventListener("services", () => swap(servicesLive));
+    es.addEventListener("services", async () => { await swap(servicesLive); applyFilter(); });
   }
   // A service's details: polled (events, pids and restarts change without a list change).
   const serviceLive = $("#service-live");
