@@ -13,6 +13,8 @@ import httpx
 from cp_helpers import ControlPlane, fake_container
 from test_seed_manifests import NS, seed, stock_pvc
 
+from isvc.console.metrics import parse, quantile
+
 CONSOLE = "/_isvc/console"
 
 
@@ -181,3 +183,26 @@ def test_seed_manifest_applied_from_the_console_answers_the_playground(
     m = httpx.get(f"{cp.url}{CONSOLE}/api/metrics", timeout=10).json()[f"{NS}/llama2-7b-chat"]
     assert m["ttft_p50_s"] is not None and m["ttft_p50_s"] > 0 and len(m["points"]) == 2
     assert m["running"] == 0 and m["waiting"] == 0
+
+
+def test_metrics_parse_the_predictor_exposition_and_interpolate_quantiles() -> None:
+    text = """\
+# TYPE vllm:generation_tokens counter
+vllm:generation_tokens_total{model_name="llama2"} 120.0
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{model_name="llama2"} 2.0
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{model_name="llama2"} 1.0
+# TYPE vllm:time_to_first_token_seconds histogram
+vllm:time_to_first_token_seconds_bucket{le="0.1",model_name="llama2"} 0.0
+vllm:time_to_first_token_seconds_bucket{le="0.5",model_name="llama2"} 50.0
+vllm:time_to_first_token_seconds_bucket{le="1.0",model_name="llama2"} 100.0
+vllm:time_to_first_token_seconds_bucket{le="+Inf",model_name="llama2"} 100.0
+vllm:time_to_first_token_seconds_count{model_name="llama2"} 100.0
+vllm:time_to_first_token_seconds_sum{model_name="llama2"} 50.0
+"""
+    s = parse(text)
+    assert (s.tokens, s.running, s.waiting) == (120.0, 2.0, 1.0)
+    assert quantile(s.ttft, 0.5) == 0.5  # the 50th of 100 is the top of the (0.1, 0.5] bucket
+    assert quantile(s.ttft, 0.95) == 0.95  # 45 of the 50 in (0.5, 1.0], interpolated as Prometheus does
+    assert quantile({}, 0.5) is None and quantile({1.0: 0.0, float("inf"): 0.0}, 0.5) is None
