@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
@@ -198,6 +198,12 @@ def create_console(root: Path, *, admin_key: str | None, poll_s: float = 1.0) ->
     ]
 
     async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        refused = _refuse_foreign(request, unlocked=admin_key is None)
+        if refused is not None:
+            return _secure(refused)
+        return _secure(await check_key(request, call_next))
+
+    async def check_key(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         if admin_key is None or request.url.path.startswith((f"{PREFIX}/static/", f"{PREFIX}/login")):
             return await call_next(request)
         bearer = request.headers.get("authorization", "")
@@ -212,6 +218,51 @@ def create_console(root: Path, *, admin_key: str | None, poll_s: float = 1.0) ->
         return page(request, "login.html", 401, error="")
 
     return Starlette(routes=routes, middleware=[Middleware(BaseHTTPMiddleware, dispatch=guard)])
+
+
+_LOOPBACK_NAMES = ("127.0.0.1", "::1", "localhost")
+_STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def _host_name(host: str) -> str:
+    """The name in a Host header without its port: ``[::1]:8080`` -> ``::1``, ``localhost:80`` -> ``localhost``."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+def _refuse_foreign(request: Request, *, unlocked: bool) -> Response | None:
+    """A 403 for a request another web site's page may have made (DNS rebinding, cross-site posts), else None.
+
+    An unlocked console (loopback, no admin key) answers only a loopback Host: a page whose domain re-resolves
+    to 127.0.0.1 still sends its own name. A state change must also come from the console's own origin.
+    """
+    host = request.headers.get("host", "")
+    if unlocked and _host_name(host) not in _LOOPBACK_NAMES:
+        return _error(403, f"the console without an admin key answers only a loopback Host (127.0.0.1, [::1] or "
+                           f"localhost), not {host!r}; open it at http://127.0.0.1:PORT{PREFIX}/ or start isvc up "
+                           "with --admin-key")  # fmt: skip
+    if request.method in _STATE_CHANGING:
+        origin = request.headers.get("origin")
+        if origin is not None:
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or parts.netloc.lower() != host.strip().lower():
+                return _error(403, f"cross-origin request refused: Origin {origin!r} is not this console ({host!r})")
+        if request.headers.get("sec-fetch-site", "").lower() == "cross-site":
+            return _error(403, "cross-site request refused (Sec-Fetch-Site: cross-site)")
+    return None
+
+
+def _secure(response: Response) -> Response:
+    for name, value in _SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
 
 
 def _metric_targets(store: Store) -> list[tuple[str, str, list[str]]]:

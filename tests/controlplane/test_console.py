@@ -117,6 +117,47 @@ def test_apply_dry_run_field_errors_logs_and_delete(control_plane: ControlPlane)
     assert r.status_code == 415
 
 
+def test_an_open_console_refuses_other_hosts_and_cross_site_changes(control_plane: ControlPlane) -> None:
+    """DNS rebinding: a page at evil.example re-resolved to 127.0.0.1 sends its own Host, and is refused."""
+    cp = control_plane
+    text = fake_container("fake1")
+    for path in ("/", "/apply", "/api/services", "/static/console.js"):
+        r = httpx.get(f"{cp.url}{CONSOLE}{path}", headers={"Host": "evil.example"}, timeout=10)
+        assert r.status_code == 403 and "loopback Host" in r.json()["error"], (path, r.text)
+    r = api_apply(cp, text, dry_run=False, headers={"Host": "evil.example:8080"})
+    assert r.status_code == 403
+    for host in ("localhost", f"localhost:{cp.port}", f"127.0.0.1:{cp.port}", f"[::1]:{cp.port}"):
+        assert httpx.get(f"{cp.url}{CONSOLE}/", headers={"Host": host}, timeout=10).status_code == 200, host
+    # a state change from another origin, or one the browser marks cross-site, is refused
+    for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"},
+                    {"Origin": f"http://localhost:{cp.port}"}, {"Sec-Fetch-Site": "cross-site"}):  # fmt: skip
+        r = api_apply(cp, text, dry_run=False, headers=headers)
+        assert r.status_code == 403 and "refused" in r.json()["error"], (headers, r.text)
+        r = httpx.post(f"{cp.url}{CONSOLE}/api/delete", json={"namespace": "default", "name": "x"}, headers=headers,
+                       timeout=10)  # fmt: skip
+        assert r.status_code == 403, headers
+    assert cp.store().resources() == []
+    # what the console's own page sends passes
+    same = {"Origin": cp.url, "Sec-Fetch-Site": "same-origin"}
+    r = api_apply(cp, text, dry_run=True, headers=same)
+    assert r.status_code == 200 and r.json()["lines"][0].endswith("fake1 validated (dry run)"), r.text
+
+
+def test_console_responses_carry_security_headers(control_plane: ControlPlane) -> None:
+    cp = control_plane
+    for path in ("/", "/apply", "/playground", "/api/services", "/static/console.js", "/services/default/nope"):
+        h = httpx.get(f"{cp.url}{CONSOLE}{path}", timeout=10).headers
+        assert h["content-security-policy"] == "default-src 'self'; frame-ancestors 'none'", path
+        assert h["x-frame-options"] == "DENY" and h["referrer-policy"] == "no-referrer", path
+    r = httpx.get(f"{cp.url}{CONSOLE}/", headers={"Host": "evil.example"}, timeout=10)
+    assert r.headers["x-frame-options"] == "DENY"
+    # nothing inline for the policy to block
+    for path in ("/", "/apply", "/playground", "/metrics"):
+        html = httpx.get(f"{cp.url}{CONSOLE}{path}", timeout=10).text
+        assert re.findall(r"<script(?![^>]*\bsrc=)[^>]*>", html) == [] and "<style" not in html, path
+        assert not re.search(r"\s(style|on[a-z]+)=", html), path
+
+
 def test_off_loopback_the_console_needs_the_admin_key(start_control_plane: Callable[..., ControlPlane]) -> None:
     cp = start_control_plane("--host", "0.0.0.0", "--admin-key", "s3cret", "--api-key", "*=nskey")
     for path in ("/", "/apply", "/api/services", "/api/logs/default/x-predictor-00001/0"):
