@@ -7,7 +7,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import parse_qs, urlsplit
 
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 PREFIX = "/_isvc/console"
 _LOG_LINES = 500
+_MAX_TAIL = 5000
+_MAX_RESUME = 4 << 20
+"""A reconnect further behind than this many bytes gets the tail instead of everything since."""
 _FOLLOW_S = 0.3
 _KEEPALIVE_EVERY = 50
 
@@ -76,6 +79,9 @@ def create_console(root: Path, *, admin_key: str | None, poll_s: float = 1.0) ->
 
     async def logs_page(request: Request) -> Response:
         p = request.path_params
+        if await read(lambda s: views.log_path(s, p["ns"], p["revision"], p["index"])) is None:
+            return page(request, "missing.html", 404, what=f"replica {p['index']} of revision {p['ns']}/{p['revision']} "
+                                                            "(it was deleted, or never ran)")  # fmt: skip
         return page(request, "logs.html", ns=p["ns"], revision=p["revision"], index=p["index"])
 
     async def playground_page(request: Request) -> Response:
@@ -152,11 +158,17 @@ def create_console(root: Path, *, admin_key: str | None, poll_s: float = 1.0) ->
         p = request.path_params
         path = await read(lambda s: views.log_path(s, p["ns"], p["revision"], p["index"]))
         if path is None:
-            return _error(404, f"no replica {p['index']} of revision {p['ns']}/{p['revision']}")
-        lines = int(request.query_params.get("tail", _LOG_LINES))
+            return _error(404, f"no replica {p['index']} of revision {p['ns']}/{p['revision']} (it was deleted, "
+                               "or never ran)")  # fmt: skip
+        tail = request.query_params.get("tail", str(_LOG_LINES)).strip()
+        if not tail.isdigit():
+            return _error(422, f"tail: a whole number of lines (0 to {_MAX_TAIL}), not {tail!r}")
+        lines = min(int(tail), _MAX_TAIL)
         follow = request.query_params.get("follow", "1") != "0"
-        return StreamingResponse(_follow(path, lines, follow, request.is_disconnected), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store"})  # fmt: skip
+        last_id = request.headers.get("last-event-id", "").strip()
+        resume = int(last_id) if last_id.isdigit() else None
+        return StreamingResponse(_follow(path, lines, resume, follow, request.is_disconnected),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-store"})  # fmt: skip
 
     async def api_metrics(request: Request) -> Response:
         targets = await read(_metric_targets)
@@ -291,22 +303,51 @@ def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
 
 
-async def _follow(
-    path: Path, lines: int, follow: bool, disconnected: Callable[[], Awaitable[bool]]
-) -> AsyncIterator[bytes]:
-    """The last ``lines`` of the log as ``data:`` events (one per line), then new lines as they are written."""
+def _read_tail(path: Path, lines: int, resume: int | None) -> tuple[BinaryIO, list[bytes]]:
+    """The log open at the end of its last whole line, and the events before that: the last ``lines``, or,
+    with ``resume`` (a Last-Event-ID: the byte offset after the last line the client got), every line since."""
+    f = open(path, "rb")  # noqa: SIM115 (the caller closes it)
     try:
-        f = open(path, "rb")  # noqa: SIM115 (closed below; the generator owns it)
+        end = f.seek(0, 2)
+        if resume is not None and 0 <= resume <= end and end - resume <= _MAX_RESUME:
+            start = resume
+        else:
+            resume, start = None, max(0, end - max(8192, lines * 400))
+        f.seek(start)
+        data = f.read(end - start)
+        data = data[: data.rfind(b"\n") + 1]  # a partial last line is sent whole, by the follow loop
+        f.seek(start + len(data))
+        events: list[tuple[str, int]] = []
+        pos = start
+        for raw in data.splitlines(keepends=True):
+            pos += len(raw)
+            events.append((raw.decode("utf-8", "replace"), pos))
+        if resume is None and start > 0:
+            events = events[1:]  # the first line may be cut
+        events = [e for e in events if e[0].strip()]
+        if resume is None:
+            events = events[-lines:] if lines > 0 else []
+        return f, [_line_event(line, pos) for line, pos in events]
+    except BaseException:
+        f.close()
+        raise
+
+
+async def _follow(
+    path: Path, lines: int, resume: int | None, follow: bool, disconnected: Callable[[], Awaitable[bool]]
+) -> AsyncIterator[bytes]:
+    """The last ``lines`` of the log (or every line after ``resume``) as ``data:`` events, one per line, each with
+    its end's byte offset as ``id:``, then new lines as they are written."""
+    try:
+        f, events = await asyncio.to_thread(_read_tail, path, lines, resume)
     except OSError as exc:
-        yield f"event: error\ndata: {exc}\n\n".encode()
+        yield f"event: error\ndata: {json.dumps(str(exc))}\n\n".encode()
         return
     try:
         # the tail ends where following starts: a line written meanwhile is sent once, not lost
-        end = f.seek(0, 2)
-        f.seek(max(0, end - max(8192, lines * 400)))
-        text = f.read(end - f.tell()).decode("utf-8", "replace")
-        for line in [line for line in text.splitlines() if line.strip()][-lines:] if lines > 0 else []:
-            yield _line_event(line)
+        for event in events:
+            yield event
+        pos = f.tell()
         held, idle = b"", 0
         while follow and not await disconnected():
             chunk = f.read()
@@ -319,10 +360,12 @@ async def _follow(
             held += chunk
             *done, held = held.split(b"\n")
             for raw in done:
-                yield _line_event(raw.decode("utf-8", "replace"))
+                pos += len(raw) + 1
+                if raw.strip():
+                    yield _line_event(raw.decode("utf-8", "replace"), pos)
     finally:
         f.close()
 
 
-def _line_event(line: str) -> bytes:
-    return f"data: {json.dumps(line.rstrip())}\n\n".encode()
+def _line_event(line: str, offset: int) -> bytes:
+    return f"id: {offset}\ndata: {json.dumps(line.rstrip())}\n\n".encode()

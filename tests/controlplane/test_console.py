@@ -98,7 +98,7 @@ def test_apply_dry_run_field_errors_logs_and_delete(control_plane: ControlPlane)
     log_file = Path(replica.log or "")
     with httpx.stream("GET", f"{cp.url}{api}?tail=1", timeout=20) as s:
         lines = s.iter_lines()
-        assert next(lines).startswith("data: ")
+        assert next(lines).startswith("id: ") and next(lines).startswith("data: ")
         with open(log_file, "a") as f:
             f.write("a line written later\n")
         deadline = time.monotonic() + 20
@@ -141,6 +141,42 @@ def test_an_open_console_refuses_other_hosts_and_cross_site_changes(control_plan
     same = {"Origin": cp.url, "Sec-Fetch-Site": "same-origin"}
     r = api_apply(cp, text, dry_run=True, headers=same)
     assert r.status_code == 200 and r.json()["lines"][0].endswith("fake1 validated (dry run)"), r.text
+
+
+def sse_events(cp: ControlPlane, path: str, headers: dict[str, str] | None = None) -> list[tuple[int, str]]:
+    """(id, line) of each event of a log stream that does not follow."""
+    with httpx.stream("GET", f"{cp.url}{path}", headers=headers, timeout=10) as r:
+        assert r.status_code == 200, r.read()
+        text = r.read().decode()
+    events = [dict(line.split(": ", 1) for line in block.splitlines()) for block in text.split("\n\n") if block]
+    return [(int(e["id"]), json.loads(e["data"])) for e in events]
+
+
+def test_logs_tail_is_checked_unknown_replicas_are_404_and_a_reconnect_resumes(control_plane: ControlPlane) -> None:
+    cp = control_plane
+    log_dir = cp.state_dir / "logs" / "default"  # the log of a deleted replica, looked up by name
+    log_dir.mkdir(parents=True, exist_ok=True)
+    (log_dir / "gone-predictor-00001-0.log").write_text("".join(f"line {i}\n" for i in range(10)) + "partial")
+    api = f"{CONSOLE}/api/logs/default/gone-predictor-00001/0"
+    for bad in ("abc", "-1", "1.5", ""):
+        r = httpx.get(f"{cp.url}{api}?tail={bad}&follow=0", timeout=10)
+        assert r.status_code == 422 and r.json()["error"].startswith("tail: a whole number"), (bad, r.text)
+    events = sse_events(cp, f"{api}?tail=3&follow=0")
+    assert [line for _, line in events] == ["line 7", "line 8", "line 9"]  # the partial line waits for its end
+    assert [i for i, _ in events] == [len("".join(f"line {i}\n" for i in range(n + 1))) for n in (7, 8, 9)]
+    assert len(sse_events(cp, f"{api}?tail=999999&follow=0")) == 10  # clamped to 5000, not an error
+    assert sse_events(cp, f"{api}?tail=0&follow=0") == []
+    # a reconnect sends Last-Event-ID (the offset of the last line it got): it gets the lines after, once
+    resumed = sse_events(cp, f"{api}?follow=0", headers={"Last-Event-ID": str(events[1][0])})
+    assert resumed == [events[2]]
+    # an unknown replica: 404 with a message, for the page and the API
+    for path in (
+        f"{CONSOLE}/logs/default/nope-predictor-00001/0",
+        f"{CONSOLE}/api/logs/default/nope-predictor-00001/0",
+    ):
+        r = httpx.get(f"{cp.url}{path}", timeout=10)
+        assert r.status_code == 404 and "replica 0 of revision default/nope-predictor-00001" in r.text, path
+    assert httpx.get(f"{cp.url}{CONSOLE}/logs/default/gone-predictor-00001/0", timeout=10).status_code == 200
 
 
 def test_console_responses_carry_security_headers(control_plane: ControlPlane) -> None:

@@ -15,6 +15,7 @@
   async function swap(el) {
     try {
       const r = await fetch(el.dataset.fragment, { headers: { Accept: "text/html" } });
+      if (r.status === 404) return "gone";
       if (!r.ok) return;
       const html = await r.text();
       if (el.dataset.last !== html) { el.innerHTML = html; el.dataset.last = html; }
@@ -38,7 +39,18 @@
   }
   // A service's details: polled (events, pids and restarts change without a list change).
   const serviceLive = $("#service-live");
-  if (serviceLive) setInterval(() => swap(serviceLive), 1500);
+  if (serviceLive) {
+    // deleted while the page is open (here or elsewhere): say so instead of showing the last READY forever
+    const timer = setInterval(async () => {
+      if (await swap(serviceLive) !== "gone") return;
+      clearInterval(timer);
+      const ready = $("#ready");
+      if (ready) { ready.textContent = "Deleted"; ready.className = "ready ready-deleted"; }
+      $("#delete-result").textContent = "This service was deleted.";
+      const del = $("#delete");
+      if (del) del.disabled = true;
+    }, 1500);
+  }
 
   // Delete with a confirmation.
   const del = $("#delete");
@@ -94,7 +106,17 @@
         log.textContent += JSON.parse(ev.data) + "\n";
         if (atEnd) log.scrollTop = log.scrollHeight;
       };
-      es.onerror = () => { state.textContent = "reconnecting…"; };
+      es.onerror = async () => {
+        // EventSource retries a dropped stream by itself (sending Last-Event-ID, so no line comes twice);
+        // a 404 closes it for good: the replica is gone
+        state.textContent = "reconnecting…";
+        if (es.readyState !== EventSource.CLOSED) return;
+        try {
+          const r = await fetch(log.dataset.src + "?follow=0&tail=0");
+          if (r.status === 404) { state.textContent = "this replica is gone (deleted, or never ran)"; return; }
+        } catch (e) { /* the gateway is down: retry below */ }
+        setTimeout(() => { if (es.readyState === EventSource.CLOSED && $("#follow").checked) { log.textContent = ""; open(); } }, 3000);
+      };
     }
     $("#follow").addEventListener("change", (ev) => {
       if (ev.target.checked) { log.textContent = ""; open(); } else { es.close(); state.textContent = "paused"; }
