@@ -21,7 +21,7 @@ from starlette.staticfiles import StaticFiles
 
 from isvc.console import auth, views
 from isvc.console.metrics import MetricsSampler
-from isvc.controlplane.cli import apply_documents
+from isvc.controlplane.apply import apply_documents
 from isvc.controlplane.store import Store
 from isvc.errors import IsvcError
 from isvc.manifest import SERVICE_KINDS, ManifestError, load_text
