@@ -129,7 +129,8 @@
   if (pg) {
     const turns = [];
     const answer = $("#answer"), stats = $("#stats"), history = $("#history");
-    $("#clear").addEventListener("click", () => { turns.length = 0; history.innerHTML = ""; answer.textContent = ""; stats.textContent = ""; });
+    let answered = false;  // #answer holds a chat answer not yet in the transcript
+    $("#clear").addEventListener("click", () => { turns.length = 0; answered = false; history.innerHTML = ""; answer.textContent = ""; stats.textContent = ""; });
     pg.addEventListener("submit", async (ev) => {
       ev.preventDefault();
       const opt = $("#service").selectedOptions[0];
@@ -150,6 +151,15 @@
       const headers = { "Content-Type": "application/json" };
       const key = $("#api-key").value.trim();
       if (key) headers.Authorization = "Bearer " + key;
+      // the transcript holds the earlier turns and this question; the answer streams into #answer only
+      // (it joins the transcript when the next question is sent, so no text shows twice)
+      if (answered) history.insertAdjacentHTML("beforeend", '<p class="turn">' + esc(answer.textContent) + "</p>");
+      answered = false;
+      let asked = null;
+      if (chat) {
+        history.insertAdjacentHTML("beforeend", '<p class="turn user">You: ' + esc(text) + "</p>");
+        asked = history.lastElementChild;
+      }
       answer.textContent = ""; stats.textContent = "sending…";
       $("#send").disabled = true;
       const t0 = performance.now();
@@ -187,11 +197,13 @@
           (gen > 0 ? (Math.max(tokens - 1, 0) / gen).toFixed(1) : "–") + " tokens/s · revision " + (revision || "?");
         if (chat) {
           turns.push({ role: "user", content: text }, { role: "assistant", content: answer.textContent });
-          history.insertAdjacentHTML("beforeend", '<p class="turn user">You: ' + esc(text) + '</p><p class="turn">' + esc(answer.textContent) + "</p>");
+          answered = true;
+          asked = null;
         }
       } catch (e) {
         stats.textContent = "failed: " + e;
       } finally {
+        if (asked) asked.remove();  // no answer came: the question is not part of the chat
         $("#send").disabled = false;
       }
     });
