@@ -7,7 +7,9 @@ EventSource); every asset comes from this package, none from a CDN.
 The console changes state (apply, delete), so unless the gateway is bound to loopback it needs the
 admin key (``isvc up --admin-key KEY``, else ``<state dir>/admin.key``, made and printed on first start),
 sent as ``Authorization: Bearer KEY`` or set as a cookie by the login form. Namespace API keys never
-grant it. State-changing calls take JSON only, so another site cannot post a form to them.
+grant it. State-changing calls take JSON only, so another site cannot post a form to them; an open console
+answers only a loopback Host (no DNS rebinding), and every POST must come from its own origin (``Origin``,
+``Sec-Fetch-Site``). Responses carry a Content-Security-Policy of ``default-src 'self'``: nothing inline.
 
 Contract with the browser tests (keep these exact):
 
