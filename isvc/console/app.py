@@ -237,7 +237,9 @@ _STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
 _SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    # not "no-referrer": with it Chromium sends `Origin: null` on the login form's same-origin POST, which
+    # the origin check then refuses; "same-origin" still sends nothing to other sites
+    "Referrer-Policy": "same-origin",
 }
 
 

@@ -184,7 +184,7 @@ def test_console_responses_carry_security_headers(control_plane: ControlPlane) -
     for path in ("/", "/apply", "/playground", "/api/services", "/static/console.js", "/services/default/nope"):
         h = httpx.get(f"{cp.url}{CONSOLE}{path}", timeout=10).headers
         assert h["content-security-policy"] == "default-src 'self'; frame-ancestors 'none'", path
-        assert h["x-frame-options"] == "DENY" and h["referrer-policy"] == "no-referrer", path
+        assert h["x-frame-options"] == "DENY" and h["referrer-policy"] == "same-origin", path
     r = httpx.get(f"{cp.url}{CONSOLE}/", headers={"Host": "evil.example"}, timeout=10)
     assert r.headers["x-frame-options"] == "DENY"
     # nothing inline for the policy to block
