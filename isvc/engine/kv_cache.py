@@ -101,13 +101,13 @@ class KVCache:
         self.num_slots = self.length = 0
 
     def move(self, src: int, dst: int, length: int) -> None:
-        """Copy one slot's first ``length`` positions into another (slot compaction); ``src`` is vacated
-        and what ``dst``'s last request wrote past ``length`` goes back."""
+        """Copy one slot's first ``length`` positions into another (slot compaction); what ``dst``'s last
+        request wrote past ``length`` goes back. ``src`` is the last slot: the next ``ensure`` vacates it,
+        or an admission releases it."""
         if length > 0:
             for cache in (self.k, self.v):
                 for layer in cache:
                     layer[dst, :, :length].copy_(layer[src, :, :length])
-        self.release(src)
         self.release(dst, keep=max(length, 0))
 
     def _reserve(self, shape: tuple[int, int, int, int]) -> torch.Tensor:
