@@ -1,7 +1,7 @@
 """The web console of ``isvc up``: services, apply, logs, playground and metrics, served by the gateway.
 
 It lives at ``/_isvc/console/`` (and ``/`` redirects there when no service Host matches). Pages are
-server-rendered Jinja2 templates with a small script of our own (``static/console.js``: fetch and
+server-rendered Jinja2 templates, each with a small ES module of our own (``static/js/<view>.js``, on fetch and
 EventSource); every asset comes from this package, none from a CDN.
 
 The console changes state (apply, delete), so unless the gateway is bound to loopback it needs the

@@ -61,7 +61,7 @@ def test_console_is_served_on_loopback_without_a_key(control_plane: ControlPlane
     apply_html = httpx.get(f"{cp.url}{CONSOLE}/apply", timeout=10).text
     assert '<label for="manifest">Manifest</label>' in apply_html and '<textarea id="manifest"' in apply_html
     assert ">Dry run</button>" in apply_html and ">Apply</button>" in apply_html and 'role="alert"' in apply_html
-    for asset in ("console.js", "console.css"):
+    for asset in ("js/core.js", "js/services.js", "js/playground.js", "console.css"):
         assert httpx.get(f"{cp.url}{CONSOLE}/static/{asset}", timeout=10).status_code == 200
     # a service Host still goes to the service, not the console
     r = httpx.get(f"{cp.url}/", headers={"Host": "nope.default.example.com"}, timeout=10)
@@ -121,7 +121,7 @@ def test_an_open_console_refuses_other_hosts_and_cross_site_changes(control_plan
     """DNS rebinding: a page at evil.example re-resolved to 127.0.0.1 sends its own Host, and is refused."""
     cp = control_plane
     text = fake_container("fake1")
-    for path in ("/", "/apply", "/api/services", "/static/console.js"):
+    for path in ("/", "/apply", "/api/services", "/static/js/core.js"):
         r = httpx.get(f"{cp.url}{CONSOLE}{path}", headers={"Host": "evil.example"}, timeout=10)
         assert r.status_code == 403 and "loopback Host" in r.json()["error"], (path, r.text)
     r = api_apply(cp, text, dry_run=False, headers={"Host": "evil.example:8080"})
@@ -181,7 +181,7 @@ def test_logs_tail_is_checked_unknown_replicas_are_404_and_a_reconnect_resumes(c
 
 def test_console_responses_carry_security_headers(control_plane: ControlPlane) -> None:
     cp = control_plane
-    for path in ("/", "/apply", "/playground", "/api/services", "/static/console.js", "/services/default/nope"):
+    for path in ("/", "/apply", "/playground", "/api/services", "/static/js/core.js", "/services/default/nope"):
         h = httpx.get(f"{cp.url}{CONSOLE}{path}", timeout=10).headers
         assert h["content-security-policy"] == "default-src 'self'; frame-ancestors 'none'", path
         assert h["x-frame-options"] == "DENY" and h["referrer-policy"] == "same-origin", path
