@@ -52,9 +52,11 @@ _OPENAI_PREFIXES = (
     "/v1/responses",
     "/v1/rerank",
     "/v1/score",
-    "/v2/rerank",  # vLLM's rerank and score also answer outside /v1
+    "/v1/classify",
+    "/v2/rerank",  # vLLM's rerank, score and classify also answer outside /v1
     "/rerank",
     "/score",
+    "/classify",
     "/tokenize",  # vLLM's, at the root
     "/detokenize",
 )

@@ -142,5 +142,7 @@ def routes(task: str, model_name: str) -> list[str]:
     if task == TEXT_EMBEDDING:
         return ["POST /openai/v1/embeddings", v1, v2]
     if task == RERANK:
-        return ["POST /openai/v1/rerank", "POST /openai/v1/score", v1, v2]
+        return ["POST /openai/v1/rerank", "POST /openai/v1/score", "POST /openai/v1/classify", v1, v2]
+    if task == SEQUENCE_CLASSIFICATION:
+        return ["POST /openai/v1/classify", v1, v2]
     return [v1, v2]

@@ -126,7 +126,11 @@ def test_fill_mask_task_comes_from_the_mapped_folders_config(models: Path, tmp_p
 def test_sentiment_and_ner_tasks_come_from_their_task_flag(models: Path, tmp_path: Path) -> None:
     out = dry_run(SENTIMENT, tmp_path / "state")
     assert out["task"] == ["sequence_classification (from --task)"]
-    assert out["routes"] == ["POST /v1/models/distilbert:predict", "POST /v2/models/distilbert/infer"]
+    assert out["routes"] == [
+        "POST /openai/v1/classify",
+        "POST /v1/models/distilbert:predict",
+        "POST /v2/models/distilbert/infer",
+    ]
     out = dry_run(NER.format(ner=models / "bert-base-NER"), tmp_path / "state")
     assert out["task"] == ["token_classification (from --task)"] and out["engine"] == [ENCODER]
     assert out["routes"] == ["POST /v1/models/bert:predict", "POST /v2/models/bert/infer"]

@@ -396,6 +396,22 @@ async def test_sequence_classification_answers_the_label_index_probabilities_or_
     assert v2_probs["datatype"] == "FP64" and v2_probs["shape"] == [2, 3]
 
 
+async def test_classify_answers_label_and_probabilities_and_refuses_other_tasks() -> None:
+    async with serve(FakeEngine(Task.SEQUENCE_CLASSIFICATION)) as client:
+        r = await client.post("/v1/classify", json={"model": MODEL, "input": ["hello", "hello world"]})
+        assert r.status_code == 200, r.text
+        data = r.json()["data"]
+        assert [d["label"] for d in data] == ["LABEL_0", "LABEL_1"]  # no id2label: vLLM's default names
+        assert all(d["num_classes"] == 3 and math.isclose(sum(d["probs"]), 1.0) for d in data)
+        empty = await client.post("/classify", json={"model": MODEL, "input": []})
+        assert_openai_error(empty, 400)
+        missing = await client.post("/classify", json={"model": MODEL})
+        assert_openai_error(missing, 400, "input")
+    async with serve(FakeEngine(Task.TEXT_EMBEDDING)) as client:
+        r = await client.post("/classify", json={"input": "hello"})
+        assert assert_openai_error(r, 400, "text_embedding")["code"] == "wrong_task"
+
+
 async def test_token_classification_answers_label_ids_per_token_in_kserves_nesting() -> None:
     engine = FakeEngine(Task.TOKEN_CLASSIFICATION)
     texts = ["hello world", "the capital of france"]

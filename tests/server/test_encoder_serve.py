@@ -138,6 +138,34 @@ def test_sequence_classification_equals_transformers_pipeline(start_server: Any,
         assert {int(k): v for k, v in answer.items()} == pytest.approx(by_label, abs=1e-4)
 
 
+def test_classify_names_the_label_and_equals_transformers_pipeline(
+    start_server: Any, tiny_classifier_dir: Path
+) -> None:
+    """vLLM's ``/classify`` (and under /v1, /openai/v1): the label's name from id2label and every class's
+    probability, as transformers' text-classification pipeline gives them."""
+    from transformers import pipeline
+
+    server = serve_folder(start_server, tiny_classifier_dir, "sentiment")
+    classify = pipeline("text-classification", model=str(tiny_classifier_dir), device="cpu")
+    label2id = {v: k for k, v in classify.model.config.id2label.items()}
+    expected = classify(TEXTS, top_k=None)
+    for path in ("/classify", "/v1/classify", "/openai/v1/classify"):
+        r = httpx.post(server.base_url + path, json={"model": "sentiment", "input": TEXTS})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["object"] == "list" and body["model"] == "sentiment"
+        assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] > len(TEXTS)
+        for i, (row, scores) in enumerate(zip(body["data"], expected, strict=True)):
+            assert row["index"] == i and row["num_classes"] == len(label2id)
+            assert row["label"] == scores[0]["label"]  # the pipeline sorts by score: its first is the best
+            by_id = {label2id[s["label"]]: s["score"] for s in scores}
+            assert row["probs"] == pytest.approx([by_id[k] for k in range(len(by_id))], abs=1e-5)
+    one = httpx.post(server.base_url + "/classify", json={"input": TEXTS[0]}).json()
+    assert [d["index"] for d in one["data"]] == [0]
+    wrong = httpx.post(server.base_url + "/classify", json={"model": "nope", "input": "hi"})
+    assert wrong.status_code == 404 and wrong.json()["error"]["param"] == "model"
+
+
 def test_token_classification_equals_transformers_pipeline(start_server: Any, tiny_ner_dir: Path) -> None:
     from transformers import pipeline
 

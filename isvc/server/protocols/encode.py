@@ -212,12 +212,22 @@ def _wants_token_types(tokenizer: Any, options: EncoderOptions) -> bool:
 
 def relevance(out: PoolingOutput) -> float:
     """A cross-encoder's score: sigmoid of its one logit; with several labels, the last label's probability."""
-    logits: list[float] = out.data  # type: ignore[assignment]
+    return probabilities(out.data)[-1]  # type: ignore[arg-type]
+
+
+def probabilities(logits: Sequence[float]) -> list[float]:
+    """A classifier's class probabilities: softmax over its labels, or the sigmoid of a lone logit (as vLLM's
+    classify and sentence-transformers' CrossEncoder do)."""
     if len(logits) == 1:
-        return _sigmoid(logits[0])
-    top = max(logits)
-    exps = [math.exp(x - top) for x in logits]
-    return exps[-1] / sum(exps)
+        return [_sigmoid(logits[0])]
+    return softmax(logits)
+
+
+def softmax(row: Sequence[float]) -> list[float]:
+    top = max(row)
+    exps = [math.exp(x - top) for x in row]
+    total = sum(exps)
+    return [e / total for e in exps]
 
 
 def _sigmoid(x: float) -> float:

@@ -134,7 +134,7 @@ def _fill_mask(engine: EngineClient, rows: list[list[list[float]]], options: Enc
         values = [[[{j: v} for j, v in enumerate(mask)] for mask in row] for row in rows]
         return Predictions(values, _tensor("FP64", rows))
     if options.return_probabilities:
-        probs = [[_softmax(mask) for mask in row] for row in rows]
+        probs = [[encode.softmax(mask) for mask in row] for row in rows]
         strings = [[[{j: f"{p:.4f}"} for j, p in enumerate(mask)] for mask in row] for row in probs]
         return Predictions(strings, _tensor("FP64", probs))
     decode = engine.tokenizer.decode
@@ -146,7 +146,7 @@ def _classification(rows: list[list[float]], options: EncoderOptions) -> Predict
     if options.return_raw_logits:
         return Predictions([dict(enumerate(row)) for row in rows], _tensor("FP64", rows))
     if options.return_probabilities:
-        probs = [[float(f"{p:.4f}") for p in _softmax(row)] for row in rows]
+        probs = [[float(f"{p:.4f}") for p in encode.softmax(row)] for row in rows]
         return Predictions([dict(enumerate(row)) for row in probs], _tensor("FP64", probs))
     labels = [_argmax(row) for row in rows]
     return Predictions(labels, _tensor("INT64", labels))
@@ -156,7 +156,7 @@ def _token_classification(rows: list[list[list[float]]], options: EncoderOptions
     if options.return_raw_logits:
         return Predictions([[dict(enumerate(tok)) for tok in row] for row in rows], _tensor("FP64", rows))
     if options.return_probabilities:
-        probs = [[[float(f"{p:.4f}") for p in _softmax(tok)] for tok in row] for row in rows]
+        probs = [[[float(f"{p:.4f}") for p in encode.softmax(tok)] for tok in row] for row in rows]
         return Predictions([[dict(enumerate(tok)) for tok in row] for row in probs], _tensor("FP64", probs))
     labels = [[[_argmax(tok) for tok in row]] for row in rows]  # KServe's [[...]]: argmax over a [1, T, L] batch
     return Predictions(labels, _tensor("INT64", labels))
@@ -195,10 +195,3 @@ def _flatten(values: Any, shape: list[int], pad: Any, out: list[Any]) -> None:
 
 def _argmax(row: Sequence[float]) -> int:
     return max(range(len(row)), key=row.__getitem__)
-
-
-def _softmax(row: Sequence[float]) -> list[float]:
-    top = max(row)
-    exps = [math.exp(x - top) for x in row]
-    total = sum(exps)
-    return [e / total for e in exps]

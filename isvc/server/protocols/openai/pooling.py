@@ -1,9 +1,11 @@
-"""OpenAI-style pooling routes on the engine: embeddings (OpenAI), rerank (vLLM/Jina/Cohere), score (vLLM).
+"""OpenAI-style pooling routes on the engine: embeddings (OpenAI), rerank (vLLM/Jina/Cohere), score and
+classify (vLLM).
 
 Embeddings need a ``text_embedding`` model. Rerank and score read (query, document) pairs
 through a cross-encoder (``rerank`` or ``sequence_classification``: the first logit, through a
 sigmoid as vLLM and sentence-transformers' CrossEncoder do), or compare embeddings by cosine on
-a ``text_embedding`` model (as vLLM does). Answers are built as plain dicts: an embeddings
+a ``text_embedding`` model (as vLLM does). Classify answers a sequence classifier's (or a cross-encoder's)
+label and class probabilities, naming the label from config.json's ``id2label``. Answers are built as plain dicts: an embeddings
 answer holds thousands of floats, and pydantic would check each one again.
 """
 
@@ -22,7 +24,13 @@ from isvc.engine.client import EncodeInput, EngineClient, PoolingParams, Task
 from isvc.errors import InvalidRequest, NotFound
 from isvc.server.protocols import encode
 from isvc.server.protocols.encode import EncoderOptions
-from isvc.server.protocols.openai.schema import EmbeddingRequest, RerankDocument, RerankRequest, ScoreRequest
+from isvc.server.protocols.openai.schema import (
+    ClassificationRequest,
+    EmbeddingRequest,
+    RerankDocument,
+    RerankRequest,
+    ScoreRequest,
+)
 
 CROSS_ENCODERS = (Task.RERANK, Task.SEQUENCE_CLASSIFICATION)
 SCORERS = (*CROSS_ENCODERS, Task.TEXT_EMBEDDING)
@@ -48,7 +56,7 @@ class OpenAIPooling:
             raise InvalidRequest(
                 f"dimensions {req.dimensions} is more than this model's {dim}; ask for 1..{dim}", param="dimensions"
             )
-        inputs = await self._embedding_inputs(req)
+        inputs = await self._inputs(req.input, req.truncate_prompt_tokens, req.add_special_tokens)
         params = PoolingParams(kind="embed", dimensions=req.dimensions, truncate=req.truncate_prompt_tokens is not None)
         request_id = f"embd-{uuid.uuid4().hex}"
         outs = await encode.encode_all(self.engine, request_id, inputs, params)  # cut to dimensions by the engine
@@ -67,17 +75,44 @@ class OpenAIPooling:
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
 
-    async def _embedding_inputs(self, req: EmbeddingRequest) -> list[EncodeInput]:
-        raw = req.input
+    async def _inputs(
+        self, raw: str | list[Any], truncate_prompt_tokens: int | None, add_special_tokens: bool | None
+    ) -> list[EncodeInput]:
+        """An ``input`` field (a text, texts, token ids or lists of them) as encoder inputs."""
         rows: list[Any] = [raw] if isinstance(raw, str) or (raw and isinstance(raw[0], int)) else list(raw)
         encode.check_count(self.engine, len(rows), "input")
-        truncate_to = encode.truncation(req.truncate_prompt_tokens, self.engine.max_model_len)
+        truncate_to = encode.truncation(truncate_prompt_tokens, self.engine.max_model_len)
         if isinstance(rows[0], str):
             options = self.options
-            if req.add_special_tokens is not None:
-                options = _with_special_tokens(options, req.add_special_tokens)
+            if add_special_tokens is not None:
+                options = _with_special_tokens(options, add_special_tokens)
             return (await encode.tokenize(self.engine, rows, options, truncate_to=truncate_to)).inputs
         return encode.token_id_inputs(self.engine, rows, truncate_to, "input")
+
+    # -- classify ----------------------------------------------------------------------------
+
+    async def classify(self, req: ClassificationRequest) -> dict[str, Any]:
+        self._check_model(req.model)
+        info = encode.require_task(self.engine, CROSS_ENCODERS, "classify")
+        inputs = await self._inputs(req.input, req.truncate_prompt_tokens, req.add_special_tokens)
+        request_id = f"classify-{uuid.uuid4().hex}"
+        params = PoolingParams(kind="classify", truncate=req.truncate_prompt_tokens is not None)
+        outs = await encode.encode_all(self.engine, request_id, inputs, params)
+        data = []
+        for i, out in enumerate(outs):
+            probs = encode.probabilities(out.data)  # type: ignore[arg-type]  # classify: one row of logits
+            best = max(range(len(probs)), key=probs.__getitem__)
+            label = info.id2label.get(best, f"LABEL_{best}")
+            data.append({"index": i, "label": label, "probs": probs, "num_classes": len(probs)})
+        tokens = sum(out.num_prompt_tokens for out in outs)
+        return {
+            "id": request_id,
+            "object": "list",
+            "created": int(time.time()),
+            "model": self.model_name,
+            "data": data,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0},
+        }
 
     # -- rerank and score --------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """OpenAI routes, mounted under both /openai/v1 (KServe) and /v1 (vLLM and the OpenAI default).
 
-Also vLLM's routes outside that prefix: ``/tokenize``, ``/detokenize``, and rerank and score
+Also vLLM's routes outside that prefix: ``/tokenize``, ``/detokenize``, ``/classify``, and rerank and score
 (``/rerank``, ``/v2/rerank``, ``/score``) for the clients that call them there (Jina's and Cohere's
 use ``/v1/rerank`` and ``/v2/rerank``).
 """
@@ -20,6 +20,7 @@ from isvc.server.errors import guarded_stream
 from isvc.server.protocols.openai.pooling import OpenAIPooling
 from isvc.server.protocols.openai.schema import (
     ChatCompletionRequest,
+    ClassificationRequest,
     CompletionRequest,
     DetokenizeRequest,
     EmbeddingRequest,
@@ -66,7 +67,7 @@ def build_router(serving: OpenAIServing, pooling: OpenAIPooling) -> APIRouter:
 
 
 def add_score_routes(router: APIRouter, pooling: OpenAIPooling, rerank_paths: tuple[str, ...] = ("/rerank",)) -> None:
-    """vLLM's rerank and score, under the router's prefix (``/v1/rerank``, ``/v1/score``...)."""
+    """vLLM's rerank, score and classify, under the router's prefix (``/v1/rerank``, ``/v1/score``...)."""
 
     async def rerank(body: RerankRequest) -> JSONResponse:
         return _ok("rerank", await pooling.rerank(body))
@@ -74,14 +75,18 @@ def add_score_routes(router: APIRouter, pooling: OpenAIPooling, rerank_paths: tu
     async def score(body: ScoreRequest) -> JSONResponse:
         return _ok("score", await pooling.score(body))
 
+    async def classify(body: ClassificationRequest) -> JSONResponse:
+        return _ok("classify", await pooling.classify(body))
+
     for path in rerank_paths:
         router.add_api_route(path, rerank, methods=["POST"], name=f"rerank {path}")
     router.add_api_route("/score", score, methods=["POST"], name="score")
+    router.add_api_route("/classify", classify, methods=["POST"], name="classify")
 
 
 def build_root_router(serving: OpenAIServing, pooling: OpenAIPooling) -> APIRouter:
     """vLLM's routes outside /v1: ``/tokenize``, ``/detokenize``, ``/rerank``, ``/v2/rerank`` (Cohere's v2
-    client), ``/score``."""
+    client), ``/score``, ``/classify``."""
     router = APIRouter()
 
     @router.post("/tokenize")

@@ -452,6 +452,19 @@ class EmbeddingRequest(OpenAIBaseModel):
     """vLLM's: None follows the server (``--disable_special_tokens``)."""
 
 
+class ClassificationRequest(OpenAIBaseModel):
+    """vLLM's ``POST /classify``: each input's class, with every class's probability."""
+
+    model: str | None = None
+    input: Annotated[
+        str | list[str] | TokenIdList | list[TokenIdList],
+        one_of("a string, a list of strings, a list of token ids, or a list of lists of token ids"),
+    ]
+    user: str | None = None
+    truncate_prompt_tokens: int | None = Field(default=None, ge=-1, le=INT64_MAX)
+    add_special_tokens: bool | None = None
+
+
 class RerankDocument(OpenAIBaseModel):
     text: str
 
