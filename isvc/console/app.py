@@ -37,10 +37,14 @@ _FOLLOW_S = 0.3
 _KEEPALIVE_EVERY = 50
 
 
-def create_console(root: Path, *, admin_key: str | None, poll_s: float = 1.0) -> Starlette:
-    """The console of the control plane in ``root``; ``admin_key`` None means open (a loopback gateway)."""
+def create_console(
+    root: Path, *, admin_key: str | None, poll_s: float = 1.0, throttle: auth.Throttle | None = None
+) -> Starlette:
+    """The console of the control plane in ``root``; ``admin_key`` None means open (a loopback gateway).
+    ``throttle`` counts wrong admin keys per client address (default: 5 a minute, then 429)."""
     env = Environment(loader=PackageLoader("isvc.console", "templates"), autoescape=select_autoescape(["html"]))
     sampler = MetricsSampler()
+    wrong_keys = throttle or auth.Throttle()
 
     def store() -> Store:
         return Store(root)
@@ -94,16 +98,39 @@ def create_console(root: Path, *, admin_key: str | None, poll_s: float = 1.0) ->
     async def login(request: Request) -> Response:
         if request.method == "GET":
             return page(request, "login.html", error="")
+        if admin_key is None:
+            return RedirectResponse(f"{PREFIX}/", status_code=303)
+        client = _client(request)
+        if (wait := wrong_keys.retry_after(client)) is not None:
+            return too_many(request, wait)
         # a urlencoded form of one field (Starlette's form parser would need python-multipart)
         form = parse_qs((await request.body())[:4096].decode("utf-8", "replace"))
         key = form.get("key", [""])[0].strip()
-        if admin_key is None or auth.matches(key, admin_key):
+        if auth.matches(key, admin_key):
             resp = RedirectResponse(f"{PREFIX}/", status_code=303)
-            if admin_key is not None:
-                resp.set_cookie(auth.COOKIE, auth.cookie_value(admin_key), httponly=True, samesite="strict",
-                                path=PREFIX)  # fmt: skip
+            # Secure when this request came over https (the scheme uvicorn saw); over plain http a browser
+            # would not send a Secure cookie back
+            resp.set_cookie(auth.COOKIE, auth.cookie_value(admin_key), max_age=auth.COOKIE_MAX_AGE_S, httponly=True,
+                            samesite="strict", secure=request.url.scheme == "https", path=PREFIX)  # fmt: skip
             return resp
+        wrong_keys.failed(client)
         return page(request, "login.html", 401, error="That is not the admin key.")
+
+    async def logout(request: Request) -> Response:
+        resp = RedirectResponse(f"{PREFIX}/login", status_code=303)
+        resp.delete_cookie(auth.COOKIE, path=PREFIX, secure=request.url.scheme == "https", httponly=True,
+                           samesite="strict")  # fmt: skip
+        return resp
+
+    def too_many(request: Request, wait: int) -> Response:
+        message = (f"Too many wrong admin keys from this address ({wrong_keys.limit} in {wrong_keys.window_s:.0f} s): "
+                   f"try again in {wait} s.")  # fmt: skip
+        if "/api/" not in request.url.path:  # the sign-in form, or a page
+            resp: Response = page(request, "login.html", 429, error=message)
+        else:
+            resp = _error(429, message, retry_after_s=wait)
+        resp.headers["Retry-After"] = str(wait)
+        return resp
 
     # ---- JSON / SSE API ----
     async def api_services(request: Request) -> Response:
@@ -199,6 +226,7 @@ def create_console(root: Path, *, admin_key: str | None, poll_s: float = 1.0) ->
         Route("/playground", playground_page),
         Route("/metrics", metrics_page),
         Route("/login", login, methods=["GET", "POST"]),
+        Route("/logout", logout, methods=["POST"]),
         Route("/api/services", api_services),
         Route("/api/services/{ns}/{name}", api_service),
         Route("/api/stream", api_stream),
@@ -216,14 +244,19 @@ def create_console(root: Path, *, admin_key: str | None, poll_s: float = 1.0) ->
         return _secure(await check_key(request, call_next))
 
     async def check_key(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if admin_key is None or request.url.path.startswith((f"{PREFIX}/static/", f"{PREFIX}/login")):
+        exempt = (f"{PREFIX}/static/", f"{PREFIX}/login", f"{PREFIX}/logout")
+        if admin_key is None or request.url.path.startswith(exempt):
+            return await call_next(request)
+        if auth.cookie_valid(request.cookies.get(auth.COOKIE), admin_key):
             return await call_next(request)
         bearer = request.headers.get("authorization", "")
-        sent = bearer[7:].strip() if bearer.lower().startswith("bearer ") else None
-        if auth.matches(sent, admin_key) or auth.matches(
-            request.cookies.get(auth.COOKIE), auth.cookie_value(admin_key)
-        ):
-            return await call_next(request)
+        if bearer.lower().startswith("bearer "):
+            client = _client(request)
+            if (wait := wrong_keys.retry_after(client)) is not None:
+                return too_many(request, wait)  # even the right key: else a guess's answer would tell
+            if auth.matches(bearer[7:].strip(), admin_key):
+                return await call_next(request)
+            wrong_keys.failed(client)
         if "/api/" in request.url.path:
             return _error(401, "the console needs the admin key: 'Authorization: Bearer <key>' (isvc up --admin-key, "
                                "or the key in the state dir's admin.key)")  # fmt: skip
@@ -241,6 +274,11 @@ _SECURITY_HEADERS = {
     # the origin check then refuses; "same-origin" still sends nothing to other sites
     "Referrer-Policy": "same-origin",
 }
+
+
+def _client(request: Request) -> str:
+    """The client's address, as uvicorn gives it (the peer's, or a trusted local proxy's X-Forwarded-For)."""
+    return request.client.host if request.client else ""
 
 
 def _host_name(host: str) -> str:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import math
 import os
 import secrets
+import time
+from collections import deque
 from pathlib import Path
 
 KEY_FILE = "admin.key"
 COOKIE = "isvc_admin"
+COOKIE_MAX_AGE_S = 12 * 3600
+"""A sign-in lasts this long: the browser drops the cookie then, and the console refuses an older one."""
 
 
 def is_loopback(host: str) -> bool:
@@ -49,6 +54,54 @@ def matches(sent: str | None, key: str) -> bool:
     return bool(sent) and hmac.compare_digest(sent.encode(), key.encode())  # type: ignore[union-attr]
 
 
-def cookie_value(key: str) -> str:
-    """What the sign-in cookie holds: a MAC of the key, not the key (it opens only this console)."""
-    return hmac.new(key.encode(), b"isvc console session", "sha256").hexdigest()
+def cookie_value(key: str, issued: int | None = None) -> str:
+    """What the sign-in cookie holds: ``<issued-at>.<MAC of it under the key>``, not the key (it opens only this
+    console, and only for ``COOKIE_MAX_AGE_S`` after ``issued``, a Unix time; default now)."""
+    at = str(int(time.time()) if issued is None else issued)
+    return f"{at}.{_mac(key, at)}"
+
+
+def cookie_valid(value: str | None, key: str, now: float | None = None) -> bool:
+    """Whether ``value`` is a cookie ``cookie_value(key)`` made less than ``COOKIE_MAX_AGE_S`` ago."""
+    at, _, mac = (value or "").partition(".")
+    if not at.isdigit() or not matches(mac, _mac(key, at)):
+        return False
+    age = (time.time() if now is None else now) - int(at)
+    return -60 <= age < COOKIE_MAX_AGE_S  # a minute of clock skew, no more
+
+
+def _mac(key: str, issued: str) -> str:
+    return hmac.new(key.encode(), b"isvc console session " + issued.encode(), "sha256").hexdigest()
+
+
+class Throttle:
+    """Wrong admin keys per client address: after ``limit`` within ``window_s`` the address is refused until the
+    oldest of them is ``window_s`` old. In memory, per gateway process."""
+
+    def __init__(self, limit: int = 5, window_s: float = 60.0, max_clients: int = 10_000) -> None:
+        self.limit, self.window_s, self.max_clients = limit, window_s, max_clients
+        self._failures: dict[str, deque[float]] = {}
+
+    def retry_after(self, client: str) -> int | None:
+        """Seconds until ``client`` may try again (at least 1), or None if it may now."""
+        times = self._recent(client)
+        if len(times) < self.limit:
+            return None
+        return max(1, math.ceil(times[0] + self.window_s - time.monotonic()))
+
+    def failed(self, client: str) -> None:
+        if client not in self._failures and len(self._failures) >= self.max_clients:
+            for other in list(self._failures):  # forget the addresses with nothing recent, else the oldest
+                if not self._recent(other):
+                    del self._failures[other]
+            if len(self._failures) >= self.max_clients:
+                del self._failures[next(iter(self._failures))]
+        self._failures.setdefault(client, deque()).append(time.monotonic())
+
+    def _recent(self, client: str) -> deque[float]:
+        times = self._failures.get(client, deque())
+        while times and times[0] <= time.monotonic() - self.window_s:
+            times.popleft()
+        if not times:
+            self._failures.pop(client, None)
+        return times

@@ -23,6 +23,9 @@ from isvc.errors import IsvcError
 from isvc.gateway.settings import GatewaySettings
 from isvc.node.supervisor import serve
 
+ADMIN_KEY_ENV = "ISVC_ADMIN_KEY"
+_ADMIN_KEY_FLAG = "--admin-key"
+
 
 def up(argv: list[str]) -> int:
     p = common_args(argparse.ArgumentParser(prog="isvc up", description="start the controller and the gateway"))
@@ -42,12 +45,14 @@ def up(argv: list[str]) -> int:
                    help="a connection must send its header block within this (default 10)")  # fmt: skip
     p.add_argument("--body-timeout", type=float, default=None, metavar="SECONDS",
                    help="longest stall between two body chunks (408 then; default 30)")  # fmt: skip
-    p.add_argument("--admin-key", default=os.environ.get("ISVC_ADMIN_KEY"), metavar="KEY",
+    p.add_argument("--admin-key", default=os.environ.get(ADMIN_KEY_ENV), metavar="KEY",
                    help="key the web console (/_isvc/console) requires; off loopback without it, one is made in "
-                        "the state dir's admin.key and printed once (env ISVC_ADMIN_KEY)")  # fmt: skip
+                        f"the state dir's admin.key and printed once (env {ADMIN_KEY_ENV}, which keeps it out of "
+                        "`ps`; with -d this flag is passed on that way too)")  # fmt: skip
     p.add_argument("-d", "--detach", action="store_true", help="run in the background")
     p.add_argument("--wait-timeout", type=float, default=60.0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    os.environ.pop(ADMIN_KEY_ENV, None)  # read; the controller and the predictors it starts never see it
     keys: dict[str, list[str]] = {}
     for item in args.api_key + [k for k in os.environ.get("ISVC_API_KEYS", "").split(",") if k.strip()]:
         ns, sep, key = item.partition("=")
@@ -83,14 +88,16 @@ def up(argv: list[str]) -> int:
 def _detach(root: Path, argv: list[str], args: argparse.Namespace) -> int:
     if (pid := process.running_pid(root)) is not None:
         return fail(IsvcError(f"isvc is already running for {root} (pid {pid}); `isvc down` first"))
-    rest = [a for a in argv if a not in ("-d", "--detach")]
+    rest = _without_admin_key([a for a in argv if a not in ("-d", "--detach")])
     if "--state-dir" not in rest:
         rest += ["--state-dir", str(root)]
+    # the key goes by the environment, which only this user can read, not by argv, which `ps` shows everyone
+    env = {**os.environ, ADMIN_KEY_ENV: args.admin_key} if args.admin_key else None
     log = root / "logs" / "controlplane.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "isvc", "up", *rest], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+                                stdin=subprocess.DEVNULL, start_new_session=True, env=env)  # fmt: skip
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     url = f"http://{host}:{args.port}/_isvc/healthz"
     deadline = time.monotonic() + args.wait_timeout
@@ -106,6 +113,22 @@ def _detach(root: Path, argv: list[str], args: argparse.Namespace) -> int:
         except OSError:
             time.sleep(0.1)
     return fail(IsvcError(f"isvc up did not answer on {url} within {args.wait_timeout:.0f}s; see {log}"))
+
+
+def _without_admin_key(argv: list[str]) -> list[str]:
+    """``argv`` less ``--admin-key KEY`` / ``--admin-key=KEY`` (or an abbreviation argparse took, ``--adm``)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name, eq, _ = arg.partition("=")
+        if len(name) >= 4 and _ADMIN_KEY_FLAG.startswith(name):
+            skip = not eq
+            continue
+        out.append(arg)
+    return out
 
 
 def down(argv: list[str]) -> int:

@@ -13,7 +13,6 @@ only when ISVC_CONSOLE_SCREENSHOTS=1, so an ordinary run never rewrites the docs
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,28 +20,19 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.conftest import need_binary
-from tests.controlplane.cp_helpers import ControlPlane
+from tests.controlplane.cp_helpers import NS, ControlPlane, seed
 from tests.controlplane.cp_helpers import start as start_up
 from tests.controlplane.cp_helpers import stop as stop_up
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
-SEED = Path("/work/shared/seed/kserve-llm-deployment-notes.md")
-NS = "kserve-test"
+__all__ = ["CONSOLE", "DESKTOP", "NS", "PHONE", "seed"]  # NS and seed: tests/controlplane's, for the test modules
 CONSOLE = "/_isvc/console"
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "console"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 SCREENSHOTS_ENV = "ISVC_CONSOLE_SCREENSHOTS"
-
-
-def seed(index: int) -> str:
-    """The seed's manifest number `index` as written, in the test namespace (as tests/controlplane does)."""
-    if not SEED.exists():
-        pytest.skip(f"seed notes not present at {SEED}")
-    blocks = re.findall(r"```yaml\n(.*?)```", SEED.read_text(), re.S)
-    return re.sub(r"namespace: .*", f"namespace: {NS}", blocks[index - 1])
 
 
 @pytest.fixture(scope="session")

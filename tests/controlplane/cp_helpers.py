@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -15,12 +16,31 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from isvc.controlplane import cli, process
 from isvc.controlplane.store import ReplicaRow, Store
 from isvc.node import cli as node_cli
 
 FAKE = Path(__file__).with_name("fake_predictor.py")
+SEED = Path("/work/shared/seed/kserve-llm-deployment-notes.md")
+NS = "kserve-test"
+
+
+def seed(index: int) -> str:
+    """The seed's manifest number ``index`` as written, in namespace ``NS`` (skips the test without the seed)."""
+    if not SEED.exists():
+        pytest.skip(f"seed notes not present at {SEED}")
+    blocks = re.findall(r"```yaml\n(.*?)```", SEED.read_text(), re.S)
+    return re.sub(r"namespace: .*", f"namespace: {NS}", blocks[index - 1])
+
+
+def stock_pvc(pvc_root: Path, model_dir: Path) -> None:
+    """`pvc://global-shared/models` holding the model under the seed's folder names."""
+    models = pvc_root / "global-shared" / "models"
+    models.mkdir(parents=True)
+    for name in ("Llama-2-7b-chat-hf", "Qwen1.5-14B-Chat", "Qwen2-72B-Instruct-GPTQ-Int4"):
+        (models / name).symlink_to(model_dir, target_is_directory=True)
 
 
 def free_port() -> int:

@@ -5,15 +5,21 @@ from __future__ import annotations
 import json
 import re
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-from cp_helpers import ControlPlane, fake_container
-from test_seed_manifests import NS, seed, stock_pvc
+from cp_helpers import NS, ControlPlane, fake_container, free_port, seed, stock_pvc
 
+from isvc.console import auth
+from isvc.console.app import create_console
 from isvc.console.metrics import parse, quantile
+from isvc.controlplane import process
+from isvc.controlplane.store import Store
+from isvc.node import cli as node_cli
 
 CONSOLE = "/_isvc/console"
 
@@ -206,13 +212,101 @@ def test_off_loopback_the_console_needs_the_admin_key(start_control_plane: Calla
     ok = {"Authorization": "Bearer s3cret"}
     assert httpx.get(f"{cp.url}{CONSOLE}/api/services", headers=ok, timeout=10).json() == []
     assert api_apply(cp, fake_container("fake1"), dry_run=True, headers=ok).status_code == 200
-    # the login form sets a cookie the pages then accept
-    with httpx.Client(base_url=cp.url, timeout=10) as browser:
+    # the login form sets a cookie the pages then accept, for 12 hours; Sign out clears it (from another client
+    # address: the four namespace-key tries above count as wrong keys, and a fifth would lock this one out)
+    with httpx.Client(base_url=cp.url, timeout=10, transport=httpx.HTTPTransport(local_address="127.0.0.2")) as browser:
         assert browser.post(f"{CONSOLE}/login", data={"key": "wrong"}).status_code == 401
         r = browser.post(f"{CONSOLE}/login", data={"key": "s3cret"})
         assert r.status_code == 303 and browser.cookies["isvc_admin"] not in ("", "s3cret")  # not the key itself
+        attrs = {a.strip().split("=")[0].lower(): a.strip() for a in r.headers["set-cookie"].split(";")[1:]}
+        assert attrs["max-age"] == f"Max-Age={12 * 3600}" and attrs["path"] == f"Path={CONSOLE}", attrs
+        assert "httponly" in attrs and attrs["samesite"].lower() == "samesite=strict", attrs
+        assert "secure" not in attrs, attrs  # this request came over plain http
         assert browser.get(f"{CONSOLE}/").status_code == 200
+        r = browser.post(f"{CONSOLE}/logout")
+        assert r.status_code == 303 and r.headers["location"] == f"{CONSOLE}/login"
+        assert "isvc_admin" not in browser.cookies and browser.get(f"{CONSOLE}/").status_code == 401
+    # the cookie is an HMAC of its issue time: an old one, or one whose time was changed, opens nothing
+    now = int(time.time())
+    fresh = auth.cookie_value("s3cret", now)
+    for cookie, status in ((fresh, 200), (auth.cookie_value("s3cret", now - 12 * 3600 - 5), 401),
+                           (f"{now + 3600}.{fresh.split('.')[1]}", 401), (auth.cookie_value("other", now), 401),
+                           (fresh.split(".")[1], 401)):  # fmt: skip
+        r = httpx.get(f"{cp.url}{CONSOLE}/api/services", cookies={"isvc_admin": cookie}, timeout=10)
+        assert r.status_code == status, (cookie, r.text)
     assert httpx.get(f"{cp.url}/_isvc/healthz", timeout=10).status_code == 200  # the gateway itself is unchanged
+
+
+def test_wrong_admin_keys_from_one_address_get_429(start_control_plane: Callable[..., ControlPlane]) -> None:
+    """Five wrong keys a minute from one address (Bearer or the form), then 429 with Retry-After, even for the
+    right key (else the answers would still tell right from wrong); other addresses are unaffected."""
+    cp = start_control_plane("--admin-key", "s3cret")
+    api, login = f"{CONSOLE}/api/services", f"{CONSOLE}/login"
+    right = {"Authorization": "Bearer s3cret"}
+    with httpx.Client(base_url=cp.url, timeout=10) as client:
+        assert client.get(api).status_code == 401  # no key at all is no guess: not counted
+        for i in range(5):
+            assert client.get(api, headers={"Authorization": f"Bearer wrong-{i}"}).status_code == 401
+        for r in (client.get(api, headers=right), client.get(api, headers={"Authorization": "Bearer wrong"})):
+            assert r.status_code == 429, r.text
+            assert 1 <= int(r.headers["retry-after"]) <= 60
+            assert r.json()["error"].startswith("Too many wrong admin keys from this address")
+        r = client.post(login, data={"key": "s3cret"})
+        assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 60
+        assert re.search(r'role="alert">Too many wrong admin keys from this address .*try again in \d+ s', r.text)
+    # the form's wrong keys count the same, from another address, which the first one's count does not touch
+    other = httpx.HTTPTransport(local_address="127.0.0.2")
+    with httpx.Client(base_url=cp.url, timeout=10, transport=other) as client:
+        assert client.get(api, headers=right).status_code == 200
+        for _ in range(5):
+            assert client.post(login, data={"key": "wrong"}).status_code == 401
+        r = client.post(login, data={"key": "s3cret"})
+        assert r.status_code == 429 and "Too many wrong admin keys" in r.text
+        assert client.get(api, headers=right).status_code == 429
+
+
+def test_the_wrong_key_limit_lifts_after_its_window_and_https_gets_a_secure_cookie(tmp_path: Path) -> None:
+    """The console app itself (a short window, so the test need not wait a minute), over https."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+    from starlette.testclient import TestClient
+
+    console = create_console(tmp_path, admin_key="s3cret", throttle=auth.Throttle(limit=2, window_s=1.0))
+    app = Starlette(routes=[Mount(CONSOLE, app=console)])
+    with TestClient(app, base_url="https://testserver", follow_redirects=False) as client:
+        for _ in range(2):
+            assert client.post(f"{CONSOLE}/login", data={"key": "wrong"}).status_code == 401
+        r = client.post(f"{CONSOLE}/login", data={"key": "s3cret"})
+        assert r.status_code == 429 and r.headers["retry-after"] == "1"
+        time.sleep(1.05)
+        r = client.post(f"{CONSOLE}/login", data={"key": "s3cret"})
+        assert r.status_code == 303, r.text
+        assert "secure" in [a.strip().lower() for a in r.headers["set-cookie"].split(";")]
+        assert client.get(f"{CONSOLE}/api/services").status_code == 200  # the cookie opens it
+
+
+def test_isvc_up_detached_keeps_the_admin_key_out_of_ps(tmp_path: Path) -> None:
+    """`isvc up -d --admin-key K`: the background process gets K by its environment (which only this user can
+    read), not its argv (which `ps` shows everyone); the console still wants K."""
+    state, port, key = tmp_path / "state", free_port(), "detached-admin-key-for-tests"
+    r = subprocess.run([sys.executable, "-m", "isvc", "up", "-d", f"--admin-key={key}", "--port", str(port),
+                        "--state-dir", str(state)], capture_output=True, text=True, timeout=120)  # fmt: skip
+    try:
+        assert r.returncode == 0, r.stdout + r.stderr
+        pid = process.running_pid(state)
+        assert pid is not None
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert b"up" in cmdline and not any(key.encode() in arg for arg in cmdline), cmdline
+        # nor does the controller (or a predictor it starts) inherit it
+        deadline = time.monotonic() + 20
+        while not (controller := int(Store(state).get_meta("controller_pid") or 0)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert controller and key.encode() not in Path(f"/proc/{controller}/environ").read_bytes()
+        url = f"http://127.0.0.1:{port}{CONSOLE}/api/services"
+        assert httpx.get(url, timeout=10).status_code == 401
+        assert httpx.get(url, headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code == 200
+    finally:
+        assert node_cli.down(["--state-dir", str(state), "--timeout", "20"]) == 0
 
 
 def test_a_key_file_is_made_and_printed_once_off_loopback(start_control_plane: Callable[..., ControlPlane]) -> None:

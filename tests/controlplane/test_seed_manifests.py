@@ -10,26 +10,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cp_helpers import ControlPlane
+from cp_helpers import NS, SEED, ControlPlane, seed, stock_pvc
 
 from tests.quant_fixtures import tiny_gptq_dir  # noqa: F401
 
-SEED = Path("/work/shared/seed/kserve-llm-deployment-notes.md")
-NS = "kserve-test"
 pytestmark = pytest.mark.skipif(not SEED.exists(), reason="seed notes not present")
-
-
-def seed(index: int) -> str:
-    blocks = re.findall(r"```yaml\n(.*?)```", SEED.read_text(), re.S)
-    return re.sub(r"namespace: .*", f"namespace: {NS}", blocks[index - 1])
-
-
-def stock_pvc(pvc_root: Path, model_dir: Path) -> None:
-    """`pvc://global-shared/models` holding the model under the seed's folder names."""
-    models = pvc_root / "global-shared" / "models"
-    models.mkdir(parents=True)
-    for name in ("Llama-2-7b-chat-hf", "Qwen1.5-14B-Chat", "Qwen2-72B-Instruct-GPTQ-Int4"):
-        (models / name).symlink_to(model_dir, target_is_directory=True)
 
 
 def manifest_2_runnable_here(initial_delay_s: int) -> str:
