@@ -19,7 +19,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from isvc.console import auth, views
+from isvc.console import auth, playground, views
 from isvc.console.metrics import MetricsSampler
 from isvc.controlplane.apply import apply_documents
 from isvc.controlplane.store import Store
@@ -89,8 +89,8 @@ def create_console(
         return page(request, "logs.html", ns=p["ns"], revision=p["revision"], index=p["index"])
 
     async def playground_page(request: Request) -> Response:
-        rows = await read(views.services)
-        return page(request, "playground.html", services=rows)
+        found = await playground.with_served_tasks(await read(playground.targets))
+        return page(request, "playground.html", targets=found)
 
     async def metrics_page(request: Request) -> Response:
         return page(request, "metrics.html")

@@ -333,8 +333,12 @@ def test_seed_manifest_applied_from_the_console_answers_the_playground(
     (svc,) = httpx.get(f"{cp.url}{CONSOLE}/api/services", timeout=10).json()
     assert svc["model_names"] == ["llama2"] and svc["url"] == f"http://llama2-7b-chat.{NS}.example.com"
     playground = httpx.get(f"{cp.url}{CONSOLE}/playground", timeout=10).text
-    assert f'<option value="{NS}/llama2-7b-chat" data-model="llama2">' in playground
-    assert '<label for="service">Service</label>' in playground and '<label for="message">Message</label>' in playground
+    option = f'<option value="{NS}/llama2-7b-chat" data-model="llama2" data-task="text_generation" data-modes="chat '
+    assert option + 'completions">' in playground  # the task from the PVC folder's config.json, and its modes
+    assert (
+        '<label for="service">Service</label>' in playground
+        and '<label for="message" id="message-label">Message</label>' in playground
+    )
     # what the playground sends: the gateway's own OpenAI route, streamed
     body = {"model": "llama2", "stream": True, "max_tokens": 6, "messages": [{"role": "user", "content": "Hi"}],
             "stream_options": {"include_usage": True}}  # fmt: skip
