@@ -19,8 +19,11 @@ Contract with the browser tests (keep these exact):
   text is ``True``, ``False`` or ``Unknown``; the name links to the service's detail page;
 - the apply page has a ``<textarea>`` labelled "Manifest", buttons "Dry run" and "Apply"; field errors
   are shown in an element with ``role="alert"`` that contains the field path (e.g. ``spec.predictor``);
-- the playground has a ``<select>`` labelled "Service", a ``<textarea>`` labelled "Message", a button
-  "Send", and the streamed answer in ``id="answer"``;
+- the playground has a ``<select>`` labelled "Service", a ``<select>`` labelled "Mode" holding the modes of the
+  service's task, a ``<textarea>`` labelled "Message" (for encoder modes "Texts (one per line)", or "Query"
+  with "Documents (one per line)"), a button "Send", the streamed answer (or the encoder's tables: ``id``
+  ``embeddings``, ``similarity``, ``classes``, ``ranking``, ``predictions``) in ``id="answer"``, and the timing
+  and revision in ``id="stats"``;
 - a service's detail page links each replica's log with a link "Logs"; the log page shows the text in
   ``id="log"`` and follows it live; the detail page has a button "Delete", then "Confirm delete".
 """

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -74,7 +74,7 @@ def mode_options(page: Page) -> list[str]:
 
 
 def test_an_embedding_service_offers_embeddings_and_shows_similarities(
-    page: Page, encoders: ControlPlane, js_errors: list[str]
+    page: Page, encoders: ControlPlane, js_errors: list[str], shoot: Callable[[Page, str], None]
 ) -> None:
     open_playground(page, "minilm")
     assert mode_options(page) == ["Embeddings"]
@@ -92,6 +92,7 @@ def test_an_embedding_service_offers_embeddings_and_shows_similarities(
     first = [float(x) for x in sim.first.locator("td").all_inner_texts()]
     assert first[0] == pytest.approx(1.0, abs=1e-3)
     assert first[1] > first[2] + 0.3, first  # the real model: guitar is nearer guitar than the stock market
+    shoot(page, "playground-embeddings")
     assert js_errors == []
 
 
@@ -100,6 +101,7 @@ def test_a_classifier_offers_classify_with_label_names(
     encoders: ControlPlane,
     tiny_classifier_dir: Path,  # noqa: F811
     js_errors: list[str],
+    shoot: Callable[[Page, str], None],
 ) -> None:
     from transformers import pipeline
 
@@ -114,6 +116,7 @@ def test_a_classifier_offers_classify_with_label_names(
     expect(rows).to_have_count(2)
     labels = [rows.nth(i).locator("td").nth(1).inner_text() for i in range(2)]
     assert labels == expected and set(labels) <= set(SENTIMENT_LABELS.values())
+    shoot(page, "playground-classify")
     assert js_errors == []
 
 
