@@ -65,15 +65,7 @@ class OpenAIPooling:
             vector: list[float] = out.data  # type: ignore[assignment]  # embed: one vector
             embedding: list[float] | str = _base64(vector) if req.encoding_format == "base64" else vector
             data.append({"object": "embedding", "index": i, "embedding": embedding})
-        tokens = sum(out.num_prompt_tokens for out in outs)
-        return {
-            "id": request_id,
-            "object": "list",
-            "created": int(time.time()),
-            "model": self.model_name,
-            "data": data,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
+        return self._list(request_id, data, sum(out.num_prompt_tokens for out in outs))
 
     async def _inputs(
         self, raw: str | list[Any], truncate_prompt_tokens: int | None, add_special_tokens: bool | None
@@ -104,15 +96,7 @@ class OpenAIPooling:
             best = max(range(len(probs)), key=probs.__getitem__)
             label = info.id2label.get(best, f"LABEL_{best}")
             data.append({"index": i, "label": label, "probs": probs, "num_classes": len(probs)})
-        tokens = sum(out.num_prompt_tokens for out in outs)
-        return {
-            "id": request_id,
-            "object": "list",
-            "created": int(time.time()),
-            "model": self.model_name,
-            "data": data,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0},
-        }
+        return self._list(request_id, data, sum(out.num_prompt_tokens for out in outs), vllm_usage=True)
 
     # -- rerank and score --------------------------------------------------------------------
 
@@ -151,13 +135,21 @@ class OpenAIPooling:
                 param="text_2",
             )
         scores, tokens = await self._score_pairs(left, right, req.truncate_prompt_tokens, "text_2", "score")
+        data = [{"index": i, "object": "score", "score": s} for i, s in enumerate(scores)]
+        return self._list(f"score-{uuid.uuid4().hex}", data, tokens, vllm_usage=True)
+
+    def _list(
+        self, request_id: str, data: list[dict[str, Any]], tokens: int, *, vllm_usage: bool = False
+    ) -> dict[str, Any]:
+        """The list envelope of embeddings, classify and score; vLLM's usage also counts no completion tokens."""
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens} | ({"completion_tokens": 0} if vllm_usage else {})
         return {
-            "id": f"score-{uuid.uuid4().hex}",
+            "id": request_id,
             "object": "list",
             "created": int(time.time()),
             "model": self.model_name,
-            "data": [{"index": i, "object": "score", "score": s} for i, s in enumerate(scores)],
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0},
+            "data": data,
+            "usage": usage,
         }
 
     async def _score_pairs(
