@@ -20,7 +20,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from isvc.console import auth, playground, views
-from isvc.console.metrics import MetricsSampler
+from isvc.console.metrics import MetricsSampler, StoreTargets
 from isvc.controlplane.apply import apply_documents
 from isvc.controlplane.store import Store
 from isvc.errors import IsvcError
@@ -43,7 +43,7 @@ def create_console(
     """The console of the control plane in ``root``; ``admin_key`` None means open (a loopback gateway).
     ``throttle`` counts wrong admin keys per client address (default: 5 a minute, then 429)."""
     env = Environment(loader=PackageLoader("isvc.console", "templates"), autoescape=select_autoescape(["html"]))
-    sampler = MetricsSampler()
+    sampler = MetricsSampler(StoreTargets(root))  # sampling for the life of the gateway: see its lifespan below
     wrong_keys = throttle or auth.Throttle()
 
     def store() -> Store:
@@ -93,7 +93,7 @@ def create_console(
         return page(request, "playground.html", targets=found)
 
     async def metrics_page(request: Request) -> Response:
-        return page(request, "metrics.html")
+        return page(request, "metrics.html", sampler=sampler)
 
     async def login(request: Request) -> Response:
         if request.method == "GET":
@@ -198,8 +198,7 @@ def create_console(
                                  media_type="text/event-stream", headers={"Cache-Control": "no-store"})  # fmt: skip
 
     async def api_metrics(request: Request) -> Response:
-        targets = await read(_metric_targets)
-        return JSONResponse(await sampler.sample(targets))
+        return JSONResponse(sampler.report())
 
     async def api_stream(request: Request) -> Response:
         """Server-sent ``services`` events: the list again whenever it changes (checked every ``poll_s``)."""
@@ -262,7 +261,9 @@ def create_console(
                                "or the key in the state dir's admin.key)")  # fmt: skip
         return page(request, "login.html", 401, error="")
 
-    return Starlette(routes=routes, middleware=[Middleware(BaseHTTPMiddleware, dispatch=guard)])
+    # Starlette runs the lifespan of the outermost app only: the gateway enters this one in its own
+    return Starlette(routes=routes, middleware=[Middleware(BaseHTTPMiddleware, dispatch=guard)],
+                     lifespan=lambda _app: sampler.running())  # fmt: skip
 
 
 _LOOPBACK_NAMES = ("127.0.0.1", "::1", "localhost")
@@ -315,15 +316,6 @@ def _secure(response: Response) -> Response:
     for name, value in _SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
     return response
-
-
-def _metric_targets(store: Store) -> list[tuple[str, str, list[str]]]:
-    """(service "ns/name", revision, endpoints of its ready replicas)."""
-    return [
-        (f"{r.namespace}/{r.service}", r.revision, [f"http://127.0.0.1:{r.port}"])
-        for r in store.replicas()
-        if r.ready and r.port
-    ]
 
 
 async def _json_body(request: Request) -> dict[str, Any] | Response:

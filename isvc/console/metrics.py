@@ -1,46 +1,101 @@
-"""Per-service serving metrics from the predictors' Prometheus ``/metrics``, kept for the last minutes.
+"""Per-service serving metrics from the predictors' Prometheus ``/metrics``, sampled for the life of the gateway.
 
-Each call to ``sample`` scrapes every ready replica at most every ``min_interval_s``; from the counters it
-derives tokens/s between samples, and TTFT p50/p95 from the histogram's bucket increase over the window.
+``MetricsSampler.running()`` (the console's lifespan, which the gateway's lifespan enters) scrapes every ready
+replica every ``interval_s`` and keeps ``window_s`` of history; ``report()`` only reads that history, so the
+Metrics page shows the last minutes as soon as it opens.
+
+Counters are kept per replica (service, revision, index) and turned into increases between two scrapes the way
+Prometheus' ``rate()`` does: a value below the previous one, or a new ``process_start_time_seconds``, is a
+restart, and the new value is the increase since it. A replica's first scrape is only its baseline. Increases
+are summed per service afterwards, so a restart, or a replica coming or going, gives no negative or spiky point.
+Each point's TTFT p50/p95 comes from the TTFT histogram's increase over the trailing ``ttft_window_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from isvc.controlplane.store import Store
+
+logger = logging.getLogger(__name__)
+
+INTERVAL_S = 2.0
 WINDOW_S = 300.0
+TTFT_WINDOW_S = 60.0
+TIMEOUT_S = 1.5
+"""A replica that has not answered its scrape by then is left out of that point (and never holds up the others)."""
+
+_TOKENS = ("vllm:generation_tokens_total", "vllm:generation_tokens")
+_RUNNING = "vllm:num_requests_running"
+_WAITING = "vllm:num_requests_waiting"
+_TTFT_BUCKET = "vllm:time_to_first_token_seconds_bucket"
+_STARTED = "process_start_time_seconds"
+_WANTED = (*_TOKENS, _RUNNING, _WAITING, _TTFT_BUCKET, _STARTED)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One ready replica to scrape."""
+
+    service: str
+    """``namespace/name``"""
+    revision: str
+    index: int
+    url: str
+    """``http://127.0.0.1:PORT``, without ``/metrics``."""
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return self.service, self.revision, self.index
+
+
+Targets = tuple[set[str], list[Target]]
+"""Every service that exists (history of the others is dropped), and the ready replicas to scrape."""
 
 
 @dataclass
-class _Sample:
-    t: float
+class Scrape:
+    """What one ``/metrics`` answer holds, summed over its label sets (model names, engines)."""
+
     tokens: float = 0.0
     running: float = 0.0
     waiting: float = 0.0
     ttft: dict[float, float] = field(default_factory=dict)
-    """Cumulative TTFT histogram: upper bound (s) -> count."""
+    """The cumulative TTFT histogram: upper bound (s) -> count."""
+    started: float | None = None
+    """``process_start_time_seconds``: a new value is a restart even if the counters have grown past the old ones."""
 
 
-def parse(text: str) -> _Sample:
-    s = _Sample(time.time())
-    for fam in text_string_to_metric_families(text):
+def parse(text: str) -> Scrape:
+    """The series read here, summed over their label sets (other lines, comments included, are skipped: a
+    predictor's exposition is ~16 KB, and parsing all of it on the gateway's event loop costs ten times as much)."""
+    lines = [line for line in text.splitlines() if line.startswith(_WANTED)]
+    s = Scrape()
+    for fam in text_string_to_metric_families("\n".join(lines) + "\n"):
         for m in fam.samples:
-            if m.name in ("vllm:generation_tokens_total", "vllm:generation_tokens"):
+            if m.name in _TOKENS:
                 s.tokens += m.value
-            elif m.name == "vllm:num_requests_running":
+            elif m.name == _RUNNING:
                 s.running += m.value
-            elif m.name == "vllm:num_requests_waiting":
+            elif m.name == _WAITING:
                 s.waiting += m.value
-            elif m.name == "vllm:time_to_first_token_seconds_bucket":
+            elif m.name == _TTFT_BUCKET:
                 le = float(m.labels["le"])
                 s.ttft[le] = s.ttft.get(le, 0.0) + m.value
+            elif m.name == _STARTED:
+                s.started = m.value
     return s
 
 
@@ -61,74 +116,217 @@ def quantile(buckets: dict[float, float], q: float) -> float | None:
     return None
 
 
+def increase(prev: Scrape, cur: Scrape) -> Scrape:
+    """The counters' increase from ``prev`` to ``cur`` of one replica; after a restart (a counter went down, or
+    the process start time changed) that is ``cur`` itself, as Prometheus' ``rate()`` takes it."""
+    restarted = (
+        (cur.started is not None and prev.started is not None and cur.started != prev.started)
+        or cur.tokens < prev.tokens
+        or any(cur.ttft.get(le, 0.0) < count for le, count in prev.ttft.items())
+    )
+    if restarted:
+        return Scrape(cur.tokens, ttft=dict(cur.ttft))
+    return Scrape(cur.tokens - prev.tokens, ttft={le: c - prev.ttft.get(le, 0.0) for le, c in cur.ttft.items()})
+
+
+def _add(into: dict[float, float], buckets: dict[float, float]) -> None:
+    for le, count in buckets.items():
+        into[le] = into.get(le, 0.0) + count
+
+
+def _rounded(q: float | None) -> float | None:
+    return None if q is None else round(q, 4)
+
+
+@dataclass
+class _Seen:
+    t: float
+    scrape: Scrape
+
+
+@dataclass
+class _Point:
+    t: float
+    tokens_per_s: float | None
+    """None when every replica in it was scraped for the first time (no rate yet)."""
+    running: float
+    waiting: float
+    replicas: int
+    ttft: dict[float, float]
+    """The TTFT histogram's increase since the previous point, summed over the service's replicas."""
+
+
+def targets(store: Store) -> Targets:
+    services = {f"{s.namespace}/{s.name}" for s in store.services()}
+    ready = [
+        Target(f"{r.namespace}/{r.service}", r.revision, r.idx, f"http://127.0.0.1:{r.port}")
+        for r in store.replicas()
+        if r.ready and r.port
+    ]
+    return services, ready
+
+
+class StoreTargets:
+    """``targets`` of the control plane in ``root``, read on one Store kept open while the sampler runs.
+
+    The sampler reads it from ``asyncio.to_thread`` and never twice at once, so one connection serves every
+    tick (``Store`` opens it with ``check_same_thread=False``); the lock keeps ``close`` from closing it under a
+    read that a cancelled tick left running in its thread.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._store: Store | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Targets:
+        with self._lock:
+            if self._store is None:
+                self._store = Store(self.root)
+            return targets(self._store)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+
 class MetricsSampler:
-    def __init__(self, min_interval_s: float = 1.0, window_s: float = WINDOW_S) -> None:
-        self.min_interval_s = min_interval_s
+    """Scrapes the targets ``source`` returns (called in a thread) every ``interval_s`` while ``running()``."""
+
+    def __init__(
+        self,
+        source: Callable[[], Targets],
+        *,
+        interval_s: float = INTERVAL_S,
+        window_s: float = WINDOW_S,
+        ttft_window_s: float = TTFT_WINDOW_S,
+        timeout_s: float = TIMEOUT_S,
+    ) -> None:
+        self.source = source
+        self.interval_s = interval_s
         self.window_s = window_s
-        self.history: dict[str, deque[_Sample]] = defaultdict(deque)
-        self.last = 0.0
-        self.lock = asyncio.Lock()
+        self.ttft_window_s = ttft_window_s
+        self.timeout_s = timeout_s
+        self._replicas: dict[tuple[str, str, int], _Seen] = {}
+        self._points: dict[str, deque[_Point]] = defaultdict(deque)
+        self._last_error = ""
 
-    async def sample(self, targets: list[tuple[str, str, list[str]]]) -> dict[str, Any]:
-        async with self.lock:
-            now = time.time()
-            if now - self.last >= self.min_interval_s:
-                self.last = now
-                await self._scrape(targets, now)
-            return self.report()
+    # ---- sampling ----
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Sample in a task on this event loop until the block ends (the gateway's lifespan)."""
+        async with httpx.AsyncClient(timeout=self.timeout_s, trust_env=False) as client:
+            task = asyncio.create_task(self._run(client), name="isvc-console-metrics")
+            try:
+                yield
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                close = getattr(self.source, "close", None)
+                if close is not None:
+                    await asyncio.to_thread(close)
 
-    async def _scrape(self, targets: list[tuple[str, str, list[str]]], now: float) -> None:
-        per_service: dict[str, list[str]] = defaultdict(list)
-        for service, _rev, endpoints in targets:
-            per_service[service] += endpoints
-        async with httpx.AsyncClient(timeout=2.0) as client:
+    async def _run(self, client: httpx.AsyncClient) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                await self.tick(client)
+                self._last_error = ""
+            except Exception as exc:  # it runs as long as the gateway: say so once, and try again next tick
+                error = f"{type(exc).__name__}: {exc}"
+                if error != self._last_error:
+                    logger.warning("console metrics: a sampling round failed (%s)", error)
+                self._last_error = error
+            await asyncio.sleep(max(0.0, self.interval_s - (time.monotonic() - started)))
 
-            async def one(url: str) -> _Sample | None:
-                try:
-                    r = await client.get(f"{url}/metrics")
-                    return parse(r.text) if r.status_code == 200 else None
-                except (httpx.HTTPError, ValueError):
-                    return None
+    async def tick(self, client: httpx.AsyncClient, now: float | None = None) -> None:
+        """One round: every ready replica scraped at once, each within ``timeout_s``; ``now`` is the points' time."""
+        services, ready = await asyncio.to_thread(self.source)
+        now = time.time() if now is None else now
+        got = await asyncio.gather(*(self._scrape(client, t) for t in ready))
+        self.record(now, services, [(t, s) for t, s in zip(ready, got, strict=True) if s is not None])
 
-            for service, endpoints in per_service.items():
-                got = [s for s in await asyncio.gather(*(one(e) for e in endpoints)) if s is not None]
-                if not got:
-                    continue
-                total = _Sample(now, sum(s.tokens for s in got), sum(s.running for s in got),
-                                sum(s.waiting for s in got))  # fmt: skip
-                for s in got:
-                    for le, c in s.ttft.items():
-                        total.ttft[le] = total.ttft.get(le, 0.0) + c
-                hist = self.history[service]
-                hist.append(total)
-                while hist and now - hist[0].t > self.window_s:
-                    hist.popleft()
-        for service in list(self.history):
-            if service not in per_service:
-                del self.history[service]
+    async def _scrape(self, client: httpx.AsyncClient, target: Target) -> Scrape | None:
+        try:
+            r = await asyncio.wait_for(client.get(f"{target.url}/metrics"), self.timeout_s)
+            return parse(r.text) if r.status_code == 200 else None
+        except (httpx.HTTPError, TimeoutError, ValueError, KeyError) as exc:
+            logger.debug("console metrics: %s/metrics: %s", target.url, exc)
+            return None
 
+    def record(self, now: float, services: set[str], scraped: Iterable[tuple[Target, Scrape]]) -> None:
+        """Add a point at ``now`` for each service with a replica in ``scraped``; forget what is gone or too old."""
+        by_service: dict[str, list[tuple[Target, Scrape]]] = defaultdict(list)
+        for target, scrape in scraped:
+            by_service[target.service].append((target, scrape))
+        for service, got in by_service.items():
+            rate: float | None = None
+            ttft: dict[float, float] = {}
+            for target, scrape in got:
+                prev = self._replicas.get(target.key)
+                self._replicas[target.key] = _Seen(now, scrape)
+                if prev is None or now <= prev.t:
+                    continue  # a baseline: its counters hold everything since the process started
+                inc = increase(prev.scrape, scrape)
+                rate = (rate or 0.0) + inc.tokens / (now - prev.t)
+                _add(ttft, inc.ttft)
+            running, waiting = sum(s.running for _, s in got), sum(s.waiting for _, s in got)
+            self._points[service].append(_Point(now, rate, running, waiting, len(got), ttft))
+        cutoff = now - self.window_s
+        for key, seen in list(self._replicas.items()):
+            if key[0] not in services or seen.t < cutoff:
+                del self._replicas[key]
+        for service, points in list(self._points.items()):
+            while points and points[0].t < cutoff:
+                points.popleft()
+            if not points or service not in services:
+                del self._points[service]
+
+    # ---- reading ----
     def report(self) -> dict[str, Any]:
+        """Per service: its points (oldest first) and the latest values; TTFT p50/p95 over the points' window,
+        or, when no first token was timed in it, over each replica's whole life, saying so in ``ttft_scope``."""
         out: dict[str, Any] = {}
-        for service, hist in self.history.items():
-            points = []
-            prev = None
-            for s in hist:
-                rate = max(0.0, (s.tokens - prev.tokens) / (s.t - prev.t)) if prev and s.t > prev.t else 0.0
-                points.append({"t": round(s.t, 2), "tokens_per_s": round(rate, 2), "running": s.running,
-                               "waiting": s.waiting})  # fmt: skip
-                prev = s
+        for service, hist in sorted(self._points.items()):
+            points, trailing = [], deque[_Point]()
+            for p in hist:
+                trailing.append(p)
+                while trailing[0].t <= p.t - self.ttft_window_s:
+                    trailing.popleft()
+                window: dict[float, float] = {}
+                for q in trailing:
+                    _add(window, q.ttft)
+                points.append({
+                    "t": round(p.t, 2), "replicas": p.replicas, "running": p.running, "waiting": p.waiting,
+                    "tokens_per_s": None if p.tokens_per_s is None else round(max(0.0, p.tokens_per_s), 2),
+                    "ttft_p50_s": _rounded(quantile(window, 0.5)), "ttft_p95_s": _rounded(quantile(window, 0.95)),
+                })  # fmt: skip
             first, last = hist[0], hist[-1]
-            window = {le: last.ttft.get(le, 0.0) - first.ttft.get(le, 0.0) for le in last.ttft}
-            if len(hist) == 1 or not any(window.values()):
-                window = dict(last.ttft)  # since the predictor started
-            p50, p95 = quantile(window, 0.5), quantile(window, 0.95)
+            ttft: dict[float, float] = {}
+            for p in hist:
+                _add(ttft, p.ttft)
+            scope: str | None = "window"
+            if quantile(ttft, 0.5) is None:
+                ttft = {}
+                for key, seen in self._replicas.items():
+                    if key[0] == service and seen.t == last.t:
+                        _add(ttft, seen.scrape.ttft)
+                scope = "since_start" if quantile(ttft, 0.5) is not None else None
             out[service] = {
                 "points": points,
                 "tokens_per_s": points[-1]["tokens_per_s"],
                 "running": last.running,
                 "waiting": last.waiting,
-                "ttft_p50_s": None if p50 is None else round(p50, 4),
-                "ttft_p95_s": None if p95 is None else round(p95, 4),
+                "replicas": last.replicas,
+                "ttft_p50_s": _rounded(quantile(ttft, 0.5)),
+                "ttft_p95_s": _rounded(quantile(ttft, 0.95)),
+                "ttft_count": ttft.get(float("inf"), 0.0),
+                "ttft_scope": scope,
                 "window_s": round(last.t - first.t, 1),
+                "ttft_window_s": self.ttft_window_s,
+                "interval_s": self.interval_s,
             }
         return out

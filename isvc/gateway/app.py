@@ -17,7 +17,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,7 +143,7 @@ def create_app(settings: GatewaySettings, source: RouteSource, console: ASGIApp 
     """The gateway, behind ``EdgeMiddleware`` (500s in the protocol) and ``isvc.http_limits`` (413, 408).
 
     ``console`` (``isvc up``'s web console) is mounted at ``/_isvc/console``; ``GET /`` of a Host that is no
-    service's redirects there.
+    service's redirects there. Its lifespan (the console's metrics sampler) runs inside the gateway's.
     """
     routes = _Routes(source, settings.domain, settings.refresh_s)
     state: dict[str, httpx.AsyncClient] = {}
@@ -151,7 +151,10 @@ def create_app(settings: GatewaySettings, source: RouteSource, console: ASGIApp 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
-        async with httpx.AsyncClient(limits=limits, timeout=None, follow_redirects=False) as client:
+        async with (
+            httpx.AsyncClient(limits=limits, timeout=None, follow_redirects=False) as client,
+            _lifespan_of(console),
+        ):
             state["client"] = client
             yield
 
@@ -311,6 +314,13 @@ def create_app(settings: GatewaySettings, source: RouteSource, console: ASGIApp 
             Middleware(LimitRequests, limits=settings.limits, cancel_on_disconnect=True),
         ],
     )
+
+
+def _lifespan_of(app: ASGIApp | None) -> AbstractAsyncContextManager[Any]:
+    """The lifespan of a mounted Starlette app: Starlette runs only the outermost app's, so the gateway enters it."""
+    if isinstance(app, Starlette):
+        return app.router.lifespan_context(app)
+    return nullcontext()
 
 
 async def _relay(upstream: httpx.Response, pick: Pick, route: Route) -> Response:

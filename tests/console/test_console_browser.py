@@ -206,11 +206,9 @@ def test_chat_in_the_playground_streams_tokens(
 
 
 def test_metrics_page_charts_the_service(page: Page, served: ControlPlane, js_errors: list[str], shoot: Shoot) -> None:
-    open_view(page, "Metrics")
-    main = page.locator("main")
-    expect(main).to_contain_text(SERVICE)
-    expect(main).to_contain_text("TTFT")
-    # some load while the page samples, so its charts have a line to draw
+    # some load before the page is open, once a scrape has seen the replica (every 2 s; `served` may have just
+    # made it ready): the gateway samples whether the page is open or not
+    time.sleep(3)
     r = httpx.post(
         f"{served.url}/openai/v1/completions",
         headers={"Host": f"{SERVICE}.{NS}.example.com"},
@@ -218,12 +216,27 @@ def test_metrics_page_charts_the_service(page: Page, served: ControlPlane, js_er
         timeout=60,
     )
     assert r.status_code == 200, r.text
-    expect(page.get_by_role("img", name="tokens/s")).to_be_visible()
-    page.wait_for_function(
-        "() => [...document.querySelectorAll('#metrics polyline')]"
-        ".some(p => p.getAttribute('points').trim().split(/\\s+/).length >= 2)",
-        timeout=20_000,
+    time.sleep(4.5)  # two scrapes after it
+    open_view(page, "Metrics")
+    main = page.locator("main")
+    expect(main).to_contain_text(SERVICE)
+    expect(main).to_contain_text("TTFT p50")
+    # the history is drawn from the first poll: more points than a page that sampled only while open could have
+    running = page.get_by_role("img", name=re.compile(r"^running requests"))
+    expect(running).to_be_visible(timeout=3_000)
+    drawn = running.locator("polyline").evaluate_all(
+        "ps => ps.reduce((n, p) => n + p.getAttribute('points').trim().split(/\\s+/).length, 0)"
     )
+    assert drawn >= 4, f"{drawn} points in the running-requests chart right after the page opened"
+    expect(page.get_by_role("img", name=re.compile(r"^tokens\/s"))).to_be_visible()
+    # TTFT p50 and p95 over time, each a line, from the requests' first tokens (within the last minute)
+    ttft = page.get_by_role("img", name=re.compile(r"^TTFT p50 and p95"))
+    expect(ttft).to_be_visible()
+    lines = ttft.locator("polyline").evaluate_all(
+        "ps => ps.map(p => [p.getAttribute('class'), p.getAttribute('points').trim().split(/\\s+/).length])"
+    )
+    assert {"p50", "p95"} <= {cls for cls, n in lines if n >= 2}, lines
+    expect(main).to_contain_text("over the last")  # the quantiles' window, not the predictor's lifetime
     shoot(page, "metrics")
     assert not js_errors
 

@@ -352,11 +352,25 @@ def test_seed_manifest_applied_from_the_console_answers_the_playground(
     with httpx.stream("GET", f"{cp.url}{api}", timeout=20) as s:
         log = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: ")]
     assert any(line.startswith("storage-initializer: pvc://") for line in log), log[:5]
-    # metrics: two samples a second apart give tokens/s and the TTFT of the request above
-    httpx.get(f"{cp.url}{CONSOLE}/api/metrics", timeout=10)
-    time.sleep(1.1)
+    # metrics: the gateway samples the replica every 2 s since it became ready, whether anyone looks or not. Once
+    # a scrape has seen it, three completions; 5 s later the first look at api/metrics has their history
+    time.sleep(2.5)
+    generated = 0
+    for _ in range(3):
+        r = httpx.post(f"{cp.url}/serving/{NS}/llama2-7b-chat/openai/v1/completions", timeout=60,
+                       json={"model": "llama2", "prompt": "Once upon a time", "max_tokens": 8})  # fmt: skip
+        assert r.status_code == 200, r.text
+        generated += r.json()["usage"]["completion_tokens"]
+    time.sleep(5)
     m = httpx.get(f"{cp.url}{CONSOLE}/api/metrics", timeout=10).json()[f"{NS}/llama2-7b-chat"]
-    assert m["ttft_p50_s"] is not None and m["ttft_p50_s"] > 0 and len(m["points"]) == 2
+    points = m["points"]
+    assert len(points) >= 4 and m["window_s"] >= 6 and m["replicas"] == 1, m
+    # tokens/s over time adds up to the tokens generated since the first scrape: these (and the chat's 6 if it
+    # came after that scrape), none counted twice
+    counted = sum((b["tokens_per_s"] or 0) * (b["t"] - a["t"]) for a, b in zip(points, points[1:]))
+    assert generated - 0.5 <= counted <= generated + 6 + 0.5, (generated, points)
+    assert m["ttft_scope"] == "window" and m["ttft_count"] >= 3 and 0 < m["ttft_p50_s"] <= m["ttft_p95_s"], m
+    assert sum(p["ttft_p50_s"] is not None for p in points) >= 2  # the TTFT chart has a line
     assert m["running"] == 0 and m["waiting"] == 0
 
 
