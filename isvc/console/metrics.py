@@ -157,6 +157,7 @@ class _Point:
 
 
 def targets(store: Store) -> Targets:
+    """The services in the Store, and the replicas the controller has found ready (those with a port)."""
     services = {f"{s.namespace}/{s.name}" for s in store.services()}
     ready = [
         Target(f"{r.namespace}/{r.service}", r.revision, r.idx, f"http://127.0.0.1:{r.port}")
@@ -212,6 +213,8 @@ class MetricsSampler:
         self._replicas: dict[tuple[str, str, int], _Seen] = {}
         self._points: dict[str, deque[_Point]] = defaultdict(deque)
         self._last_error = ""
+        self._report: dict[str, Any] | None = None
+        """``report()`` as of the last ``record`` (pages poll it more often than it changes)."""
 
     # ---- sampling ----
     @contextlib.asynccontextmanager
@@ -284,21 +287,25 @@ class MetricsSampler:
                 points.popleft()
             if not points or service not in services:
                 del self._points[service]
+        self._report = None
 
     # ---- reading ----
     def report(self) -> dict[str, Any]:
         """Per service: its points (oldest first) and the latest values; TTFT p50/p95 over the points' window,
         or, when no first token was timed in it, over each replica's whole life, saying so in ``ttft_scope``."""
+        if self._report is None:
+            self._report = self._make_report()
+        return self._report
+
+    def _make_report(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for service, hist in sorted(self._points.items()):
-            points, trailing = [], deque[_Point]()
+            points, trailing, window = [], deque[_Point](), dict[float, float]()
             for p in hist:
                 trailing.append(p)
+                _add(window, p.ttft)
                 while trailing[0].t <= p.t - self.ttft_window_s:
-                    trailing.popleft()
-                window: dict[float, float] = {}
-                for q in trailing:
-                    _add(window, q.ttft)
+                    _add(window, {le: -count for le, count in trailing.popleft().ttft.items()})
                 points.append({
                     "t": round(p.t, 2), "replicas": p.replicas, "running": p.running, "waiting": p.waiting,
                     "tokens_per_s": None if p.tokens_per_s is None else round(max(0.0, p.tokens_per_s), 2),
