@@ -25,5 +25,9 @@ Contract with the browser tests (keep these exact):
   ``embeddings``, ``similarity``, ``classes``, ``ranking``, ``predictions``) in ``id="answer"``, and the timing
   and revision in ``id="stats"``;
 - a service's detail page links each replica's log with a link "Logs"; the log page shows the text in
-  ``id="log"`` and follows it live; the detail page has a button "Delete", then "Confirm delete".
+  ``id="log"`` and follows it live; the detail page has a button "Delete", then "Confirm delete";
+- the metrics page (``id="metrics"``) has per service a ``<section>`` whose ``<h2>`` is ``namespace/name`` and
+  whose text holds "TTFT p50"; its charts are ``role="img"`` named from "tokens/s", "running requests",
+  "waiting requests" and "TTFT p50 and p95" (a ``<polyline>`` each of class ``p50`` and ``p95``), or, with fewer
+  than two samples to join, the text "no data yet" instead of the image.
 """
