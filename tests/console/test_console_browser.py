@@ -201,6 +201,12 @@ def test_chat_in_the_playground_streams_tokens(
     assert len(growing) >= 3, f"the answer did not stream in (text lengths seen: {lengths})"
     assert lengths[-1] == max(lengths) == last
     assert (answer.text_content() or "").strip()
+    # the stats line: time to the first token, tokens, tokens/s and the revision that answered (x-isvc-revision)
+    (revision,) = {r.revision for r in served.replicas(SERVICE, NS)}
+    stats = page.locator("#stats")
+    for shown in (r"TTFT\D{0,5}\d+(\.\d+)?\s*ms", r"\b\d+ tokens\b(?!/s)", r"\d+(\.\d+)? tokens/s",
+                  rf"revision\W{{0,3}}{re.escape(revision)}\b"):  # fmt: skip
+        expect(stats).to_have_text(re.compile(shown))
     shoot(page, "playground")
     assert not js_errors
 
@@ -238,6 +244,13 @@ def test_metrics_page_charts_the_service(page: Page, served: ControlPlane, js_er
     assert {"p50", "p95"} <= {cls for cls, n in lines if n >= 2}, lines
     expect(main).to_contain_text("over the last")  # the quantiles' window, not the predictor's lifetime
     shoot(page, "metrics")
+    # a service sampled once (as one that has just become ready is) has nothing to join: "no data yet", no line
+    real = httpx.get(f"{served.url}{CONSOLE}/api/metrics", timeout=10).json()
+    once = {name: {**m, "points": m["points"][-1:]} for name, m in real.items()}
+    page.route("**/api/metrics", lambda route: route.fulfill(json=once))
+    section = page.locator("#metrics section").filter(has=page.get_by_role("heading", name=f"{NS}/{SERVICE}"))
+    expect(section.get_by_text("no data yet")).to_have_count(4)
+    expect(section.get_by_role("img")).to_have_count(0)
     assert not js_errors
 
 
