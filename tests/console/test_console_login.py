@@ -1,9 +1,11 @@
 """The console's admin key in the browser: `isvc up --admin-key` locks it (even on loopback), a wrong key
-is refused inline, a namespace API key is no admin key, the right one opens the console."""
+is refused inline, a namespace API key is no admin key, the right one opens the console for 12 hours, and
+Sign out locks it again."""
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -58,4 +60,23 @@ def test_the_console_asks_for_the_admin_key(
     expect(page.locator("#services")).to_be_visible()
     page.get_by_role("navigation").get_by_role("link", name="Apply", exact=True).click()
     expect(page.get_by_label("Manifest", exact=True)).to_be_visible()  # the key holds across pages
+    assert not js_errors
+
+
+def test_a_sign_in_lasts_12_hours_and_sign_out_locks_the_console_again(page: Page, js_errors: list[str]) -> None:
+    page.goto(CONSOLE)
+    expect(page.get_by_role("button", name="Sign out", exact=True)).to_have_count(0)  # nothing to sign out of yet
+    sign_in(page, ADMIN_KEY)
+    expect(page.locator("#services")).to_be_visible()
+    (cookie,) = [c for c in page.context.cookies() if c["name"] == "isvc_admin"]
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == CONSOLE, cookie
+    assert not cookie["secure"], cookie  # plain http here: a Secure cookie would never come back
+    assert 12 * 3600 - 60 < cookie["expires"] - time.time() <= 12 * 3600, cookie
+    page.get_by_role("banner").get_by_role("button", name="Sign out", exact=True).click()
+    page.wait_for_load_state()
+    expect(page.get_by_label("Admin key", exact=True)).to_be_visible()
+    assert [c for c in page.context.cookies() if c["name"] == "isvc_admin"] == []
+    page.goto(CONSOLE)
+    expect(page.locator("#services")).to_have_count(0)
+    expect(page.get_by_label("Admin key", exact=True)).to_be_visible()
     assert not js_errors

@@ -94,7 +94,8 @@ def test_apply_dry_run_field_errors_logs_and_delete(control_plane: ControlPlane)
     assert svc["name"] == "fake1" and svc["ready"] == "True" and svc["traffic"] == {"fake1-predictor-00001": 100}
     detail = httpx.get(f"{cp.url}{CONSOLE}/services/default/fake1", timeout=10).text
     replica = cp.replicas("fake1")[0]
-    assert f"<td>{replica.pid}</td>" in detail and f"<td>{replica.port}</td>" in detail and "RevisionCreated" in detail
+    assert f'<td class="wide">{replica.pid}</td>' in detail and f'<td class="wide">{replica.port}</td>' in detail
+    assert "RevisionCreated" in detail
     logs = re.search(r'href="([^"]+)">Logs</a>', detail)
     assert logs and logs.group(1) == f"{CONSOLE}/logs/default/fake1-predictor-00001/0"
     assert 'id="log"' in httpx.get(f"{cp.url}{logs.group(1)}", timeout=10).text
