@@ -76,18 +76,29 @@ def _mac(key: str, issued: str) -> str:
 
 class Throttle:
     """Wrong admin keys per client address: after ``limit`` within ``window_s`` the address is refused until the
-    oldest of them is ``window_s`` old. In memory, per gateway process."""
+    oldest of them is ``window_s`` old. In memory, per gateway process.
 
-    def __init__(self, limit: int = 5, window_s: float = 60.0, max_clients: int = 10_000) -> None:
-        self.limit, self.window_s, self.max_clients = limit, window_s, max_clients
+    All addresses together may also miss ``total_limit`` times a window: a process on the gateway's own machine
+    can name any address in ``X-Forwarded-For`` (uvicorn trusts it from 127.0.0.1, for a local TLS proxy), so
+    the per-address count alone would not bound its guesses. A signed-in cookie still opens the console then.
+    """
+
+    _ALL = "*"
+
+    def __init__(
+        self, limit: int = 5, window_s: float = 60.0, max_clients: int = 10_000, total_limit: int = 50
+    ) -> None:
+        self.limit, self.window_s, self.max_clients, self.total_limit = limit, window_s, max_clients, total_limit
         self._failures: dict[str, deque[float]] = {}
 
     def retry_after(self, client: str) -> int | None:
         """Seconds until ``client`` may try again (at least 1), or None if it may now."""
-        times = self._recent(client)
-        if len(times) < self.limit:
-            return None
-        return max(1, math.ceil(times[0] + self.window_s - time.monotonic()))
+        waits = [
+            times[0] + self.window_s - time.monotonic()
+            for times, limit in ((self._recent(client), self.limit), (self._recent(self._ALL), self.total_limit))
+            if len(times) >= limit
+        ]
+        return max(1, math.ceil(max(waits))) if waits else None
 
     def failed(self, client: str) -> None:
         if client not in self._failures and len(self._failures) >= self.max_clients:
@@ -97,6 +108,7 @@ class Throttle:
             if len(self._failures) >= self.max_clients:
                 del self._failures[next(iter(self._failures))]
         self._failures.setdefault(client, deque()).append(time.monotonic())
+        self._failures.setdefault(self._ALL, deque()).append(time.monotonic())
 
     def _recent(self, client: str) -> deque[float]:
         times = self._failures.get(client, deque())

@@ -286,6 +286,18 @@ def test_the_wrong_key_limit_lifts_after_its_window_and_https_gets_a_secure_cook
         assert client.get(f"{CONSOLE}/api/services").status_code == 200  # the cookie opens it
 
 
+def test_wrong_keys_from_many_addresses_together_are_capped() -> None:
+    """A local process can name any address in X-Forwarded-For (uvicorn trusts it from 127.0.0.1), so the
+    addresses' misses together are bounded too: a new address is refused once the total is reached."""
+    throttle = auth.Throttle(limit=5, window_s=60.0, total_limit=6)
+    for i in range(6):
+        assert throttle.retry_after(f"10.0.0.{i}") is None
+        throttle.failed(f"10.0.0.{i}")
+    wait = throttle.retry_after("10.0.0.99")
+    assert wait is not None and 55 <= wait <= 60
+    assert auth.Throttle(limit=5, total_limit=50).retry_after("10.0.0.1") is None
+
+
 def test_isvc_up_detached_keeps_the_admin_key_out_of_ps(tmp_path: Path) -> None:
     """`isvc up -d --admin-key K`: the background process gets K by its environment (which only this user can
     read), not its argv (which `ps` shows everyone); the console still wants K."""
