@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -46,22 +47,22 @@ def create_console(
     sampler = MetricsSampler(StoreTargets(root))  # sampling for the life of the gateway: see its lifespan below
     wrong_keys = throttle or auth.Throttle()
 
-    def store() -> Store:
-        return Store(root)
-
     def page(request: Request, name: str, status_code: int = 200, **ctx: Any) -> HTMLResponse:
         html = env.get_template(name).render(prefix=PREFIX, path=request.url.path, locked=admin_key is not None, **ctx)
         return HTMLResponse(html, status_code=status_code)
 
+    stores = threading.local()
+
     def read_sync(fn: Callable[[Store], Any]) -> Any:
-        s = store()
-        try:
-            return fn(s)
-        finally:
-            s.close()
+        # one Store per worker thread, kept open: opening one runs the schema script, and every open tab's
+        # api/stream reads the list each second; a connection is never shared between threads
+        store: Store | None = getattr(stores, "store", None)
+        if store is None:
+            store = stores.store = Store(root)
+        return fn(store)
 
     async def read(fn: Callable[[Store], Any]) -> Any:
-        """``fn`` on a Store of its own, in a thread: the gateway's event loop never waits on SQLite."""
+        """``fn`` on its worker thread's Store: the gateway's event loop never waits on SQLite."""
         return await asyncio.to_thread(read_sync, fn)
 
     # ---- pages ----
