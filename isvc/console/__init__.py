@@ -29,5 +29,7 @@ Contract with the browser tests (keep these exact):
 - the metrics page (``id="metrics"``) has per service a ``<section>`` whose ``<h2>`` is ``namespace/name`` and
   whose text holds "TTFT p50"; its charts are ``role="img"`` named from "tokens/s", "running requests",
   "waiting requests" and "TTFT p50 and p95" (a ``<polyline>`` each of class ``p50`` and ``p95``), or, with fewer
-  than two samples to join, the text "no data yet" instead of the image.
+  than two samples to join, the text "no data yet" instead of the image;
+- a locked console's sign-in page has a password field labelled "Admin key" and a button "Sign in"; once
+  signed in, every page's header has a button "Sign out".
 """
