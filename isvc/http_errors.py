@@ -134,6 +134,15 @@ def error_response(
     return _AsciiJSONResponse(error_body(path, exc), status_code=status or exc.http_status, headers=all_headers or None)
 
 
+_PROBE_PATHS = frozenset({"/metrics", "/v2/health/ready", "/v2/health/live"})
+"""Paths that Prometheus, the console's sampler and the readiness probe poll every second or two: their
+successful GETs get no access line, which would bury the requests in a replica's log."""
+
+
+def _is_probe(scope: Scope) -> bool:
+    return scope.get("method") in ("GET", "HEAD") and scope.get("path") in _PROBE_PATHS
+
+
 class EdgeMiddleware:
     """ASGI middleware: a 500 in the path's protocol for an exception that escaped; an access log line.
 
@@ -141,7 +150,7 @@ class EdgeMiddleware:
     closes the keep-alive connection; answering here keeps the connection and logs the error once.
     Add it inside that one (``add_middleware`` / ``Starlette(middleware=...)``), outside the rest.
     With ``log_requests``, one line per request once its response is complete (streams included),
-    or when the client left first.
+    or when the client left first; not for a successful probe or scrape (``_PROBE_PATHS``).
     """
 
     def __init__(self, app: ASGIApp, *, log_requests: bool = False) -> None:
@@ -170,7 +179,7 @@ class EdgeMiddleware:
             response = error_response(scope["path"], IsvcError(f"internal error: {type(exc).__name__}: {exc}"))
             await response(scope, receive, watch_send)
         finally:
-            if self.log_requests:
+            if self.log_requests and not (_is_probe(scope) and 200 <= status < 400):
                 elapsed_ms = (time.perf_counter() - started) * 1000
                 logger.info(
                     "%s %s %s %.1fms", scope["method"], scope["path"], status or "client-disconnected", elapsed_ms
