@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from isvc.controlplane.serving import serving_of
 from isvc.controlplane.store import Store
 from isvc.manifest import SERVICE_KINDS
 
@@ -46,6 +47,10 @@ class ServiceView:
     events: list[dict[str, Any]] = field(default_factory=list)
     replicas: list[ReplicaView] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    serving: dict[str, str] = field(default_factory=dict)
+    """What ``isvc describe`` says will serve it: ``task`` and ``engine`` (detail only)."""
+    routes: list[str] = field(default_factory=list)
+    """The routes that answer, when known before the predictor starts (detail only)."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,6 +93,10 @@ def _view(store: Store, kind: str, ns: str, name: str, warnings: list[str], deta
         for r in store.replicas(ns, name)
     ]
     if detail:
+        if plan is not None:
+            serving = serving_of(plan)
+            view.serving = dict(serving.lines()[:2])  # its task (with where that comes from) and engine rows
+            view.routes = serving.routes
         view.events = [
             {"time": time.strftime("%H:%M:%S", time.localtime(e.time)), "type": e.type, "reason": e.reason,
              "message": e.message}

@@ -352,6 +352,12 @@ def test_seed_manifest_applied_from_the_console_answers_the_playground(
         '<label for="service">Service</label>' in playground
         and '<label for="message" id="message-label">Message</label>' in playground
     )
+    # the service's page says what serves it and which routes answer, as `isvc describe` does
+    detail = httpx.get(f"{cp.url}{CONSOLE}/services/{NS}/llama2-7b-chat", timeout=10).text
+    facts = detail[detail.index('<dl class="facts">') : detail.index("</dl>")]
+    assert "text_generation (from config.json architectures: LlamaForCausalLM)" in facts, facts
+    assert "<code>POST /openai/v1/chat/completions</code>" in facts, facts
+    assert "<code>POST /v1/models/llama2:predict</code>" in facts, facts
     # what the playground sends: the gateway's own OpenAI route, streamed
     body = {"model": "llama2", "stream": True, "max_tokens": 6, "messages": [{"role": "user", "content": "Hi"}],
             "stream_options": {"include_usage": True}}  # fmt: skip
