@@ -128,7 +128,19 @@ def _protocol_error(path: str, content: bytes) -> str | None:
     error = body.get("error") if isinstance(body, dict) else None
     openai_route = (
         path.startswith(("/openai/", "/v1/completions", "/v1/chat/", "/v1/models", "/v1/embeddings"))
-        or path.startswith(("/v1/rerank", "/v1/score", "/rerank", "/v2/rerank", "/score", "/tokenize", "/detokenize"))
+        or path.startswith(
+            (
+                "/v1/rerank",
+                "/v1/score",
+                "/v1/classify",
+                "/classify",
+                "/rerank",
+                "/v2/rerank",
+                "/score",
+                "/tokenize",
+                "/detokenize",
+            )
+        )
     ) and ":predict" not in path
     if openai_route:
         ok = isinstance(error, dict) and isinstance(error.get("message"), str) and "type" in error
