@@ -124,8 +124,8 @@ def create_console(
         return resp
 
     def too_many(request: Request, wait: int) -> Response:
-        message = (f"Too many wrong admin keys from this address ({wrong_keys.limit} in {wrong_keys.window_s:.0f} s): "
-                   f"try again in {wait} s.")  # fmt: skip
+        message = (f"Too many wrong admin keys (at most {wrong_keys.limit} from one address and "
+                   f"{wrong_keys.total_limit} from all in {wrong_keys.window_s:.0f} s): try again in {wait} s.")  # fmt: skip
         if "/api/" not in request.url.path:  # the sign-in form, or a page
             resp: Response = page(request, "login.html", 429, error=message)
         else:

@@ -102,11 +102,11 @@ class Throttle:
 
     def failed(self, client: str) -> None:
         if client not in self._failures and len(self._failures) >= self.max_clients:
-            for other in list(self._failures):  # forget the addresses with nothing recent, else the oldest
-                if not self._recent(other):
-                    del self._failures[other]
-            if len(self._failures) >= self.max_clients:
-                del self._failures[next(iter(self._failures))]
+            for other in list(self._failures):
+                self._recent(other)  # forgets an address with nothing recent
+            oldest = next((other for other in self._failures if other != self._ALL), None)
+            if len(self._failures) >= self.max_clients and oldest is not None:
+                del self._failures[oldest]  # else the oldest address, never the total
         self._failures.setdefault(client, deque()).append(time.monotonic())
         self._failures.setdefault(self._ALL, deque()).append(time.monotonic())
 

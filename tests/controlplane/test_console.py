@@ -251,10 +251,12 @@ def test_wrong_admin_keys_from_one_address_get_429(start_control_plane: Callable
         for r in (client.get(api, headers=right), client.get(api, headers={"Authorization": "Bearer wrong"})):
             assert r.status_code == 429, r.text
             assert 1 <= int(r.headers["retry-after"]) <= 60
-            assert r.json()["error"].startswith("Too many wrong admin keys from this address")
+            assert r.json()["error"].startswith("Too many wrong admin keys (at most 5 from one address")
         r = client.post(login, data={"key": "s3cret"})
         assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 60
-        assert re.search(r'role="alert">Too many wrong admin keys from this address .*try again in \d+ s', r.text)
+        assert re.search(
+            r'role="alert">Too many wrong admin keys \(at most 5 from one address .*try again in \d+ s', r.text
+        )
     # the form's wrong keys count the same, from another address, which the first one's count does not touch
     other = httpx.HTTPTransport(local_address="127.0.0.2")
     with httpx.Client(base_url=cp.url, timeout=10, transport=other) as client:
@@ -296,6 +298,22 @@ def test_wrong_keys_from_many_addresses_together_are_capped() -> None:
     wait = throttle.retry_after("10.0.0.99")
     assert wait is not None and 55 <= wait <= 60
     assert auth.Throttle(limit=5, total_limit=50).retry_after("10.0.0.1") is None
+
+
+def test_a_full_throttle_table_forgets_addresses_but_keeps_counting() -> None:
+    """The table of addresses is bounded: a new address past it pushes out quiet ones, else the oldest, and its
+    miss still counts (here and in the total)."""
+    throttle = auth.Throttle(limit=1, window_s=0.3, max_clients=3, total_limit=4)
+    throttle.failed("10.0.0.1")
+    throttle.failed("10.0.0.2")
+    time.sleep(0.35)  # both quiet now
+    throttle.failed("10.0.0.3")  # the table {1, 2, total} is full: the quiet ones go
+    throttle.failed("10.0.0.4")
+    throttle.failed("10.0.0.5")  # {3, 4, total} is full of recent misses: the oldest address, 3, goes
+    assert throttle.retry_after("10.0.0.3") is None
+    assert throttle.retry_after("10.0.0.4") is not None and throttle.retry_after("10.0.0.5") is not None
+    throttle.failed("10.0.0.6")  # the 4th miss in the window: the total, never pushed out, binds every address
+    assert throttle.retry_after("10.0.0.3") is not None
 
 
 def test_isvc_up_detached_keeps_the_admin_key_out_of_ps(tmp_path: Path) -> None:
