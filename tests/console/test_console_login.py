@@ -80,3 +80,16 @@ def test_a_sign_in_lasts_12_hours_and_sign_out_locks_the_console_again(page: Pag
     expect(page.locator("#services")).to_have_count(0)
     expect(page.get_by_label("Admin key", exact=True)).to_be_visible()
     assert not js_errors
+
+
+def test_a_live_view_whose_sign_in_ran_out_goes_to_the_sign_in_page(page: Page, js_errors: list[str]) -> None:
+    """When the cookie runs out (or another tab signs out), a page that updates itself says so by going to the
+    sign-in page, instead of showing old numbers forever."""
+    page.goto(CONSOLE)
+    sign_in(page, ADMIN_KEY)
+    page.get_by_role("navigation").get_by_role("link", name="Metrics", exact=True).click()
+    expect(page.get_by_role("heading", name="Metrics", exact=True)).to_be_visible()
+    page.context.clear_cookies()  # what the browser does when the 12 hours are up
+    expect(page.get_by_label("Admin key", exact=True)).to_be_visible(timeout=10_000)  # the next poll, within 2 s
+    assert page.url.endswith(f"{CONSOLE}/login"), page.url
+    assert not js_errors

@@ -10,12 +10,17 @@ export async function postJSON(path, body) {
   return { ok: r.ok, status: r.status, data };
 }
 
+/** A live view got a 401: the sign-in cookie ran out (after 12 h) or another tab signed out. Go to the sign-in
+ * page rather than stop updating without a word. */
+export function signInAgain() { location.assign(prefix + "/login"); }
+
 /** Update `el` from its server fragment (`data-fragment`) in place (see `morph`); "gone" when the thing it shows
  * is 404, true when something changed. */
 export async function swap(el) {
   try {
     const r = await fetch(el.dataset.fragment, { headers: { Accept: "text/html" } });
     if (r.status === 404) return "gone";
+    if (r.status === 401) { signInAgain(); return false; }
     if (!r.ok) return false;
     const html = await r.text();
     if (el.dataset.last === html) return false;

@@ -1,5 +1,5 @@
 // isvc console · The Logs page: a replica's tail, then new lines as they come.
-import { $ } from "./core.js";
+import { $, signInAgain } from "./core.js";
 
 // Logs: the tail, then new lines as they come.
 const log = $("#log");
@@ -22,6 +22,7 @@ if (log) {
       try {
         const r = await fetch(log.dataset.src + "?follow=0&tail=0");
         if (r.status === 404) { state.textContent = "this replica is gone (deleted, or never ran)"; return; }
+        if (r.status === 401) { signInAgain(); return; }
       } catch (e) { /* the gateway is down: retry below */ }
       setTimeout(() => { if (es.readyState === EventSource.CLOSED && $("#follow").checked) { log.textContent = ""; open(); } }, 3000);
     };

@@ -1,6 +1,6 @@
 // isvc console · The Metrics page. The gateway samples every ready predictor's /metrics every 2 s and keeps
 // 5 minutes (isvc/console/metrics.py); this page polls that history and draws it as small SVG charts.
-import { $, esc } from "./core.js";
+import { $, esc, signInAgain } from "./core.js";
 
 const metrics = $("#metrics");
 const W = 300, H = 80, PAD = 4;
@@ -60,6 +60,7 @@ if (metrics) {
   async function tick() {
     try {
       const r = await fetch(metrics.dataset.src);
+      if (r.status === 401) { signInAgain(); return; }
       if (!r.ok) return;
       const data = await r.json();
       const names = Object.keys(data).sort();

@@ -1,5 +1,5 @@
 // isvc console · The Services list and a service's page: live tables, delete with a confirmation.
-import { $, postJSON, prefix, swap } from "./core.js";
+import { $, postJSON, prefix, signInAgain, swap } from "./core.js";
 
 // The tables update in place (core.js `morph`), so a focused link stays focused; what changed is said once in a
 // short status line (role=status), not by re-reading the whole table to a screen reader.
@@ -32,8 +32,26 @@ if (servicesLive) {
   }
   filter.addEventListener("change", applyFilter);
   let before = states();
-  const es = new EventSource(prefix + "/api/stream");
-  es.addEventListener("services", async () => {
+  const listen = () => {
+    const es = new EventSource(prefix + "/api/stream");
+    es.addEventListener("services", changed);
+    es.onerror = async () => {
+      // EventSource retries a dropped stream by itself; an error answer (a 401 once the sign-in ran out) closes it
+      if (es.readyState !== EventSource.CLOSED) return;
+      try {
+        if ((await fetch(prefix + "/api/services")).status === 401) { signInAgain(); return; }
+      } catch (e) { /* the gateway is down: retry below */ }
+      setTimeout(listen, 3000);
+    };
+  };
+  listen();
+  let busy = false, again = false;
+  async function changed() {  // one update at a time: a change during it runs one more, so none is lost or said twice
+    if (busy) { again = true; return; }
+    busy = true;
+    try { do { again = false; await refresh(); } while (again); } finally { busy = false; }
+  }
+  async function refresh() {
     if (!await swap(servicesLive)) return;
     applyFilter();
     const after = states(), said = [];
@@ -45,7 +63,7 @@ if (servicesLive) {
     for (const key of before.keys()) if (!after.has(key)) said.push(`${key.split("/")[1]} was deleted.`);
     before = after;
     announce(said);
-  });
+  }
 }
 // A service's details: polled (events, pids and restarts change without a list change).
 const serviceLive = $("#service-live");
