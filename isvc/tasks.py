@@ -139,10 +139,8 @@ def routes(task: str, model_name: str) -> list[str]:
         return ["POST /openai/v1/completions", "POST /openai/v1/chat/completions (with a chat template)", v1, v2]
     if task in GENERATIVE_TASKS:
         return ["POST /openai/v1/chat/completions", "POST /openai/v1/completions", v1, v2]
-    if task == TEXT_EMBEDDING:
-        return ["POST /openai/v1/embeddings", v1, v2]
-    if task == RERANK:
+    if task == TEXT_EMBEDDING:  # rerank and score by the cosine of the embeddings
+        return ["POST /openai/v1/embeddings", "POST /openai/v1/rerank", "POST /openai/v1/score", v1, v2]
+    if task in (RERANK, SEQUENCE_CLASSIFICATION):  # a classifier scores pairs as a cross-encoder does
         return ["POST /openai/v1/rerank", "POST /openai/v1/score", "POST /openai/v1/classify", v1, v2]
-    if task == SEQUENCE_CLASSIFICATION:
-        return ["POST /openai/v1/classify", v1, v2]
     return [v1, v2]

@@ -126,7 +126,9 @@ def test_fill_mask_task_comes_from_the_mapped_folders_config(models: Path, tmp_p
 def test_sentiment_and_ner_tasks_come_from_their_task_flag(models: Path, tmp_path: Path) -> None:
     out = dry_run(SENTIMENT, tmp_path / "state")
     assert out["task"] == ["sequence_classification (from --task)"]
-    assert out["routes"] == [
+    assert out["routes"] == [  # a classifier scores text pairs too, as vLLM's score and rerank do
+        "POST /openai/v1/rerank",
+        "POST /openai/v1/score",
         "POST /openai/v1/classify",
         "POST /v1/models/distilbert:predict",
         "POST /v2/models/distilbert/infer",
@@ -141,6 +143,8 @@ def test_embedding_model_answers_the_openai_embeddings_route(models: Path, tmp_p
     assert out["task"] == ["text_embedding (from --task)"] and out["engine"] == [ENCODER]
     assert out["routes"] == [
         "POST /openai/v1/embeddings",
+        "POST /openai/v1/rerank",  # by the cosine of the embeddings
+        "POST /openai/v1/score",
         "POST /v1/models/sentence-transformer:predict",
         "POST /v2/models/sentence-transformer/infer",
     ]
@@ -191,7 +195,8 @@ def test_describe_names_task_engine_routes_and_an_embeddings_request(models: Pat
     assert "Task:         text_embedding (from --task)" in text
     assert f"Engine:       {ENCODER}" in text
     assert (
-        "Routes:       POST /openai/v1/embeddings\n              POST /v1/models/sentence-transformer:predict" in text
+        "Routes:       POST /openai/v1/embeddings\n              POST /openai/v1/rerank\n              POST /openai/v1/score\n              POST /v1/models/sentence-transformer:predict"
+        in text
     )
     assert '/serving/default/embedding-model/v1/embeddings -d \'{"model": "sentence-transformer"' in text
 

@@ -26,8 +26,8 @@ _ROUTES_OF_TASK = {
     Task.TEXT_GENERATION: "/v1/chat/completions and /v1/completions",
     Task.TEXT2TEXT_GENERATION: "/v1/chat/completions and /v1/completions",
     Task.TEXT_EMBEDDING: "/v1/embeddings, /v1/rerank and /v1/score",
-    Task.RERANK: "/v1/rerank and /v1/score",
-    Task.SEQUENCE_CLASSIFICATION: "/v1/rerank, /v1/score and the KServe V1/V2 routes",
+    Task.RERANK: "/v1/rerank, /v1/score and /v1/classify",
+    Task.SEQUENCE_CLASSIFICATION: "/v1/rerank, /v1/score, /v1/classify and the KServe V1/V2 routes",
 }
 
 
