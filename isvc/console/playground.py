@@ -81,7 +81,9 @@ async def with_served_tasks(found: list[Target]) -> list[Target]:
             task = r.json().get("parameters", {}).get("task") if r.status_code == 200 else None
         except (httpx.HTTPError, ValueError, AttributeError):
             task = None
+        if not isinstance(task, str):  # a custom container's metadata may say anything
+            task = None
         return t if task not in MODES else Target(t.namespace, t.name, t.model, t.ready, task, t.endpoint)
 
-    async with httpx.AsyncClient(timeout=_PROBE_TIMEOUT_S) as client:
+    async with httpx.AsyncClient(timeout=_PROBE_TIMEOUT_S, trust_env=False) as client:  # 127.0.0.1: no proxy
         return list(await asyncio.gather(*(one(client, t) for t in found)))
