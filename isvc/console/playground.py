@@ -23,9 +23,9 @@ GENERATIVE_MODES = ("chat", "completions")
 MODES: dict[str, tuple[str, ...]] = {
     tasks.TEXT_GENERATION: GENERATIVE_MODES,
     tasks.TEXT2TEXT_GENERATION: ("completions", "chat"),  # T5 and BART folders seldom ship a chat template
-    tasks.TEXT_EMBEDDING: ("embeddings",),
+    tasks.TEXT_EMBEDDING: ("embeddings", "rerank"),  # rerank by the embeddings' cosine (tasks.routes)
     tasks.RERANK: ("rerank", "classify"),
-    tasks.SEQUENCE_CLASSIFICATION: ("classify",),
+    tasks.SEQUENCE_CLASSIFICATION: ("classify", "rerank"),
     tasks.TOKEN_CLASSIFICATION: ("predict",),
     tasks.FILL_MASK: ("predict",),
 }

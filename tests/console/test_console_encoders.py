@@ -77,7 +77,7 @@ def test_an_embedding_service_offers_embeddings_and_shows_similarities(
     page: Page, encoders: ControlPlane, js_errors: list[str], shoot: Callable[[Page, str], None]
 ) -> None:
     open_playground(page, "minilm")
-    assert mode_options(page) == ["Embeddings"]
+    assert mode_options(page) == ["Embeddings", "Rerank"]
     expect(page.get_by_label("System prompt")).to_be_hidden()  # a chat field has no meaning here
     texts = ["A man is playing a guitar.", "Someone plays the guitar.", "The stock market fell sharply today."]
     page.get_by_label("Texts (one per line)").fill("\n".join(texts))
@@ -96,6 +96,22 @@ def test_an_embedding_service_offers_embeddings_and_shows_similarities(
     assert js_errors == []
 
 
+def test_an_embedding_service_reranks_documents_by_meaning(
+    page: Page, encoders: ControlPlane, js_errors: list[str]
+) -> None:
+    open_playground(page, "minilm")
+    page.get_by_label("Mode").select_option(label="Rerank")
+    page.get_by_label("Query", exact=True).fill("Who is playing music?")
+    documents = ["The stock market fell sharply today.", "A man is playing a guitar.", "It rained all week."]
+    page.get_by_label("Documents (one per line)").fill("\n".join(documents))
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator("#stats")).to_contain_text("revision minilm-predictor-")
+    rows = page.locator("#ranking tbody tr")
+    expect(rows).to_have_count(3)
+    assert rows.first.locator("td").nth(1).inner_text() == "A man is playing a guitar."  # the real model's ranking
+    assert js_errors == []
+
+
 def test_a_classifier_offers_classify_with_label_names(
     page: Page,
     encoders: ControlPlane,
@@ -108,7 +124,7 @@ def test_a_classifier_offers_classify_with_label_names(
     texts = ["The movie was great.", "Hello world, how are you today?"]
     expected = [x["label"] for x in pipeline("text-classification", model=str(tiny_classifier_dir))(texts)]
     open_playground(page, "sentiment")
-    assert mode_options(page) == ["Classify"]
+    assert mode_options(page) == ["Classify", "Rerank"]
     page.get_by_label("Texts (one per line)").fill("\n".join(texts))
     page.get_by_role("button", name="Send").click()
     expect(page.locator("#stats")).to_contain_text("revision sentiment-predictor-")
@@ -138,7 +154,7 @@ def test_a_service_whose_plan_cannot_tell_its_task_is_asked_through_its_predicto
     assert minilm.task == "text_embedding" and minilm.endpoint  # the PVC folder's modules.json tells it
     unknown = playground.Target(minilm.namespace, minilm.name, minilm.model, True, None, minilm.endpoint)
     [asked] = run_async(playground.with_served_tasks([unknown]))
-    assert asked.task == "text_embedding" and asked.modes == ("embeddings",)
+    assert asked.task == "text_embedding" and asked.modes == ("embeddings", "rerank")
     gone = playground.Target(minilm.namespace, minilm.name, minilm.model, True, None, "http://127.0.0.1:9")
     [still_unknown] = run_async(playground.with_served_tasks([gone]))
     assert still_unknown.task is None and still_unknown.modes == ("chat", "completions")
