@@ -8,9 +8,12 @@ Both are applied from manifests whose folders sit on the test's PVC, as the seed
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import threading
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -158,3 +161,29 @@ def test_a_service_whose_plan_cannot_tell_its_task_is_asked_through_its_predicto
     gone = playground.Target(minilm.namespace, minilm.name, minilm.model, True, None, "http://127.0.0.1:9")
     [still_unknown] = run_async(playground.with_served_tasks([gone]))
     assert still_unknown.task is None and still_unknown.modes == ("chat", "completions")
+
+
+def test_a_custom_containers_odd_task_metadata_leaves_chat_and_completions() -> None:
+    """A custom container's V2 metadata may say anything: a task that is no string is no task, not a 500."""
+
+    class OddMetadata(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"name": "m", "parameters": {"task": ["text_embedding"]}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), OddMetadata)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        [odd] = run_async(playground.with_served_tasks([playground.Target("ns", "custom", "m", True, None, endpoint)]))
+        assert odd.task is None and odd.modes == ("chat", "completions")
+    finally:
+        server.shutdown()
+        server.server_close()
