@@ -37,15 +37,10 @@ def apply_documents(
     Raises ``ManifestError`` (every problem with its field path) or another ``IsvcError`` before anything
     invalid is written; ``out`` gets the lines ``isvc apply`` prints, ``warn`` its warnings.
     """
-    problems = [p for d in docs for p in d.set_namespace(namespace)]
-    if problems:
-        raise ManifestError(problems)
-    resources = parse_documents(docs, store.runtimes().items)
-    runtimes = [
-        rt
-        for rt in store.runtimes().items
-        if (rt.kind, rt.metadata.namespace, rt.metadata.name) not in {r.key for r in resources}
-    ]
+    stored = store.runtimes().items
+    resources = load_resources(docs, namespace, stored)
+    applying = {r.key for r in resources}
+    runtimes = [rt for rt in stored if (rt.kind, rt.metadata.namespace, rt.metadata.name) not in applying]
     runtimes += [r.obj for r in resources if isinstance(r.obj, ServingRuntime)]
     _check_names_free(store, resources)
     for res in resources:
@@ -58,6 +53,15 @@ def apply_documents(
         verb = store.upsert_resource(res.kind, res.namespace, res.name, res.body, res.warnings)
         out(f"{PLURAL[res.kind]}.{GROUP}/{res.name} {verb}")
     return resources
+
+
+def load_resources(docs: list[Document], namespace: str | None, runtimes: list[ServingRuntime]) -> list[Resource]:
+    """``docs`` with ``-n`` applied (``Document.set_namespace``), parsed and checked against ``runtimes``;
+    ``ManifestError`` with every problem."""
+    problems = [p for d in docs for p in d.set_namespace(namespace)]
+    if problems:
+        raise ManifestError(problems)
+    return parse_documents(docs, runtimes)
 
 
 def check_args(res: Resource, runtimes: list[ServingRuntime]) -> None:
@@ -130,4 +134,4 @@ def _print_dry_run(res: Resource, runtimes: list[ServingRuntime], out: Callable[
         out(f"  note:        {note}")
 
 
-__all__ = ["GROUP", "PLURAL", "apply_documents", "check_args"]
+__all__ = ["GROUP", "PLURAL", "apply_documents", "check_args", "load_resources"]

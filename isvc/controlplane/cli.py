@@ -17,7 +17,7 @@ import yaml
 
 from isvc.controlplane.apply import GROUP as _GROUP
 from isvc.controlplane.apply import PLURAL as _PLURAL
-from isvc.controlplane.apply import apply_documents
+from isvc.controlplane.apply import apply_documents, load_resources
 from isvc.controlplane.apply import check_args as _check_args
 from isvc.controlplane.output import describe_text, isvc_table, runtime_table
 from isvc.controlplane.plan import InvalidServeArgs, build_plan
@@ -28,13 +28,11 @@ from isvc.errors import IsvcError
 from isvc.manifest import (
     SERVICE_KINDS,
     SHORT_NAMES,
-    ManifestError,
     Problem,
     Resource,
     ServingRuntime,
     llmisvc,
     load_paths,
-    parse_documents,
 )
 from isvc.manifest.models import InferenceService, LLMInferenceService
 
@@ -61,14 +59,6 @@ def _kind(word: str) -> str:
 
 
 # ---- apply / delete -------------------------------------------------------------------
-def _load(files: list[str], namespace: str | None, store: Store) -> list[Resource]:
-    docs = load_paths(files)
-    problems = [p for d in docs for p in d.set_namespace(namespace)]
-    if problems:
-        raise ManifestError(problems)
-    return parse_documents(docs, store.runtimes().items)
-
-
 def apply(argv: list[str]) -> int:
     p = common_args(argparse.ArgumentParser(prog="isvc apply", description="create or update resources"))
     p.add_argument("-f", "--filename", action="append", required=True, help="FILE, DIR or - (stdin); repeatable")
@@ -98,7 +88,9 @@ def delete(argv: list[str]) -> int:
     try:
         targets: list[tuple[str, str, str]] = []
         if args.filename:
-            targets += [r.key for r in _load(args.filename, args.namespace, store)]
+            targets += [
+                r.key for r in load_resources(load_paths(args.filename), args.namespace, store.runtimes().items)
+            ]
         if args.what:
             first = args.what[0]
             if "/" in first:
