@@ -223,6 +223,11 @@ def probabilities(logits: Sequence[float]) -> list[float]:
     return softmax(logits)
 
 
+def argmax(row: Sequence[float]) -> int:
+    """The index of the largest value (the first of equals)."""
+    return max(range(len(row)), key=row.__getitem__)
+
+
 def softmax(row: Sequence[float]) -> list[float]:
     top = max(row)
     exps = [math.exp(x - top) for x in row]

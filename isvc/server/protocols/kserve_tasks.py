@@ -138,7 +138,7 @@ def _fill_mask(engine: EngineClient, rows: list[list[list[float]]], options: Enc
         strings = [[[{j: f"{p:.4f}"} for j, p in enumerate(mask)] for mask in row] for row in probs]
         return Predictions(strings, _tensor("FP64", probs))
     decode = engine.tokenizer.decode
-    texts = [decode([_argmax(mask) for mask in row]) for row in rows]
+    texts = [decode([encode.argmax(mask) for mask in row]) for row in rows]
     return Predictions(texts, Tensor("output-0", "BYTES", [len(texts)], texts))
 
 
@@ -148,7 +148,7 @@ def _classification(rows: list[list[float]], options: EncoderOptions) -> Predict
     if options.return_probabilities:
         probs = [[float(f"{p:.4f}") for p in encode.softmax(row)] for row in rows]
         return Predictions([dict(enumerate(row)) for row in probs], _tensor("FP64", probs))
-    labels = [_argmax(row) for row in rows]
+    labels = [encode.argmax(row) for row in rows]
     return Predictions(labels, _tensor("INT64", labels))
 
 
@@ -158,7 +158,7 @@ def _token_classification(rows: list[list[list[float]]], options: EncoderOptions
     if options.return_probabilities:
         probs = [[[float(f"{p:.4f}") for p in encode.softmax(tok)] for tok in row] for row in rows]
         return Predictions([[dict(enumerate(tok)) for tok in row] for row in probs], _tensor("FP64", probs))
-    labels = [[[_argmax(tok) for tok in row]] for row in rows]  # KServe's [[...]]: argmax over a [1, T, L] batch
+    labels = [[[encode.argmax(tok) for tok in row]] for row in rows]  # KServe's [[...]]: argmax over a [1, T, L] batch
     return Predictions(labels, _tensor("INT64", labels))
 
 
@@ -191,7 +191,3 @@ def _flatten(values: Any, shape: list[int], pad: Any, out: list[Any]) -> None:
             _flatten(items[i], shape[1:], pad, out)
         else:
             out.extend([pad] * math.prod(shape[1:]))
-
-
-def _argmax(row: Sequence[float]) -> int:
-    return max(range(len(row)), key=row.__getitem__)

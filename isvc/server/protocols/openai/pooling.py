@@ -93,7 +93,7 @@ class OpenAIPooling:
         data = []
         for i, out in enumerate(outs):
             probs = encode.probabilities(out.data)  # type: ignore[arg-type]  # classify: one row of logits
-            best = max(range(len(probs)), key=probs.__getitem__)
+            best = encode.argmax(probs)
             label = info.id2label.get(best, f"LABEL_{best}")
             data.append({"index": i, "label": label, "probs": probs, "num_classes": len(probs)})
         return self._list(request_id, data, sum(out.num_prompt_tokens for out in outs), vllm_usage=True)
