@@ -160,9 +160,7 @@ def targets(store: Store) -> Targets:
     """The services in the Store, and the replicas the controller has found ready (those with a port)."""
     services = {f"{s.namespace}/{s.name}" for s in store.services()}
     ready = [
-        Target(f"{r.namespace}/{r.service}", r.revision, r.idx, f"http://127.0.0.1:{r.port}")
-        for r in store.replicas()
-        if r.ready and r.port
+        Target(f"{r.namespace}/{r.service}", r.revision, r.idx, r.endpoint) for r in store.replicas() if r.endpoint
     ]
     return services, ready
 

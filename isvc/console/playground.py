@@ -10,7 +10,7 @@ generative modes, which is what those servers answer.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import quote
 
 import httpx
@@ -55,9 +55,7 @@ class Target:
 def targets(store: Store) -> list[Target]:
     """Every service with a revision, by namespace then name, with the task its latest plan tells."""
     out = []
-    ready_endpoint = {
-        (r.namespace, r.service): f"http://127.0.0.1:{r.port}" for r in store.replicas() if r.ready and r.port
-    }
+    ready_endpoint = {(r.namespace, r.service): r.endpoint for r in store.replicas() if r.endpoint}
     latest = {(rev.namespace, rev.service): rev for rev in store.revisions()}  # oldest first: the last wins
     for (ns, name), rev in latest.items():
         plan = rev.plan
@@ -83,7 +81,7 @@ async def with_served_tasks(found: list[Target]) -> list[Target]:
             task = None
         if not isinstance(task, str):  # a custom container's metadata may say anything
             task = None
-        return t if task not in MODES else Target(t.namespace, t.name, t.model, t.ready, task, t.endpoint)
+        return t if task not in MODES else replace(t, task=task)
 
     async with httpx.AsyncClient(timeout=_PROBE_TIMEOUT_S, trust_env=False) as client:  # 127.0.0.1: no proxy
         return list(await asyncio.gather(*(one(client, t) for t in found)))

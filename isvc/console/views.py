@@ -95,7 +95,7 @@ def _view(store: Store, kind: str, ns: str, name: str, warnings: list[str], deta
     if detail:
         if plan is not None:
             serving = serving_of(plan)
-            view.serving = dict(serving.lines()[:2])  # its task (with where that comes from) and engine rows
+            view.serving = {"task": serving.task_text, "engine": serving.engine}
             view.routes = serving.routes
         view.events = [
             {"time": time.strftime("%H:%M:%S", time.localtime(e.time)), "type": e.type, "reason": e.reason,

@@ -37,10 +37,14 @@ class Serving:
     model_name: str | None = None
     """The name requests give as ``model`` (``--model_name``), when the args say it."""
 
+    @property
+    def task_text(self) -> str:
+        """The task with where it comes from, as dry-run, describe and the console show it."""
+        return f"{self.task} (from {self.task_source})" if self.task else f"{AT_START} ({self.task_source})"
+
     def lines(self) -> list[tuple[str, str]]:
         """(label, text) rows for dry-run and describe."""
-        task = f"{self.task} (from {self.task_source})" if self.task else f"{AT_START} ({self.task_source})"
-        rows = [("task", task), ("engine", self.engine)]
+        rows = [("task", self.task_text), ("engine", self.engine)]
         rows += [("routes" if i == 0 else "", route) for i, route in enumerate(self.routes)]
         return rows
 

@@ -141,6 +141,11 @@ class ReplicaRow:
         """A process was started and has not been seen to exit."""
         return self.phase in (Phase.STARTING, Phase.RUNNING)
 
+    @property
+    def endpoint(self) -> str | None:
+        """Where a ready replica answers (``http://127.0.0.1:PORT``), else None."""
+        return f"http://127.0.0.1:{self.port}" if self.ready and self.port else None
+
 
 @dataclass(frozen=True, slots=True)
 class EventRow:
