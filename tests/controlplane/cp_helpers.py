@@ -35,6 +35,11 @@ def seed(index: int) -> str:
     return re.sub(r"namespace: .*", f"namespace: {NS}", blocks[index - 1])
 
 
+def seed_1_on_cpu() -> str:
+    """The seed's first manifest without its ``nvidia.com/gpu`` line, so that it runs on this machine's CPU."""
+    return seed(1).replace('nvidia.com/gpu: "1"', "").replace("\n\n", "\n")
+
+
 def stock_pvc(pvc_root: Path, model_dir: Path) -> None:
     """`pvc://global-shared/models` holding the model under the seed's folder names."""
     models = pvc_root / "global-shared" / "models"

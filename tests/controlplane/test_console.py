@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-from cp_helpers import NS, ControlPlane, fake_container, free_port, seed, stock_pvc
+from cp_helpers import NS, ControlPlane, fake_container, free_port, seed_1_on_cpu, stock_pvc
 
 from isvc.console import auth
 from isvc.console.app import create_console
@@ -356,7 +356,7 @@ def test_seed_manifest_applied_from_the_console_answers_the_playground(
 ) -> None:
     cp = control_plane
     stock_pvc(pvc_root, tiny_model_dir)
-    text = seed(1).replace('nvidia.com/gpu: "1"', "").replace("\n\n", "\n")
+    text = seed_1_on_cpu()
     r = api_apply(cp, text, dry_run=True)
     assert r.status_code == 200 and "model name(s): llama2" in "\n".join(r.json()["lines"]), r.text
     assert api_apply(cp, text, dry_run=False).status_code == 200

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cp_helpers import NS, SEED, ControlPlane, seed, stock_pvc
+from cp_helpers import NS, SEED, ControlPlane, seed, seed_1_on_cpu, stock_pvc
 
 from tests.quant_fixtures import tiny_gptq_dir  # noqa: F401
 
@@ -48,7 +48,7 @@ def test_seed_1_without_its_gpu_line_serves_the_seed_curl(
 ) -> None:
     cp = control_plane
     stock_pvc(pvc_root, tiny_model_dir)
-    text = seed(1).replace('nvidia.com/gpu: "1"', "").replace("\n\n", "\n")
+    text = seed_1_on_cpu()
     assert cp.apply(text) == 0
     cp.wait_ready("llama2-7b-chat", NS, timeout_s=120)
     r = chat(cp, f"llama2-7b-chat.{NS}.example.com", "llama2")
